@@ -1,0 +1,3 @@
+from flowprep.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""Reading a store for people: summary (`info`), integrity check (`verify`), picture (`show`)."""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowprep.errors import StoreError
+from flowprep.quantize import dequantize
+from flowprep.store import FlowStore
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """Counts, sizes and settings of a store, as a JSON-ready dict."""
+    with FlowStore(path) as store:
+        frames = sum(store.num_frames(v) for v in store.video_ids)
+        flows = sum(store.num_flows(v) for v in store.video_ids)
+        clipped = [store.record(v).get("clipped_fraction", 0.0) for v in store.video_ids]
+        nbytes = sum(Path(f).stat().st_size for f in store.files)
+        return {
+            "path": str(path), "files": [str(f) for f in store.files],
+            "expected": len(store.expected_ids), "videos": len(store.video_ids),
+            "failed": len(store.failures), "failures": store.failures,
+            "missing": sorted(set(store.expected_ids) - set(store.video_ids) -
+                              {f["video_id"] for f in store.failures}),
+            "frames": frames, "flows": flows, "bytes": nbytes,
+            "bytes_per_video": nbytes / max(len(store.video_ids), 1),
+            "mean_clipped_fraction": float(np.mean(clipped)) if clipped else 0.0,
+            "dataset": store.manifest.dataset, "classes": len(store.manifest.classes),
+            "config": store.attrs,
+        }
+
+
+def info_text(info: dict[str, Any]) -> str:
+    c = info["config"]
+    lines = [f"store      {info['path']} ({len(info['files'])} file(s), {info['bytes'] / 1e6:.1f} MB)",
+             f"dataset    {info['dataset']}, {info['classes']} classes",
+             f"videos     {info['videos']} of {info['expected']} expected, {info['failed']} failed",
+             f"frames     {info['frames']} RGB, {info['flows']} flow fields",
+             f"flow       {c['algo']} ({c['implementation']}), bound {c['bound']}, {c['rounding']}",
+             f"params     " + ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+             f"storage    codec {c['codec']}" + (f" q{c['jpeg_quality']}" if c.get("jpeg_quality") else "")
+             + f", size {c['size']} ({c['interpolation']})",
+             f"clipped    {100 * info['mean_clipped_fraction']:.3f}% of flow values at the bound (mean over videos)",
+             f"indexing   {c['index_convention']}"]
+    for f in info["failures"]:
+        lines.append(f"FAILED     {f['video_id']}: {f['reason']}")
+    for vid in info["missing"]:
+        lines.append(f"MISSING    {vid}")
+    return "\n".join(lines)
+
+
+def verify(path: str | Path, progress: bool = False) -> list[str]:
+    """Re-read every record: checksums, counts, decodability. Returns the problems found (empty = good)."""
+    from tqdm import tqdm
+
+    problems: list[str] = []
+    with FlowStore(path) as store:
+        missing = set(store.expected_ids) - set(store.video_ids) - {f["video_id"] for f in store.failures}
+        problems += [f"{vid}: expected but neither stored nor recorded as failed" for vid in sorted(missing)]
+        problems += [f"{f['video_id']}: failed at extraction: {f['reason']}" for f in store.failures]
+        for vid in tqdm(store.video_ids, unit="video", disable=not progress):
+            rec = store.record(vid)
+            try:
+                n, m = store.num_frames(vid), store.num_flows(vid)
+                if m != n - 1:
+                    problems.append(f"{vid}: {n} frames but {m} flow fields (expected {n - 1})")
+                for kind, count in (("rgb", n), ("flow", m)):
+                    crc = zlib.crc32(store.raw_bytes(vid, kind).tobytes())
+                    if crc != rec[f"{kind}_crc32"]:
+                        problems.append(f"{vid}: {kind} checksum mismatch (stored data damaged)")
+                    data = store.read_rgb(vid, range(n)) if kind == "rgb" else store.read_flow(vid, range(m))
+                    if data.shape[0] != count or data.shape[1:3] != (rec["height"], rec["width"]):
+                        problems.append(f"{vid}: {kind} shape {data.shape} does not match the record "
+                                        f"({count} x {rec['height']} x {rec['width']})")
+            except (StoreError, OSError, KeyError, ValueError) as exc:
+                problems.append(f"{vid}: unreadable: {exc}")
+    return problems
+
+
+def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """(H, W, 2) float flow -> (H, W, 3) uint8 RGB: hue = direction, brightness = speed."""
+    import cv2
+
+    mag, ang = cv2.cartToPolar(flow[..., 0].astype(np.float32), flow[..., 1].astype(np.float32))
+    top = max_magnitude or max(float(np.percentile(mag, 99)), 1e-6)
+    hsv = np.zeros((*flow.shape[:2], 3), np.uint8)
+    hsv[..., 0] = (ang * (90 / np.pi)).astype(np.uint8)  # OpenCV hue is 0..180
+    hsv[..., 1] = 255
+    hsv[..., 2] = np.clip(mag / top * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Path:
+    """Write a PNG: ``count`` RGB frames spread over the video (top) beside the colour-coded flow (bottom)."""
+    import cv2
+
+    with FlowStore(path) as store:
+        if video_id not in store:
+            near = [v for v in store.video_ids if video_id.lower() in v.lower()][:5]
+            raise StoreError(f"video {video_id!r} is not in {path}" + (f"; did you mean {near}?" if near else ""))
+        m = store.num_flows(video_id)
+        idx = np.unique(np.linspace(0, m - 1, min(count, m)).round().astype(int))
+        rgb = store.read_rgb(video_id, idx)
+        flow = dequantize(store.read_flow(video_id, idx), store.attrs["bound"])
+    top = max(float(np.percentile(np.hypot(flow[..., 0], flow[..., 1]), 99)), 1e-6)
+    colour = [flow_to_color(f, top) for f in flow]
+    for i, (frame, col) in enumerate(zip(rgb, colour)):
+        cv2.putText(frame, f"frame {idx[i]}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
+        cv2.putText(col, f"flow {idx[i]}->{idx[i] + 1}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    grid = np.concatenate([np.concatenate(list(rgb), axis=1), np.concatenate(colour, axis=1)], axis=0)
+    legend = np.full((18, grid.shape[1], 3), 32, np.uint8)
+    cv2.putText(legend, f"{video_id}: hue = direction, brightness = speed (full at {top:.2f} px)", (4, 13),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    grid = np.concatenate([legend, grid], axis=0)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), grid[..., ::-1]):
+        raise StoreError(f"cannot write {out}; check the folder exists and the name ends in .png")
+    return out

@@ -1,0 +1,41 @@
+"""Linear mapping of flow to uint8, as in the two-stream literature.
+
+u8 = floor(255 * (clip(v, -b, b) + b) / (2b) + 0.5): round half up, so zero flow maps to 128.
+The inverse is v = u8 * 2b / 255 - b. Both the bound and the rounding rule are recorded in every store.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flowprep.errors import FlowprepError
+
+DEFAULT_BOUND = 20.0
+ROUNDING_RULE = "floor(255*(clip(v,-b,b)+b)/(2b)+0.5)"
+
+
+def _check_bound(bound: float) -> float:
+    bound = float(bound)
+    if not np.isfinite(bound) or bound <= 0:
+        raise FlowprepError(f"flow bound must be a positive number of pixels, got {bound}")
+    return bound
+
+
+def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """float flow (any shape, pixels) -> uint8 of the same shape; NaN maps to 128 (zero motion)."""
+    bound = _check_bound(bound)
+    v = np.nan_to_num(np.asarray(flow, dtype=np.float32), nan=0.0)
+    v = np.clip(v, -bound, bound)
+    q = np.floor((v + bound) * np.float32(255.0 / (2.0 * bound)) + np.float32(0.5))
+    return np.clip(q, 0, 255).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """uint8 (any shape) -> float32 flow in pixels in [-bound, bound]."""
+    bound = _check_bound(bound)
+    return np.asarray(q, dtype=np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)
+
+
+def clipped_fraction(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> float:
+    """Share of flow values (both components) whose magnitude reaches the bound."""
+    flow = np.asarray(flow)
+    return float(np.count_nonzero(np.abs(flow) >= bound)) / max(flow.size, 1)

@@ -1,0 +1,1 @@
+"""fusion: video predictions from per-view scores, stream fusion and reports."""

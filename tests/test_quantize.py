@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from flowprep import FlowprepError, dequantize, quantize
+from flowprep.quantize import clipped_fraction
+
+
+def test_zero_maps_to_128_and_ends_to_0_and_255():
+    q = quantize(np.array([0.0, -20.0, 20.0, -25.0, 1e9, -np.inf]), bound=20)
+    assert q.tolist() == [128, 0, 255, 0, 255, 0]
+
+
+def test_rounding_is_half_up_hand_computed():
+    # 255 * (v + 20) / 40 = 6.375 v + 127.5 ; v = 0.2 -> 128.775 -> 129 ; v = -0.2 -> 126.225 -> 126
+    # v = -0.0784313725 (exactly 0.5 below 127.5+...): 6.375 * v = -0.5 -> 127.0 -> 127
+    v = np.array([0.2, -0.2, -0.5 / 6.375, 1.0])
+    assert quantize(v, 20).tolist() == [129, 126, 127, 134]
+
+
+def test_round_trip_error_is_at_most_half_a_step():
+    rng = np.random.default_rng(0)
+    v = rng.uniform(-20, 20, size=(50, 40, 2)).astype(np.float32)
+    back = dequantize(quantize(v, 20), 20)
+    step = 40 / 255
+    assert np.abs(back - v).max() <= step / 2 + 1e-5
+    assert back.dtype == np.float32 and back.shape == v.shape
+
+
+def test_dequantize_inverts_exactly_on_the_grid():
+    q = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(quantize(dequantize(q, 15), 15), q)
+
+
+def test_other_bound_and_nan():
+    assert quantize(np.array([np.nan, 15.0, -7.5]), bound=15).tolist() == [128, 255, 64]
+
+
+def test_bad_bound_is_an_error():
+    with pytest.raises(FlowprepError, match="bound"):
+        quantize(np.zeros(3), bound=0)
+
+
+def test_clipped_fraction():
+    assert clipped_fraction(np.array([0, 20, -25, 3.0]), 20) == 0.5

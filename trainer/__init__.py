@@ -1,0 +1,1 @@
+"""trainer: spatial and temporal two-stream training from flow stores."""

@@ -230,8 +230,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             done_before = set(f["videos"].keys())
     part_ids = {}
     for vid in expected:
-        if (parts / f"{part_key(vid)}.h5").exists():
-            part_ids[vid] = parts / f"{part_key(vid)}.h5"
+        part = parts / f"{part_key(vid)}.h5"
+        if part.exists() and vid in done_before:  # killed after the last assembly, before clean-up
+            part.unlink()
+        elif part.exists():
+            part_ids[vid] = part
     for stale in parts.glob("*.failed.json"):  # failures are retried on every run
         stale.unlink()
     todo = [v for v in expected if v not in done_before and v not in part_ids]

@@ -84,7 +84,7 @@ class PartWriter:
         self.parts_dir = Path(parts_dir)
         self.video_id = video_id
         self.codec = config["codec"]
-        self.quality = int(config.get("jpeg_quality", DEFAULT_JPEG_QUALITY))
+        self.quality = int(config.get("jpeg_quality") or DEFAULT_JPEG_QUALITY)
         self.final = self.parts_dir / f"{part_key(video_id)}.h5"
         self.tmp = self.parts_dir / f"{part_key(video_id)}.h5.{os.getpid()}.tmp"
         self._h5 = h5py.File(self.tmp, "w")

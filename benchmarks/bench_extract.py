@@ -1,0 +1,150 @@
+"""Extraction and read benchmark for flowprep on CPU. Prints figures and the issue's targets.
+
+    python benchmarks/bench_extract.py [--size 340x256] [--videos 4] [--frames 7] [--reads 300]
+
+Measures, on generated videos (textured background panning, two textured objects moving against it,
+sensor noise; MJPG AVI at the target size so no resizing cost hides in decode):
+  1. flow fields/s per algorithm with 1 and 2 jobs, and the 1 -> 2 job scaling;
+  2. the share of extraction wall time spent outside the flow computation (decode, resize, quantise,
+     encode, write), summed over videos;
+  3. random-read time of a 10-field flow stack and of one RGB frame, decode included, per codec, on one core;
+  4. stored bytes per flow field per codec.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_scene_video(path: Path, n: int, w: int, h: int, seed: int) -> None:
+    """A panning textured background with two textured objects moving on their own, plus noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.uniform(0, 255, (h + 200, w + 200, 3)).astype(np.float32), (0, 0), 3)
+    big = cv2.normalize(big, None, 20, 235, cv2.NORM_MINMAX)
+    obj = cv2.GaussianBlur(rng.uniform(0, 255, (h // 3, w // 4, 3)).astype(np.float32), (0, 0), 1.5)
+    obj = cv2.normalize(obj, None, 0, 255, cv2.NORM_MINMAX)
+    pan = rng.uniform(-1.5, 1.5, 2)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
+    for k in range(n):
+        m = np.float32([[1, 0, 100 - k * pan[0]], [0, 1, 100 - k * pan[1]]])
+        frame = cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        for j, (vx, vy) in enumerate(((4.0, 1.0), (-3.0, 2.5))):
+            x0 = int(w * (0.2 + 0.4 * j) + k * vx)
+            y0 = int(h * 0.3 + k * vy)
+            oh, ow = obj.shape[:2]
+            x1, y1 = min(x0 + ow, w), min(y0 + oh, h)
+            if 0 <= x0 < x1 and 0 <= y0 < y1:
+                frame[y0:y1, x0:x1] = obj[: y1 - y0, : x1 - x0]
+        frame = np.clip(frame + rng.normal(0, 2.0, frame.shape), 0, 255).astype(np.uint8)
+        writer.write(frame)
+    writer.release()
+
+
+def run_extract(videos: Path, out: Path, algo: str, jobs: int, codec: str, size: str):
+    from flowprep.decode import parse_size
+    from flowprep.pipeline import ExtractConfig, extract
+
+    cfg = ExtractConfig(videos=videos, out=out, algo=algo, jobs=jobs, codec=codec, resize=parse_size(size),
+                        overwrite=True, progress=False)
+    return extract(cfg)
+
+
+def outside_share(store_path: Path) -> float:
+    from flowprep import FlowStore
+
+    with FlowStore(store_path) as store:
+        recs = [store.record(v) for v in store.video_ids]
+    total = sum(r["seconds"] for r in recs)
+    return (total - sum(r["flow_seconds"] for r in recs)) / total
+
+
+def read_times(store_path: Path, reads: int, seed: int = 0) -> tuple[float, float]:
+    """Median ms for a random 10-field flow stack and a random RGB frame, decode included."""
+    from flowprep import FlowStore
+
+    rng = np.random.default_rng(seed)
+    stack, frame = [], []
+    with FlowStore(store_path) as store:
+        ids = store.video_ids
+        store.read_flow(ids[0], [0])  # open the file outside the timing, as a DataLoader worker would
+        for _ in range(reads):
+            vid = ids[rng.integers(len(ids))]
+            m = store.num_flows(vid)
+            s = int(rng.integers(0, max(m - 10, 0) + 1))
+            t = time.perf_counter()
+            store.read_flow(vid, np.arange(s, min(s + 10, m)))
+            stack.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            store.read_rgb(vid, [int(rng.integers(store.num_frames(vid)))])
+            frame.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(stack)), 1e3 * float(np.median(frame))
+
+
+def flow_bytes_per_field(store_path: Path) -> float:
+    from flowprep import FlowStore
+
+    with FlowStore(store_path) as store:
+        n = sum(store.num_flows(v) for v in store.video_ids)
+        return sum(store.raw_bytes(v, "flow").size for v in store.video_ids) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="340x256")
+    ap.add_argument("--videos", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=7, help="frames per video (flows = frames - 1)")
+    ap.add_argument("--reads", type=int, default=300)
+    ap.add_argument("--algos", default="tvl1,farneback")
+    args = ap.parse_args()
+    import cv2
+
+    w, h = (int(v) for v in args.size.split("x"))
+    print(f"machine: {os.cpu_count()} cores; OpenCV {cv2.__version__}; {args.videos} videos x {args.frames} frames "
+          f"at {args.size}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for i in range(args.videos):
+            make_scene_video(tmp / "videos" / f"Class{i % 2}" / f"v_{i:03d}.avi", args.frames, w, h, i)
+        print("\n1. extraction throughput (flow fields/s, whole pipeline)")
+        print(f"{'algo':10s} {'1 job':>8s} {'2 jobs':>8s} {'scaling':>8s}  target")
+        stores = {}
+        for algo in args.algos.split(","):
+            rates = []
+            for jobs in (1, 2):
+                out = tmp / f"{algo}-{jobs}.h5"
+                s = run_extract(tmp / "videos", out, algo, jobs, "jpeg", args.size)
+                if s.failed:
+                    raise SystemExit(f"benchmark videos failed: {s.failed}")
+                rates.append(s.flows / s.seconds)
+                stores[(algo, jobs)] = out
+            target = ">= 1.8x" if algo == "tvl1" else ""
+            print(f"{algo:10s} {rates[0]:8.2f} {rates[1]:8.2f} {rates[1] / rates[0]:7.2f}x  {target}")
+        print("\n2. share of extraction time outside the flow computation (decode, resize, quantise, encode, write)")
+        for algo in args.algos.split(","):
+            target = "<= 15%" if algo == "tvl1" else ""
+            print(f"{algo:10s} {100 * outside_share(stores[(algo, 1)]):6.2f}%  {target}")
+        algo = args.algos.split(",")[0]
+        raw = tmp / f"{algo}-raw.h5"
+        run_extract(tmp / "videos", raw, algo, 2, "raw", args.size)
+        print(f"\n3. random reads on one core ({algo} stores, median of {args.reads}, decode included)")
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        cv2.setNumThreads(1)
+        print(f"{'codec':6s} {'10-field stack':>15s} {'1 RGB frame':>12s} {'bytes/flow field':>17s}")
+        for codec, path in (("jpeg", stores[(algo, 2)]), ("raw", raw)):
+            st, fr = read_times(path, args.reads)
+            print(f"{codec:6s} {st:12.3f} ms {fr:9.3f} ms {flow_bytes_per_field(path):14.0f} B")
+        print("targets: 10-field stack <= 2 ms (jpeg); <= 15 KB per flow field (jpeg) at 340x256")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The store format directly: part files, assembly, reading, shards, atomicity, checksums."""
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from flowprep import FlowStore, StoreError
+from flowprep.store import PartWriter, assemble, part_key, write_master
+
+CONFIG = {"algo": "tvl1", "params": {}, "bound": 20.0, "rounding": "r", "codec": "jpeg", "jpeg_quality": 95,
+          "size": "32x24", "interpolation": "INTER_LINEAR", "implementation": "test"}
+
+
+def _frames(n, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:24, 0:32]
+    # smooth images (no wrap-around edges), different per frame, so lossy JPEG stays close
+    rgb = [np.stack([xx * 6 + k * 8, yy * 9, np.full_like(xx, 40 + 10 * seed)], -1).astype(np.uint8)
+           for k in range(n)]
+    flow = [np.clip(128 + 20 * np.sin(xx / 5 + k)[..., None] * [1, -1] + rng.normal(0, 1, (24, 32, 2)), 0, 255)
+            .astype(np.uint8) for k in range(n - 1)]
+    return rgb, flow
+
+
+def _write_part(parts, vid, n, seed, codec="jpeg"):
+    rgb, flow = _frames(n, seed)
+    w = PartWriter(parts, vid, dict(CONFIG, codec=codec))
+    for f in rgb:
+        w.add_rgb(f)
+    for f in flow:
+        w.add_flow(f)
+    w.finish({"width": 32, "height": 24, "path": f"C/{vid}.avi"})
+    return rgb, flow
+
+
+@pytest.fixture
+def manifest_text():
+    from data_manifest import Manifest, VideoRecord
+
+    recs = [VideoRecord(video_id=v, path=f"C/{v}.avi", class_name="C", label=0, group=None, splits=())
+            for v in ("a", "b", "c")]
+    return Manifest(dataset="folder", classes=["C"], records=recs).to_text()
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "raw"])
+def test_write_assemble_read(tmp_path, manifest_text, codec):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    rgb_a, flow_a = _write_part(parts, "a", 6, 1, codec)
+    _write_part(parts, "b!(x)&", 3, 2, codec)
+    out = assemble(tmp_path / "s.h5", sorted(parts.glob("*.h5")), None, dict(CONFIG, codec=codec), manifest_text,
+                   ["a", "b!(x)&"], [{"video_id": "c", "path": "C/c.avi", "reason": "broken"}])
+    with FlowStore(out) as store:
+        assert store.video_ids == ["a", "b!(x)&"]
+        assert store.num_frames("a") == 6 and store.num_flows("a") == 5
+        assert store.failures[0]["reason"] == "broken"
+        rgb = store.read_rgb("a", [4, 0, 4])
+        flow = store.read_flow("a", np.arange(5))
+        assert rgb.shape == (3, 24, 32, 3) and flow.shape == (5, 24, 32, 2) and flow.dtype == np.uint8
+        # raw is lossless; JPEG q95 (4:2:0 chroma) stays close on average, gray flow closer still
+        rgb_tol, flow_tol = (0, 0) if codec == "raw" else (3, 4)
+        assert np.abs(rgb[1].astype(int) - rgb_a[0]).mean() <= rgb_tol
+        assert np.abs(rgb[0].astype(int) - rgb_a[4]).mean() <= rgb_tol
+        assert np.abs(flow.astype(int) - np.stack(flow_a)).max() <= flow_tol
+        assert np.abs(rgb[1].astype(int) - rgb_a[4]).mean() > 5  # frames differ: the check can fail
+        assert np.array_equal(rgb[0], rgb[2])
+        with pytest.raises(IndexError, match="valid 0..4"):
+            store.read_flow("a", [5])
+        with pytest.raises(IndexError):
+            store.read_rgb("a", [-1])
+        with pytest.raises(KeyError, match="not in the store"):
+            store.read_rgb("zzz", [0])
+        assert store.manifest.classes == ["C"]
+
+
+def test_part_is_invisible_until_finished(tmp_path):
+    w = PartWriter(tmp_path, "a", CONFIG)
+    w.add_rgb(np.zeros((24, 32, 3), np.uint8))
+    assert not (tmp_path / f"{part_key('a')}.h5").exists()
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unfinished_store_is_refused(tmp_path):
+    path = tmp_path / "half.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format="flowprep-store/1", kind="store", complete=False, config=json.dumps(CONFIG))
+    with pytest.raises(StoreError, match="not finished"):
+        FlowStore(path)
+    (tmp_path / "junk.h5").write_bytes(b"\x00" * 100)
+    with pytest.raises(StoreError, match="not a readable HDF5"):
+        FlowStore(tmp_path / "junk.h5")
+    with pytest.raises(StoreError, match="no such store"):
+        FlowStore(tmp_path / "missing.h5")
+
+
+def test_shards_read_as_one_store(tmp_path, manifest_text):
+    shards = []
+    for i, vids in enumerate([["a"], ["b", "c"]]):
+        parts = tmp_path / f"p{i}"
+        parts.mkdir()
+        for j, v in enumerate(vids):
+            _write_part(parts, v, 4 + j, j)
+        shards.append(assemble(tmp_path / f"s{i}.h5", sorted(parts.glob("*.h5")), None, CONFIG, manifest_text,
+                               vids, []))
+    master = write_master(tmp_path / "all.h5", shards)
+    with FlowStore(master) as store:
+        assert store.video_ids == ["a", "b", "c"]
+        assert store.read_flow("c", [3]).shape == (1, 24, 32, 2)
+    with FlowStore(shards) as store:
+        assert len(store) == 3
+    with pytest.raises(StoreError, match="in both"):
+        write_master(tmp_path / "dup.h5", [shards[0], shards[0]])
+
+
+def test_store_can_be_pickled_to_workers(tmp_path, manifest_text):
+    import pickle
+
+    parts = tmp_path / "p"
+    parts.mkdir()
+    _write_part(parts, "a", 4, 0)
+    out = assemble(tmp_path / "s.h5", list(parts.glob("*.h5")), None, CONFIG, manifest_text, ["a"], [])
+    store = FlowStore(out)
+    first = store.read_flow("a", [0])
+    clone = pickle.loads(pickle.dumps(store))
+    assert np.array_equal(clone.read_flow("a", [0]), first)
+    pid = os.fork()
+    if pid == 0:  # child: the inherited handle must not be reused
+        ok = np.array_equal(store.read_flow("a", [0]), first) and store._pid == os.getpid()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0

@@ -1,0 +1,13 @@
+"""The fusion exception family: every message names the file, stream or option and the fix."""
+
+
+class FusionError(Exception):
+    """Base class for fusion's domain errors; the CLI turns them into click.ClickException."""
+
+
+class CoverageError(FusionError):
+    """Streams disagree on videos, labels, classes or view counts, so fusing them would give wrong numbers."""
+
+
+class InputError(FusionError):
+    """A score file is missing, unreadable, mislabelled or does not fit the request."""

@@ -1,0 +1,91 @@
+"""Where score files live, reading them through trainer.scores, and checking what their meta says."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from trainer.scores import Scores, ScoreFileError, read_scores
+
+from fusion.errors import InputError
+
+DEFAULT_RUNS = "runs"
+DEFAULT_STREAMS = ("spatial", "temporal")
+SPLITS = (1, 2, 3)
+TEST_FILE = "scores_test.npz"
+VAL_FILE = "scores_val.npz"
+
+
+def default_paths(runs: str | os.PathLike, split: int, subset: str = "test") -> list[tuple[str, Path]]:
+    """The trainer's score files of a split: ``runs/{stream}-split{k}/scores_{subset}.npz`` per stream."""
+    name = TEST_FILE if subset == "test" else VAL_FILE
+    return [(s, Path(runs) / f"{s}-split{split}" / name) for s in DEFAULT_STREAMS]
+
+
+def val_path_for(test_path: str | os.PathLike) -> Path | None:
+    """The validation file the trainer writes beside a test file (``scores_test*`` -> ``scores_val*``)."""
+    p = Path(test_path)
+    if not p.name.startswith("scores_test"):
+        return None
+    return p.with_name("scores_val" + p.name[len("scores_test"):])
+
+
+def missing_hint(name: str, split: int | None) -> str:
+    """How to get the score file of a default stream."""
+    of_split = f" of split {split}" if split is not None else ""
+    return (f"run `trainer test` for the {name} stream{of_split} (it writes this file), or pass "
+            "--spatial PATH --temporal PATH or --scores NAME=PATH")
+
+
+def load(named_paths: Sequence[tuple[str, Path]], hint=None) -> list[tuple[str, Scores]]:
+    """Read every score file; a missing or damaged one raises InputError naming the path and the fix.
+
+    ``hint(name)`` gives the fix for a missing file; all missing files are named at once.
+    """
+    missing = [(n, p) for n, p in named_paths if not Path(p).is_file()]
+    if missing:
+        lines = [f"{p}: no such score file ({n}); " + (hint(n) if hint else "check the path") for n, p in missing]
+        raise InputError("\n".join(lines))
+    out = []
+    for name, path in named_paths:
+        try:
+            out.append((name, read_scores(path)))
+        except ScoreFileError as exc:
+            raise InputError(f"{name}: {exc}") from exc
+    return out
+
+
+def check_meta(streams: Sequence[tuple[str, Scores]], subset: str, split: int | None) -> list[str]:
+    """Compare the files' own meta with how they are used; raise on contradictions, return notes otherwise.
+
+    Errors: two known stream names swapped (a 'temporal' file given as spatial), files of different splits,
+    a file of another split than asked for, a test file used as validation. Fields a file does not record
+    are not checked.
+    """
+    notes = []
+    splits = {}
+    for name, s in streams:
+        meta = s.meta or {}
+        stream = meta.get("stream")
+        if stream is not None and str(stream) != name:
+            if name in DEFAULT_STREAMS and str(stream) in DEFAULT_STREAMS:
+                raise InputError(f"{s.path}: given as the {name} stream but its meta says stream {stream!r}; "
+                                 "are --spatial and --temporal swapped?")
+            notes.append(f"{name}: {s.path} says stream {stream!r}")
+        file_subset = meta.get("subset")
+        if file_subset is not None and str(file_subset) != subset:
+            if subset == "val" and str(file_subset) == "test":
+                raise InputError(f"{s.path}: given as validation scores of {name} but its meta says subset "
+                                 "'test'; weights must never be tuned on test")
+            notes.append(f"{name}: {s.path} used as {subset} scores but its meta says subset {file_subset!r}")
+        if meta.get("split") is not None:
+            splits[name] = str(meta["split"])
+    if len(set(splits.values())) > 1:
+        raise InputError(f"{subset} score files come from different splits: "
+                         + ", ".join(f"{n} split {k}" for n, k in splits.items()))
+    if split is not None:
+        for name, k in splits.items():
+            if k != str(split):
+                path = dict(streams)[name].path
+                raise InputError(f"{path}: asked for split {split} but the {name} file says split {k}")
+    return notes

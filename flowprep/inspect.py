@@ -107,12 +107,17 @@ def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Pa
         flow = dequantize(store.read_flow(video_id, idx), store.attrs["bound"])
     top = max(float(np.percentile(np.hypot(flow[..., 0], flow[..., 1]), 99)), 1e-6)
     colour = [flow_to_color(f, top) for f in flow]
+    zoom = max(1, -(-192 // rgb.shape[1]))  # small frames are enlarged (nearest) so a person can see them
+    if zoom > 1:
+        rgb = np.stack([cv2.resize(f, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for f in rgb])
+        colour = [cv2.resize(c, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for c in colour]
     for i, (frame, col) in enumerate(zip(rgb, colour)):
         cv2.putText(frame, f"frame {idx[i]}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
         cv2.putText(col, f"flow {idx[i]}->{idx[i] + 1}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     grid = np.concatenate([np.concatenate(list(rgb), axis=1), np.concatenate(colour, axis=1)], axis=0)
-    legend = np.full((18, grid.shape[1], 3), 32, np.uint8)
-    cv2.putText(legend, f"{video_id}: hue = direction, brightness = speed (full at {top:.2f} px)", (4, 13),
+    legend = np.full((36, grid.shape[1], 3), 32, np.uint8)
+    cv2.putText(legend, video_id, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+    cv2.putText(legend, f"flow colour: hue = direction, brightness = speed (full at {top:.2f} px/frame)", (4, 30),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     grid = np.concatenate([legend, grid], axis=0)
     out = Path(out)

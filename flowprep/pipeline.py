@@ -41,6 +41,12 @@ class ExtractConfig:
     overwrite: bool = False
     progress: bool = True
 
+    def __post_init__(self):
+        for name in ("videos", "out", "splits_dir"):  # accept str paths from Python callers
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
     def validate(self) -> None:
         if self.algo not in ALGORITHMS:
             raise FlowprepError(f"unknown --algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")

@@ -1,0 +1,130 @@
+"""The data-manifest command line: synth, build, check, info. Thin: parse, call the library, report."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from data_manifest.build import DATASETS, BuildInfo, build
+from data_manifest.errors import ManifestError
+from data_manifest.holdout import DEFAULT_VAL_FRACTION, DEFAULT_VAL_SEED
+from data_manifest.manifest import SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_UNUSED, SUBSET_VAL, Manifest
+from data_manifest.synth import (CLASS_NAMES, DEFAULT_CLASSES, DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE,
+                                 DEFAULT_VIDEOS_PER_CLASS, make_synthetic)
+
+_SUBSET_LABELS = ((SPLIT_TRAIN, "train"), (SPLIT_TEST, "test"), (SPLIT_UNUSED, "unused"), (SPLIT_NONE, "unlisted"))
+
+
+@contextlib.contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Turn the library's ManifestError into a one-line CLI error (exit 1)."""
+    try:
+        yield
+    except ManifestError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 160x120, got {value!r}") from None
+    return w, h
+
+
+def _summary(m: Manifest, info: BuildInfo | None = None) -> list[str]:
+    """Human-readable lines: where, how many, per-split counts (with the validation hold-out), problems."""
+    lines = [f"dataset:  {m.dataset}"]
+    if info is not None:
+        lines.append(f"folder:   {info.video_root}")
+        lines.append(f"splits:   {info.splits_dir if info.splits_dir else '(none)'}")
+    lines.append(f"classes:  {len(m.classes)}")
+    lines.append(f"videos:   {len(m)}")
+    for k in range(1, m.num_splits + 1):
+        counts = Counter(r.splits[k - 1] for r in m)
+        parts = [f"{label} {counts[s]}" for s, label in _SUBSET_LABELS if counts[s]]
+        if counts[SPLIT_TRAIN]:
+            parts.insert(1, f"(val {len(m.ids(k, SUBSET_VAL))})")
+        lines.append(f"split {k}:  " + " ".join(parts))
+    lines.append(f"problems: {len(m.problems) or 'none'}")
+    lines += [f"  - {p}" for p in m.problems]
+    return lines
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Build and check dataset manifests (UCF101, HMDB51, class folders); make a synthetic dataset."""
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write UCF-101/ and ucfTrainTestlist/ into.")
+@click.option("--classes", default=DEFAULT_CLASSES, show_default=True, type=click.IntRange(2, len(CLASS_NAMES)),
+              help="Number of motion classes.")
+@click.option("--videos-per-class", default=DEFAULT_VIDEOS_PER_CLASS, show_default=True,
+              type=click.IntRange(min=3))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--frames", default=DEFAULT_FRAMES, show_default=True, type=click.IntRange(min=2),
+              help="Frames per video.")
+@click.option("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", show_default=True, callback=_parse_size,
+              help="Frame size WIDTHxHEIGHT.")
+@click.option("--fps", default=DEFAULT_FPS, show_default=True, type=click.FloatRange(min=0, min_open=True))
+def synth(out_dir: Path, classes: int, videos_per_class: int, seed: int, frames: int, size: tuple[int, int],
+          fps: float) -> None:
+    """Write a synthetic dataset (classes differ only by motion) in UCF101 layout."""
+    with _domain_errors():
+        out = make_synthetic(out_dir, classes=classes, videos_per_class=videos_per_class, seed=seed, size=size,
+                             frames=frames, fps=fps)
+        m, info = build(out)
+    click.echo(f"wrote {out}")
+    click.echo("\n".join(_summary(m, info)))
+
+
+def _dataset_options(f):
+    f = click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Folder with the split files, if they are not found under ROOT.")(f)
+    f = click.option("--dataset", type=click.Choice(DATASETS), default="auto", show_default=True,
+                     help="auto: classInd.txt -> ucf101, *_test_split1.txt -> hmdb51, else folder.")(f)
+    return click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))(f)
+
+
+@main.command("build")
+@_dataset_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Manifest file to write.  [default: ./<ROOT name>.manifest.tsv]")
+@click.option("--allow-missing", is_flag=True, help="Leave out videos named by split files but absent on disk.")
+def build_cmd(root: Path, dataset: str, splits_dir: Path | None, out: Path | None, allow_missing: bool) -> None:
+    """Scan ROOT and its split files, print a summary and write the manifest."""
+    with _domain_errors():
+        m, info = build(root, dataset, splits_dir, allow_missing=allow_missing)
+        out = out or Path(f"{root.resolve().name}.manifest.tsv")
+        m.write(out)
+    click.echo("\n".join(_summary(m, info)))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@_dataset_options
+def check(root: Path, dataset: str, splits_dir: Path | None) -> None:
+    """Like build, without writing; exit status 1 on any problem (missing videos included)."""
+    with _domain_errors():
+        m, info = build(root, dataset, splits_dir, allow_missing=True)
+    click.echo("\n".join(_summary(m, info)))
+    if m.problems:
+        click.echo(f"check failed: {len(m.problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo("check passed")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def info(manifest: Path) -> None:
+    """Print the summary of a manifest file (validation counts use the default hold-out)."""
+    with _domain_errors():
+        m = Manifest.read(manifest)
+    click.echo("\n".join(_summary(m)))
+    click.echo(f"hold-out: val_fraction {DEFAULT_VAL_FRACTION}, seed {DEFAULT_VAL_SEED} (see docs/data_manifest.md)")

@@ -34,6 +34,7 @@ def make_scene_video(path: Path, n: int, w: int, h: int, seed: int) -> None:
     obj = cv2.GaussianBlur(rng.uniform(0, 255, (h // 3, w // 4, 3)).astype(np.float32), (0, 0), 1.5)
     obj = cv2.normalize(obj, None, 0, 255, cv2.NORM_MINMAX)
     pan = rng.uniform(-1.5, 1.5, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
     for k in range(n):
         m = np.float32([[1, 0, 100 - k * pan[0]], [0, 1, 100 - k * pan[1]]])

@@ -398,18 +398,20 @@ class FlowStore:
             pieces = [blob[a:b] for a, b in spans]
         else:
             pieces = [blob_ds[int(offsets[i]):int(offsets[i + 1])] for i in idx]
-        out = []
-        for i, piece in zip(idx, pieces):
+        rec = self._records[video_id]
+        h, w = int(rec["height"]), int(rec["width"])
+        out = np.empty((len(idx), h, w, 3 if kind == "rgb" else 2), np.uint8)
+        for k, (i, piece) in enumerate(zip(idx, pieces)):
             img = cv2.imdecode(piece, cv2.IMREAD_COLOR if kind == "rgb" else cv2.IMREAD_GRAYSCALE)
-            if img is None:
+            if img is None or img.shape[:2] != ((h, w) if kind == "rgb" else (h, 2 * w)):
                 raise StoreError(f"{self.files[self._where[video_id]]}: {kind} image {i} of {video_id!r} "
                                  "does not decode; run `flowprep verify` and re-extract that video")
             if kind == "rgb":
-                out.append(img[..., ::-1])
-            else:
-                w = img.shape[1] // 2
-                out.append(np.stack([img[:, :w], img[:, w:]], axis=-1))
-        return np.ascontiguousarray(np.stack(out)) if out else np.zeros((0,), np.uint8)
+                cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
+            else:  # stored side by side (H, 2W): x | y
+                out[k, :, :, 0] = img[:, :w]
+                out[k, :, :, 1] = img[:, w:]
+        return out
 
     def read_rgb(self, video_id: str, indices) -> np.ndarray:
         """RGB frames at ``indices``: (n, H, W, 3) uint8."""

@@ -62,12 +62,13 @@ def main() -> None:
               show_default=True)
 @click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Folder with the split files, if not inside --videos.")
+@click.option("--allow-missing", is_flag=True, help="Extract what is on disk when split files name absent videos.")
 @click.option("--overwrite", is_flag=True, help="Discard the existing store and unfinished work; start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
 def extract(videos, out, algo, params, device, size, short_side, bound, codec, jpeg_quality, jobs, shard,
-            dataset, splits_dir, overwrite, no_progress, summary_json):
+            dataset, splits_dir, allow_missing, overwrite, no_progress, summary_json):
     """Extract RGB frames and flow of every video into one store. Re-run the same command to resume.
 
     Exit status: 0 when every video was extracted, 1 when any failed (they are named), 2 on misuse.
@@ -82,7 +83,8 @@ def extract(videos, out, algo, params, device, size, short_side, bound, codec, j
         cfg = ExtractConfig(videos=videos, out=out, algo=algo, params=_parse_params(params), device=device,
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
                             jobs=jobs or os.cpu_count() or 1, shard=_parse_shard(shard), dataset=dataset,
-                            splits_dir=splits_dir, overwrite=overwrite, progress=not no_progress)
+                            splits_dir=splits_dir, allow_missing=allow_missing, overwrite=overwrite,
+                            progress=not no_progress)
         summary = run_extract(cfg)
     except (FlowprepError, ManifestError) as exc:
         raise _fail(exc) from exc

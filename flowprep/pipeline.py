@@ -39,6 +39,7 @@ class ExtractConfig:
     dataset: str = "auto"
     splits_dir: Path | None = None
     overwrite: bool = False
+    allow_missing: bool = False  # split files may name videos that are not on disk
     progress: bool = True
 
     def __post_init__(self):
@@ -224,7 +225,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
 
     cfg.validate()
     t0 = time.perf_counter()
-    manifest = build_manifest(cfg.videos, dataset=cfg.dataset, splits_dir=cfg.splits_dir)
+    manifest = build_manifest(cfg.videos, dataset=cfg.dataset, splits_dir=cfg.splits_dir,
+                              allow_missing=cfg.allow_missing)
     all_ids = [r.video_id for r in manifest.records]
     expected = shard_ids(all_ids, cfg.shard)
     recorded = cfg.recorded()

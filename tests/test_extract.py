@@ -197,3 +197,45 @@ def test_sigkill_then_resume_keeps_finished_videos(tmp_path):
     with FlowStore(out) as store:
         assert len(store) == 8 and all(store.num_flows(v) == 7 for v in store.video_ids)
     assert run_cli("verify", out, "--no-progress").exit_code == 0
+
+
+def _fill_with_videos(tree, frames=3):
+    """Replace the fake tree's empty placeholder files by real tiny videos."""
+    for i, rel in enumerate(sorted(tree.expected)):
+        moving_video(tree.video_dir / rel, n=frames, w=32, h=24, seed=i)
+
+
+def test_official_ucf101_layout_with_quirks_and_a_missing_video(tmp_path):
+    from tests.fake_datasets import make_fake_ucf101, ucf_name
+
+    missing = f"YoYo/{ucf_name('YoYo', 2, 1)}"
+    tree = make_fake_ucf101(tmp_path / "UCF101", groups=3, clips=1, missing=(missing,))
+    _fill_with_videos(tree)
+    args = ["extract", "--videos", str(tree.root), "--out", str(tmp_path / "f.h5"), "--size", "32x24",
+            "--algo", "farneback", "--jobs", "1", "--no-progress"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 1 and "v_YoYo_g02_c01" in refused.output and "--allow-missing" in refused.output
+    ok = run_cli(*args, "--allow-missing")
+    assert ok.exit_code == 0, ok.output
+    with FlowStore(tmp_path / "f.h5") as store:
+        assert len(store) == 8
+        quirk = "v_HandStandPushups_g01_c01"
+        assert store.record(quirk)["class_name"] == "HandstandPushups"
+        assert store.manifest.by_id(quirk).label == store.manifest.classes.index("HandstandPushups")
+        assert store.manifest.dataset == "ucf101" and store.record(quirk)["path"].startswith("UCF-101/")
+
+
+def test_hmdb51_names_with_odd_characters(tmp_path):
+    from tests.fake_datasets import make_fake_hmdb51
+
+    tree = make_fake_hmdb51(tmp_path / "hmdb51")
+    _fill_with_videos(tree)
+    out = tmp_path / "h.h5"
+    result = run_cli("extract", "--videos", tree.root, "--out", out, "--size", "32x24", "--algo", "farneback",
+                     "--jobs", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    with FlowStore(out) as store:
+        odd = "(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0"
+        assert odd in store.video_ids and len(store) == 9
+        assert store.read_flow("Jim_Carrey_&_Ellen_chew_h_nm_np1_fr_goo_1", [1]).shape == (1, 24, 32, 2)
+    assert run_cli("verify", out, "--no-progress").exit_code == 0

@@ -49,14 +49,21 @@ def main() -> None:
 @click.option("--algo", type=click.Choice(["tvl1", "farneback"]), default="tvl1", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Flow parameter override, e.g. --param warps=3 (see `flowprep params`).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="auto: cuda when torch sees a GPU, else cpu.")
+@click.option("--backend", type=click.Choice(["opencv", "torch"]), default=None,
+              help="Flow code: opencv (CPU default) or torch (batched PyTorch; the only one on cuda).")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Frame pairs per flow call with the torch backend.")
+@click.option("--gpus", default=None, help="Comma-separated CUDA device ids (default: all visible).")
 @click.option("--size", default="340x256", show_default=True, help="Output frame size WIDTHxHEIGHT.")
 @click.option("--short-side", type=int, default=None, help="Resize the short side to this, keeping aspect ratio "
               "(instead of --size).")
 @click.option("--bound", type=float, default=20.0, show_default=True, help="Flow clip bound in pixels.")
 @click.option("--codec", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True)
 @click.option("--jpeg-quality", type=int, default=95, show_default=True)
-@click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
+@click.option("--jobs", "-j", type=int, default=None,
+              help="Parallel videos (default: number of CPU cores); decode threads with the torch backend.")
 @click.option("--shard", default="1/1", show_default=True, help="Process the I-th of N deterministic parts.")
 @click.option("--dataset", type=click.Choice(["auto", "ucf101", "hmdb51", "folder"]), default="auto",
               show_default=True)
@@ -67,8 +74,8 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
-def extract(videos, out, algo, params, device, size, short_side, bound, codec, jpeg_quality, jobs, shard,
-            dataset, splits_dir, allow_missing, overwrite, no_progress, summary_json):
+def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, short_side, bound, codec,
+            jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, overwrite, no_progress, summary_json):
     """Extract RGB frames and flow of every video into one store. Re-run the same command to resume.
 
     Exit status: 0 when every video was extracted, 1 when any failed (they are named), 2 on misuse.
@@ -80,7 +87,9 @@ def extract(videos, out, algo, params, device, size, short_side, bound, codec, j
 
     try:
         resize = Resize(None, None, short_side) if short_side else parse_size(size)
+        gpu_ids = tuple(int(g) for g in gpus.split(",")) if gpus else None
         cfg = ExtractConfig(videos=videos, out=out, algo=algo, params=_parse_params(params), device=device,
+                            backend=backend, batch_size=batch_size, gpus=gpu_ids,
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
                             jobs=jobs or os.cpu_count() or 1, shard=_parse_shard(shard), dataset=dataset,
                             splits_dir=splits_dir, allow_missing=allow_missing, overwrite=overwrite,

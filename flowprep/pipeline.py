@@ -15,7 +15,7 @@ import numpy as np
 from flowprep import __version__
 from flowprep.decode import INTERPOLATION, Resize, VideoReader
 from flowprep.errors import FlowprepError, StoreError, VideoError
-from flowprep.flow import ALGORITHMS, OpenCVFlow, resolve_params
+from flowprep.flow import ALGORITHMS, BACKENDS, OpenCVFlow, resolve_device, resolve_params
 from flowprep.quantize import DEFAULT_BOUND, ROUNDING_RULE, quantize
 from flowprep.store import (CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION,
                             PartWriter, assemble, incompatibilities, part_key, read_config, write_failure)
@@ -30,6 +30,9 @@ class ExtractConfig:
     algo: str = "tvl1"
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    backend: str | None = None  # "opencv" (CPU default) or "torch" (batched; the only one on CUDA)
+    batch_size: int = 32  # frame pairs per flow call with the torch backend
+    gpus: tuple[int, ...] | None = None  # CUDA devices to use; default: all visible
     bound: float = DEFAULT_BOUND
     codec: str = DEFAULT_CODEC
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
@@ -62,9 +65,37 @@ class ExtractConfig:
             raise FlowprepError(f"--shard must be I/N with 1 <= I <= N, got {i}/{n}")
         if self.jobs < 1:
             raise FlowprepError(f"--jobs must be at least 1, got {self.jobs}")
-        if self.device != "cpu":
-            raise FlowprepError(f"--device {self.device}: GPU extraction is not available yet in this version; "
-                                "use --device cpu")
+        if self.backend not in (None, *BACKENDS):
+            raise FlowprepError(f"unknown --backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.batch_size < 1:
+            raise FlowprepError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    @property
+    def resolved_device(self) -> str:
+        """'cpu' or 'cuda' ('auto' resolved); 'cuda' without a GPU raises FlowprepError."""
+        return resolve_device(self.device)
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend:
+            if self.backend == "opencv" and self.resolved_device != "cpu":
+                raise FlowprepError("--backend opencv runs on CPU only; use --backend torch with --device cuda")
+            return self.backend
+        return "opencv" if self.resolved_device == "cpu" else "torch"
+
+    def devices(self) -> list[str]:
+        """Torch devices the batched backend runs on: each GPU asked for (or all visible), or ['cpu']."""
+        if self.resolved_device == "cpu":
+            return ["cpu"]
+        import torch
+
+        count = torch.cuda.device_count()
+        ids = list(self.gpus) if self.gpus else list(range(count))
+        bad = [i for i in ids if not 0 <= i < count]
+        if bad:
+            raise FlowprepError(f"--gpus {','.join(map(str, ids))}: no such CUDA device {bad}; "
+                                f"{count} visible (0..{count - 1})")
+        return [f"cuda:{i}" for i in ids]
 
     @property
     def store_path(self) -> Path:
@@ -74,6 +105,12 @@ class ExtractConfig:
             return self.out
         return self.out.with_name(f"{self.out.stem}-{i}of{n}{self.out.suffix or '.h5'}")
 
+    def implementation(self) -> str:
+        """Which code computed the flow: it is part of what must agree on resume and merge."""
+        if self.resolved_backend == "opencv":
+            return f"opencv-{'DualTVL1' if self.algo == 'tvl1' else 'calcOpticalFlowFarneback'}-cpu"
+        return f"flowprep-torch-{self.algo}-{self.resolved_device}"
+
     def recorded(self) -> dict[str, Any]:
         """The config written into the store: every setting that shaped the data, and tool versions."""
         import cv2
@@ -82,7 +119,7 @@ class ExtractConfig:
         return {
             "algo": self.algo,
             "params": resolve_params(self.algo, self.params),
-            "implementation": f"opencv-{'DualTVL1' if self.algo == 'tvl1' else 'calcOpticalFlowFarneback'}-cpu",
+            "implementation": self.implementation(),
             "flow_input": "gray uint8 (cv2.COLOR_RGB2GRAY) of the resized frames",
             "bound": float(self.bound),
             "rounding": ROUNDING_RULE,
@@ -251,7 +288,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     by_id = {r.video_id: r for r in manifest.records}
     job_config = dict(recorded, _relpaths={v: by_id[v].path for v in todo},
                       _labels={v: {"class_name": by_id[v].class_name, "label": by_id[v].label} for v in todo})
-    results = run_jobs(todo, cfg.videos, by_id, parts, job_config, cfg)
+    if cfg.resolved_backend == "torch":
+        results = run_batched(todo, cfg.videos, by_id, parts, job_config, cfg)
+    else:
+        results = run_jobs(todo, cfg.videos, by_id, parts, job_config, cfg)
 
     failed = [{"video_id": r["video_id"], "path": by_id[r["video_id"]].path, "reason": r["reason"]}
               for r in results if not r["ok"]]
@@ -272,26 +312,53 @@ def run_jobs(todo: list[str], root: Path, by_id: dict, parts: Path, job_config: 
              cfg: ExtractConfig) -> list[dict[str, Any]]:
     """Run extract_video over ``todo`` with joblib, showing videos/s, frames/s and ETA."""
     from joblib import Parallel, delayed
-    from tqdm import tqdm
 
     if not todo:
         return []
     calls = (delayed(extract_video)(str(root / by_id[v].path), v, str(parts), job_config, cfg.resize)
              for v in todo)
     results = []
-    frames = 0
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="video", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+    bar, update = _progress_bar(len(todo), cfg)
     try:
         for res in Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(calls):
             results.append(res)
-            frames += res["frames"]
-            bar.update(1)
-            bar.set_postfix(frames_s=f"{frames / max(time.perf_counter() - start, 1e-9):.1f}",
-                            failed=sum(1 for r in results if not r["ok"]))
+            update(res["ok"], res["frames"])
     finally:
         bar.close()
     return results
+
+
+def _progress_bar(total: int, cfg: ExtractConfig):
+    """A tqdm bar (videos/s, ETA) and an update(ok, frames) function that adds frames/s and failures."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="video", disable=not cfg.progress, dynamic_ncols=True, file=sys.stderr)
+    state = {"frames": 0, "failed": 0, "start": time.perf_counter()}
+
+    def update(ok: bool, frames: int) -> None:
+        state["frames"] += frames
+        state["failed"] += 0 if ok else 1
+        bar.update(1)
+        bar.set_postfix(frames_s=f"{state['frames'] / max(time.perf_counter() - state['start'], 1e-9):.1f}",
+                        failed=state["failed"])
+
+    return bar, update
+
+
+def run_batched(todo: list[str], root: Path, by_id: dict, parts: Path, job_config: dict[str, Any],
+                cfg: ExtractConfig) -> list[dict[str, Any]]:
+    """Run the torch backend over ``todo``: CPU decode threads, batched flow on each device."""
+    from flowprep.batched import run_devices
+
+    if not todo:
+        return []
+    items = [(v, str(root / by_id[v].path), by_id[v].path) for v in todo]
+    bar, update = _progress_bar(len(todo), cfg)
+    try:
+        return run_devices(items, str(parts), job_config, cfg.resize, cfg.devices(), cfg.batch_size,
+                           decoders=max(1, cfg.jobs), progress=update)
+    finally:
+        bar.close()
 
 
 def summary_text(s: ExtractSummary) -> str:

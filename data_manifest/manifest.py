@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from data_manifest.atomic import atomic_write
 from data_manifest.errors import ManifestError, UnknownVideoError
 from data_manifest.holdout import DEFAULT_VAL_FRACTION, DEFAULT_VAL_SEED, check_val_args, holdout_ids
 
@@ -341,19 +341,7 @@ class Manifest:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the text atomically (temp file in the same folder, then rename); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(self.to_text())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, self.to_text())
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Manifest:

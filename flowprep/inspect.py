@@ -40,7 +40,7 @@ def info_text(info: dict[str, Any]) -> str:
              f"videos     {info['videos']} of {info['expected']} expected, {info['failed']} failed",
              f"frames     {info['frames']} RGB, {info['flows']} flow fields",
              f"flow       {c['algo']} ({c['implementation']}), bound {c['bound']}, {c['rounding']}",
-             f"params     " + ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+             "params     " + ", ".join(f"{k}={v}" for k, v in c["params"].items()),
              f"storage    codec {c['codec']}" + (f" q{c['jpeg_quality']}" if c.get("jpeg_quality") else "")
              + f", size {c['size']} ({c['interpolation']})",
              f"clipped    {100 * info['mean_clipped_fraction']:.3f}% of flow values at the bound (mean over videos)",

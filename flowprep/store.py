@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from data_manifest.atomic import atomic_write
 from flowprep.errors import StoreError
 
 FORMAT = "flowprep-store/1"
@@ -153,11 +154,8 @@ class PartWriter:
 
 def write_failure(parts_dir: str | os.PathLike, video_id: str, path: str, reason: str) -> None:
     """Record a failed video in the parts folder (atomically)."""
-    parts_dir = Path(parts_dir)
-    target = parts_dir / f"{part_key(video_id)}.failed.json"
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"video_id": video_id, "path": path, "reason": reason}))
-    os.replace(tmp, target)
+    atomic_write(Path(parts_dir) / f"{part_key(video_id)}.failed.json",
+                 json.dumps({"video_id": video_id, "path": path, "reason": reason}))
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

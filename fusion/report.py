@@ -8,12 +8,12 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from data_manifest.atomic import atomic_write
 from fusion.aggregate import AGGREGATIONS
 from fusion.combine import CONFIDENCE_EPS
 from fusion.evaluate import CI_LEVEL, SWEEP_LABEL, TIE_RULE, Evaluation
@@ -25,25 +25,6 @@ CONFIDENCE_FORMULA = (f"w_s(v) = p1_s(v) - p2_s(v) + {CONFIDENCE_EPS:g}; fused(v
 MAX_SWEEP_ROWS_MD = 30
 OUTPUT_NAMES = {"markdown": "report.md", "json": "report.json", "per_class": "per_class.csv",
                 "confusion": "confusion.png"}
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _pct(x: float) -> str:

@@ -16,11 +16,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from data_manifest.atomic import atomic_open
 
 SCORE_FORMAT = "twostream-scores/1"
 REQUIRED_KEYS = ("video_ids", "labels", "logits", "class_names", "meta")
@@ -60,18 +61,9 @@ def write_scores(path: str | os.PathLike, video_ids, labels, logits, class_names
     names = np.asarray([str(c) for c in class_names])
     _check(path, ids, labels, logits, names)
     meta = dict(meta, format=SCORE_FORMAT)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, video_ids=ids, labels=labels, logits=logits, class_names=names,
-                     meta=np.asarray(json.dumps(meta, sort_keys=True)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, video_ids=ids, labels=labels, logits=logits, class_names=names,
+                 meta=np.asarray(json.dumps(meta, sort_keys=True)))
 
 
 def read_scores(path: str | os.PathLike) -> Scores:

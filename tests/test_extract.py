@@ -15,7 +15,7 @@ from flowprep import FlowStore, StoreError, quantize
 from flowprep.cli import main as cli
 from flowprep.decode import Resize, VideoReader
 from flowprep.flow import OpenCVFlow
-from tests.videos import moving_video, truncate, write_video
+from tests.videos import moving_video, truncate
 
 SIZE = "48x36"
 

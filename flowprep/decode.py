@@ -12,7 +12,11 @@ from flowprep.errors import FlowprepError, VideoError
 DEFAULT_SIZE = (340, 256)  # (width, height), the two-stream convention
 INTERPOLATION = "INTER_LINEAR"  # cv2 flag used for resizing, recorded in every store
 # A container that announces N frames and decodes fewer than this share of them is called truncated.
-TRUNCATION_SHARE = 0.9
+# AVI and MP4/MOV store exact frame counts in their headers; others (MKV, WebM, FLV, MPEG) let FFmpeg
+# estimate the count from duration x frame rate, which variable-frame-rate files overshoot, so only a
+# gross shortfall is called truncation there.
+TRUNCATION_SHARE = {".avi": 0.9, ".mp4": 0.9, ".m4v": 0.9, ".mov": 0.9}
+TRUNCATION_SHARE_ESTIMATED = 0.5
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,8 @@ class VideoReader:
         finally:
             cap.release()
         announced = self.info.announced_frames
-        if announced > 2 and self.count < TRUNCATION_SHARE * announced:
+        share = TRUNCATION_SHARE.get(os.path.splitext(self.path)[1].lower(), TRUNCATION_SHARE_ESTIMATED)
+        if announced > 2 and self.count < share * announced:
             raise VideoError(f"{self.path}: truncated or corrupt: decoded {self.count} of the {announced} frames "
                              "its container announces; re-download or re-encode it")
 

@@ -1,4 +1,16 @@
-"""Optical flow in PyTorch (CPU or CUDA), batched, following OpenCV's TV-L1 and Farneback."""
+"""Dense optical flow in PyTorch, batched, on CPU or CUDA: TV-L1 and Farneback as OpenCV computes them.
+
+    from flowprep import torchflow
+    flow = torchflow.compute_flow_batch(prev, nxt, algo="tvl1", device="cuda")  # (B, H, W, 2) float32
+
+prev, nxt: (B, H, W) or (H, W) gray frames, numpy or torch. uint8 frames are used as 0..255 values, as
+OpenCV does; float frames follow OpenCV too: TV-L1 takes them as 0..1 and multiplies by 255, Farneback
+uses them as they are. The result is a float32 tensor on ``device``, x then y, in pixels, flow from prev
+to nxt (prev[y, x] ~ nxt[y + v, x + u]). Parameter names and defaults are flowprep.flow's (OpenCV's).
+
+On CPU the results are bit-identical to opencv-contrib-python 4.14 on the frames we tested (see
+docs/torchflow.md for where exact agreement stops and by how much). Only torch and numpy are needed.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,37 +18,130 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["compute_flow_batch", "tvl1", "farneback"]
+from flowprep.errors import FlowprepError
+
+__all__ = ["compute_flow_batch", "tvl1", "farneback", "TorchFlowError", "TVL1_PARAMS", "FARNEBACK_PARAMS"]
+
+# Accepted parameters and OpenCV's defaults (flowprep.flow resolves the same names).
+TVL1_PARAMS: dict[str, Any] = {"tau": 0.25, "lambda_": 0.15, "theta": 0.3, "nscales": 5, "warps": 5,
+                               "epsilon": 0.01, "inner_iterations": 30, "outer_iterations": 10,
+                               "scale_step": 0.8, "gamma": 0.0, "median_filtering": 5}
+FARNEBACK_PARAMS: dict[str, Any] = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3,
+                                    "poly_n": 5, "poly_sigma": 1.2, "flags": 0}
+# Execution options of TV-L1 that do not change the result on CPU (see tvl1()).
+TVL1_OPTIONS = ("sync_every", "compile", "lazy_sync")
 
 
-def _as_batch(x, name: str, device) -> torch.Tensor:
-    """(B, H, W) or (H, W) uint8/float numpy or torch -> (B, H, W) float32 on ``device``, 0..255."""
-    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
-    if t.ndim == 2:
-        t = t[None]
-    if t.ndim != 3:
-        raise ValueError(f"{name}: expected (B, H, W) gray frames, got shape {tuple(t.shape)}")
-    return t.to(device=device, dtype=torch.float32)
+class TorchFlowError(FlowprepError, ValueError):
+    """Bad input or parameters for the PyTorch flow backend."""
 
 
-def tvl1(prev, nxt, device: str | torch.device = "cpu", **params: Any) -> torch.Tensor:
-    from flowprep.torchflow.tvl1 import tvl1_flow
+def _as_batch(x: Any, name: str, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(B, H, W) or (H, W) numpy/torch frames -> ((B, H, W) float32 tensor on device, was_integer)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise TorchFlowError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise TorchFlowError(f"{name}: expected (B, H, W) gray frames, got shape {tuple(x.shape)}; "
+                             "convert colour frames to gray first")
+    if x.shape[0] == 0:
+        raise TorchFlowError(f"{name}: the batch is empty")
+    if x.shape[1] < 4 or x.shape[2] < 4:
+        raise TorchFlowError(f"{name}: frames of {x.shape[2]}x{x.shape[1]} px are too small (at least 4x4)")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TorchFlowError(f"{name}: unsupported dtype {x.dtype}; pass uint8 frames")
+    integer = not x.is_floating_point()
+    return x.to(device=device, dtype=torch.float32), integer
 
-    p = _as_batch(prev, "prev", device)
-    n = _as_batch(nxt, "nxt", device)
-    return tvl1_flow(p, n, **params)
+
+def _pair(prev: Any, nxt: Any, device: Any) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise TorchFlowError(f"unknown device {device!r}: use 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TorchFlowError("device 'cuda' was asked for but torch sees no CUDA device")
+    p, p_int = _as_batch(prev, "prev", dev)
+    n, n_int = _as_batch(nxt, "nxt", dev)
+    if p.shape != n.shape:
+        raise TorchFlowError(f"prev and nxt differ in shape: {tuple(p.shape)} vs {tuple(n.shape)}")
+    if p_int != n_int:
+        raise TorchFlowError("prev and nxt must both be integer (uint8) or both be float frames")
+    return p, n, p_int
 
 
-def compute_flow_batch(prev, nxt, algo: str = "tvl1", device: str | torch.device = "cpu",
+def _check_params(params: dict[str, Any], known: dict[str, Any], options: tuple[str, ...], algo: str
+                  ) -> dict[str, Any]:
+    params = dict(params)
+    if "lambda" in params:
+        params["lambda_"] = params.pop("lambda")
+    unknown = sorted(set(params) - set(known) - set(options))
+    if unknown:
+        raise TorchFlowError(f"unknown {algo} parameter(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}")
+    return params
+
+
+def tvl1(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any) -> torch.Tensor:
+    """TV-L1 flow (OpenCV's DualTVL1 on CPU) of a batch of pairs -> (B, H, W, 2) float32 on ``device``.
+
+    params: tau, lambda_ (or lambda), theta, nscales, warps, epsilon, inner_iterations, outer_iterations,
+    scale_step, gamma, median_filtering (OpenCV's defaults in TVL1_PARAMS; median_filtering is 5, or
+    0/1 for none). Options: sync_every (default 10): on CUDA, inner iterations between the host checks
+    that end a warp early once every pair has converged (a converged pair is frozen on the device
+    whatever the value, so the result does not depend on it); lazy_sync (default: True on CUDA, False
+    on CPU): use that CUDA scheme, or look every iteration; compile (default False): run the inner
+    iteration through torch.compile (fused kernels may round differently from OpenCV).
+    """
+    params = _check_params(params, TVL1_PARAMS, TVL1_OPTIONS, "tvl1")
+    if params.get("median_filtering", 5) not in (0, 1, 5):
+        raise TorchFlowError(f"median_filtering={params['median_filtering']}: only 5 (OpenCV's default) "
+                             "or 0/1 (off) are implemented")
+    if not 0 < params.get("scale_step", 0.8) < 1:
+        raise TorchFlowError(f"scale_step must be in (0, 1), got {params['scale_step']}")
+    if params.get("nscales", 5) < 1 or params.get("warps", 5) < 1:
+        raise TorchFlowError("nscales and warps must be at least 1")
+    from flowprep.torchflow._tvl1 import tvl1_flow
+
+    p, n, integer = _pair(prev, nxt, device)
+    if not integer:  # OpenCV's TV-L1 reads float frames as 0..1
+        p, n = p * 255.0, n * 255.0
+    with torch.no_grad():
+        return tvl1_flow(p, n, **params)
+
+
+def farneback(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any) -> torch.Tensor:
+    """Farneback flow (cv2.calcOpticalFlowFarneback) of a batch of pairs -> (B, H, W, 2) float32.
+
+    params: pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags (0 or
+    OPTFLOW_FARNEBACK_GAUSSIAN = 256); defaults in FARNEBACK_PARAMS.
+    """
+    params = _check_params(params, FARNEBACK_PARAMS, (), "farneback")
+    if not 0 < params.get("pyr_scale", 0.5) < 1:
+        raise TorchFlowError(f"pyr_scale must be in (0, 1), got {params['pyr_scale']}")
+    if params.get("flags", 0) not in (0, 256):
+        raise TorchFlowError(f"flags={params['flags']}: only 0 and OPTFLOW_FARNEBACK_GAUSSIAN (256) are "
+                             "supported (OPTFLOW_USE_INITIAL_FLOW is not)")
+    if params.get("poly_n", 5) < 1 or params.get("winsize", 15) < 1 or params.get("levels", 3) < 0:
+        raise TorchFlowError("poly_n and winsize must be at least 1, levels at least 0")
+    from flowprep.torchflow._farneback import farneback_flow
+
+    p, n, _ = _pair(prev, nxt, device)
+    with torch.no_grad():
+        return farneback_flow(p, n, **params)
+
+
+def compute_flow_batch(prev: Any, nxt: Any, algo: str = "tvl1", device: str | torch.device = "cpu",
                        **params: Any) -> torch.Tensor:
+    """Flow of many frame pairs at once: (B, H, W) gray pairs -> (B, H, W, 2) float32 on ``device``.
+
+    ``algo`` is "tvl1" or "farneback"; params as for tvl1() / farneback().
+    """
     if algo == "tvl1":
         return tvl1(prev, nxt, device=device, **params)
     if algo == "farneback":
         return farneback(prev, nxt, device=device, **params)
-    raise ValueError(f"unknown algo {algo!r}")
-
-
-def farneback(prev, nxt, device="cpu", **params):
-    raise NotImplementedError
+    raise TorchFlowError(f"unknown flow algorithm {algo!r}; choose tvl1 or farneback")

@@ -1,7 +1,9 @@
-"""Image operations with OpenCV's exact sampling rules, batched over (B, H, W) float32 tensors.
+"""Image operations that reproduce OpenCV's, batched over (B, H, W) float32 tensors.
 
-Each function names the OpenCV call it reproduces. They agree with OpenCV to float rounding (a few ulp),
-not bit for bit: OpenCV's SIMD kernels sum in an order torch does not promise.
+Each function names the OpenCV call it reproduces, with its sampling rules and its arithmetic: the order
+of the sums and where its x86 AVX2 kernels use fused multiply-adds, which we emulate in double. Against
+opencv-contrib-python 4.14 on an AVX2 machine they are bit-identical except where a docstring says
+otherwise; elsewhere they agree to float rounding. docs/torchflow.md has the table.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ def cv_round(x: float) -> int:
     return int(round(x))
 
 
-def _linear_taps(src_len: int, dst_len: int, scale: float, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _linear_taps(src_len: int, dst_len: int, scale: float, device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices (i0, i1) and weight of i1 for cv::resize INTER_LINEAR along one axis.
 
     ``scale`` is source pixels per destination pixel (OpenCV's 1/inv_scale); the first tap is clamped to the
@@ -37,12 +40,26 @@ def _linear_taps(src_len: int, dst_len: int, scale: float, device) -> tuple[torc
     return s, s1, a
 
 
+def _fma(a: torch.Tensor, b, c: torch.Tensor) -> torch.Tensor:
+    """a*b + c rounded once to float32, like an FMA instruction (the product of two floats is exact in
+    double, so one double add and one rounding to float reproduces it except in ~2^-29 of cases).
+    ``b`` may be a tensor or a Python float holding a float32 value."""
+    bd = b.double() if isinstance(b, torch.Tensor) else b
+    return (a.double() * bd + c.double()).float()
+
+
+def _lerp(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return _fma(t, x1 - x0, x0)
+
+
 def resize_linear(img: torch.Tensor, size: tuple[int, int], scale_xy: tuple[float, float] | None = None
                   ) -> torch.Tensor:
     """cv::resize(..., INTER_LINEAR) of (B, H, W) float32 to size (height, width).
 
     ``scale_xy`` are OpenCV's inv_scale_x/y when the call passed fx/fy and an empty dsize (the sampling
-    step is then 1/fx, not src/dst); by default they are dst/src.
+    step is then 1/fx, not src/dst); by default they are dst/src. The arithmetic is that of the IPP
+    kernel that pip's OpenCV uses for float images: x0 + a*(x1 - x0) with one FMA, rows then columns
+    (bit-exact against opencv-contrib-python 4.14 in our checks).
     """
     h, w = img.shape[-2:]
     oh, ow = size
@@ -51,15 +68,37 @@ def resize_linear(img: torch.Tensor, size: tuple[int, int], scale_xy: tuple[floa
     else:
         inv_x, inv_y = scale_xy
     sx, sy = 1.0 / inv_x, 1.0 / inv_y
-    if abs(sx - 2.0) < 2.2e-16 and abs(sy - 2.0) < 2.2e-16 and ow * 2 == w and oh * 2 == h:
-        # OpenCV switches an exact 2x linear shrink to the fast area average.
-        b = img.reshape(img.shape[0], oh, 2, ow, 2)
-        return ((b[:, :, 0, :, 0] + b[:, :, 0, :, 1]) + (b[:, :, 1, :, 0] + b[:, :, 1, :, 1])) * 0.25
     x0, x1, ax = _linear_taps(w, ow, sx, img.device)
     y0, y1, ay = _linear_taps(h, oh, sy, img.device)
-    # horizontal pass first, then vertical, both in float32 like OpenCV's HResize/VResize
-    rows = img[:, :, x0] * (1.0 - ax) + img[:, :, x1] * ax
-    return rows[:, y0, :] * (1.0 - ay)[:, None] + rows[:, y1, :] * ay[:, None]
+    rows = _lerp(img[:, :, x0], img[:, :, x1], ax)
+    return _lerp(rows[:, y0, :], rows[:, y1, :], ay[:, None])
+
+
+def resize_linear_native(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """cv::resize(..., dsize, INTER_LINEAR) as OpenCV computes it itself, without IPP.
+
+    OpenCV hands 1-channel float images to IPP (see resize_linear) but resizes 2-channel ones, such as
+    Farneback's flow field, with its own code: float weights from a float source coordinate, columns
+    clamped with their weights, rows clamped by index only (weights kept), rows then columns, plain float
+    multiply-adds. (B, H, W) float32 per channel -> (B, oh, ow). Exact 2x shrinks, which OpenCV sends to
+    its area code, are not reproduced (Farneback only enlarges its flow).
+    """
+    h, w = img.shape[-2:]
+    oh, ow = size
+    dev = img.device
+    fx = ((torch.arange(ow, dtype=torch.float64, device=dev) + 0.5) * (w / ow) - 0.5).float()
+    sx = torch.floor(fx)
+    ax = fx - sx
+    sx = sx.long()
+    low, high = sx < 0, sx >= w - 1
+    ax = torch.where(low | high, torch.zeros_like(ax), ax)
+    sx = torch.where(low, torch.zeros_like(sx), torch.where(high, torch.full_like(sx, w - 1), sx))
+    fy = ((torch.arange(oh, dtype=torch.float64, device=dev) + 0.5) * (h / oh) - 0.5).float()
+    sy = torch.floor(fy)
+    ay = (fy - sy)[:, None]
+    sy = sy.long()
+    rows = img[:, :, sx] * (1.0 - ax) + img[:, :, (sx + 1).clamp(max=w - 1)] * ax
+    return rows[:, sy.clamp(0, h - 1), :] * (1.0 - ay) + rows[:, (sy + 1).clamp(0, h - 1), :] * ay
 
 
 def resize_size(h: int, w: int, fx: float) -> tuple[int, int]:
@@ -99,45 +138,70 @@ def remap_cubic(imgs: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) ->
     """cv::remap(img, dst, map_x, map_y, INTER_CUBIC, BORDER_CONSTANT 0) for several images sharing one map.
 
     imgs: (B, C, H, W) float32; map_x, map_y: (B, H, W) float32 absolute source coordinates.
-    OpenCV rounds the coordinates to 1/32 pixel and reads the weights from a table; so does this.
-    Returns (B, C, H, W).
+    Returns (B, C, H, W). Like OpenCV, coordinates are rounded to 1/32 pixel and the weights come from
+    a table. The sums follow OpenCV 4.14's arithmetic: where the 4x4 support lies inside the image,
+    per-column FMA accumulation down the rows, then (c0 + c2) + (c1 + c3); elsewhere a sequential
+    float sum over the 16 taps with zeros outside the image.
     """
     b, c, h, w = imgs.shape
     qx = torch.round(map_x * INTER_TAB_SIZE).to(torch.int32)
     qy = torch.round(map_y * INTER_TAB_SIZE).to(torch.int32)
-    ix = torch.bitwise_right_shift(qx, INTER_BITS).long() - 1
+    ix = torch.bitwise_right_shift(qx, INTER_BITS).long() - 1  # first column of the 4x4 support
     iy = torch.bitwise_right_shift(qy, INTER_BITS).long() - 1
     tab = cubic_table(imgs.device)
-    wx = tab[torch.bitwise_and(qx, INTER_TAB_SIZE - 1).long()]  # (B, H, W, 4)
-    wy = tab[torch.bitwise_and(qy, INTER_TAB_SIZE - 1).long()]
+    wx = tab[torch.bitwise_and(qx, INTER_TAB_SIZE - 1).long()][:, None]  # (B, 1, H, W, 4)
+    wy = tab[torch.bitwise_and(qy, INTER_TAB_SIZE - 1).long()][:, None]
+    inside = ((ix >= 0) & (ix < w - 3) & (iy >= 0) & (iy < h - 3))[:, None]
     flat = imgs.reshape(b, c, h * w)
-    out = None
+    zero = torch.zeros((), dtype=imgs.dtype, device=imgs.device)
+    cols: list = [None] * 4  # interior path: FMA accumulation per column
+    seq = None  # border path: sequential sum
     for k1 in range(4):
         yy = iy + k1
         vy = (yy >= 0) & (yy < h)
         yc = yy.clamp(0, h - 1)
-        row = None
         for k2 in range(4):
             xx = ix + k2
-            valid = vy & (xx >= 0) & (xx < w)
+            valid = (vy & (xx >= 0) & (xx < w))[:, None]
             idx = (yc * w + xx.clamp(0, w - 1)).reshape(b, 1, h * w).expand(b, c, h * w)
-            v = torch.gather(flat, 2, idx).reshape(b, c, h, w)
-            v = torch.where(valid[:, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
-            wk = (wy[..., k1] * wx[..., k2])[:, None]
+            v = torch.where(valid, torch.gather(flat, 2, idx).reshape(b, c, h, w), zero)
+            wk = wy[..., k1] * wx[..., k2]  # float32 product, as in OpenCV's 2-D table
+            cols[k2] = v * wk if k1 == 0 else _fma(v, wk, cols[k2])
             term = v * wk
-            row = term if row is None else row + term
-        out = row if out is None else out + row
-    return out
+            seq = term if seq is None else seq + term
+    fast = (cols[0] + cols[2]) + (cols[1] + cols[3])
+    return torch.where(inside, fast, seq)
 
 
 # --- filters ---------------------------------------------------------------------------------------------
 
+# A selection network for the median of 25 values (99 compare-exchanges; Paeth / Devillard's opt_med25):
+# after these exchanges, element 12 holds the median. Checked exhaustively on all 2^25 binary inputs
+# (0-1 principle), so it is exact for any input.
+_MED25 = ((0, 1), (3, 4), (2, 4), (2, 3), (6, 7), (5, 7), (5, 6), (9, 10), (8, 10), (8, 9), (12, 13), (11, 13),
+          (11, 12), (15, 16), (14, 16), (14, 15), (18, 19), (17, 19), (17, 18), (21, 22), (20, 22), (20, 21),
+          (23, 24), (2, 5), (3, 6), (0, 6), (0, 3), (4, 7), (1, 7), (1, 4), (11, 14), (8, 14), (8, 11), (12, 15),
+          (9, 15), (9, 12), (13, 16), (10, 16), (10, 13), (20, 23), (17, 23), (17, 20), (21, 24), (18, 24),
+          (18, 21), (19, 22), (8, 17), (9, 18), (0, 18), (0, 9), (10, 19), (1, 19), (1, 10), (11, 20), (2, 20),
+          (2, 11), (12, 21), (3, 21), (3, 12), (13, 22), (4, 22), (4, 13), (14, 23), (5, 23), (5, 14), (15, 24),
+          (6, 24), (6, 15), (7, 16), (7, 19), (13, 21), (15, 23), (7, 13), (7, 15), (1, 9), (3, 11), (5, 17),
+          (11, 17), (9, 17), (4, 10), (6, 12), (7, 14), (4, 6), (4, 7), (12, 14), (10, 14), (6, 7), (10, 12),
+          (6, 10), (6, 17), (12, 17), (7, 17), (7, 10), (12, 18), (7, 12), (10, 18), (12, 20), (10, 20),
+          (10, 12))
+
+
 def median_blur5(x: torch.Tensor) -> torch.Tensor:
-    """cv::medianBlur(x, 5) for float32 (B, H, W): exact median of the 5x5 window, replicated border."""
-    b, h, w = x.shape
+    """cv::medianBlur(x, 5) for float32 (B, H, W): exact median of the 5x5 window, replicated border.
+
+    Runs the selection network on 25 shifted views: elementwise min/max only, no (B, H, W, 25) copy and
+    no sort, which is several times faster than Tensor.median on CPU and GPU-friendly.
+    """
+    _, h, w = x.shape
     p = F.pad(x[:, None], (2, 2, 2, 2), mode="replicate")[:, 0]
-    win = p.unfold(1, 5, 1).unfold(2, 5, 1).reshape(b, h, w, 25)
-    return win.median(dim=-1).values
+    v = [p[:, i:i + h, j:j + w] for i in range(5) for j in range(5)]
+    for a, c in _MED25:
+        v[a], v[c] = torch.minimum(v[a], v[c]), torch.maximum(v[a], v[c])
+    return v[12].contiguous()
 
 
 def gaussian_kernel(ksize: int, sigma: float) -> torch.Tensor:
@@ -153,6 +217,21 @@ def gaussian_kernel(ksize: int, sigma: float) -> torch.Tensor:
     return torch.tensor([v / s for v in vals], dtype=torch.float64).to(torch.float32)
 
 
+def pad_hw(x: torch.Tensor, left: int, right: int, top: int, bottom: int, mode: str) -> torch.Tensor:
+    """Pad the last two dims of a 3-D or 4-D tensor; mode "replicate" or "reflect" (OpenCV's REFLECT_101)."""
+    if left == right == top == bottom == 0:
+        return x
+    if mode == "reflect" and (max(left, right) >= x.shape[-1] or max(top, bottom) >= x.shape[-2]):
+        # torch cannot reflect by more than the size; index instead (rare: tiny images, wide kernels)
+        r_y, r_x = max(top, bottom), max(left, right)
+        ys = _reflect101_index(x.shape[-2], r_y, x.device)[r_y - top: r_y + x.shape[-2] + bottom]
+        xs = _reflect101_index(x.shape[-1], r_x, x.device)[r_x - left: r_x + x.shape[-1] + right]
+        return x[..., ys, :][..., xs]
+    squeeze = x.ndim == 3
+    y = F.pad(x[:, None] if squeeze else x, (left, right, top, bottom), mode=mode)
+    return y[:, 0] if squeeze else y
+
+
 def _reflect101_index(n: int, r: int, device) -> torch.Tensor:
     i = torch.arange(-r, n + r, device=device)
     if n == 1:
@@ -163,19 +242,31 @@ def _reflect101_index(n: int, r: int, device) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
-    """cv::GaussianBlur(x, Size(k, k), sigma, sigma) for float32 (B, H, W), BORDER_REFLECT_101."""
-    k = gaussian_kernel(ksize, sigma).to(x.device)
+    """cv::GaussianBlur(x, Size(k, k), sigma, sigma) for float32 (B, H, W), BORDER_REFLECT_101.
+
+    Arithmetic of OpenCV 4.14's AVX2 float filters: rows as a sequential FMA chain over the taps (3 and 5
+    taps: the inner pair first, then the centre, then the outer pair), columns as centre times weight
+    followed by FMAs of the symmetric pairs. (OpenCV's last width % 8 columns go through scalar code
+    whose rounding this does not follow; see docs/torchflow.md.)
+    """
+    k = [float(v) for v in gaussian_kernel(ksize, sigma)]
     r = ksize // 2
-    b, h, w = x.shape
-    xi = _reflect101_index(w, r, x.device)
-    yi = _reflect101_index(h, r, x.device)
-    # symmetric taps summed as centre*k0 + sum (left+right)*ki, the order of OpenCV's symmetric filters
-    p = x[:, :, xi]
-    out = p[:, :, r:r + w] * k[r]
+    _, h, w = x.shape
+    p = pad_hw(x, r, r, 0, 0, "reflect")
+
+    def col(i):
+        return p[:, :, i:i + w]
+
+    if ksize == 3:
+        out = _fma(col(1), k[1], (col(0) + col(2)) * k[0])
+    elif ksize == 5:
+        out = _fma(col(0) + col(4), k[0], _fma(col(2), k[2], (col(1) + col(3)) * k[1]))
+    else:
+        out = col(0) * k[0]
+        for i in range(1, ksize):
+            out = _fma(col(i), k[i], out)
+    p = pad_hw(out, 0, 0, r, r, "reflect")
+    res = p[:, r:r + h, :] * k[r]
     for i in range(1, r + 1):
-        out = out + (p[:, :, r - i:r - i + w] + p[:, :, r + i:r + i + w]) * k[r + i]
-    p = out[:, yi, :]
-    out = p[:, r:r + h, :] * k[r]
-    for i in range(1, r + 1):
-        out = out + (p[:, r - i:r - i + h, :] + p[:, r + i:r + i + h, :]) * k[r + i]
-    return out
+        res = _fma(p[:, r - i:r - i + h, :] + p[:, r + i:r + i + h, :], k[r + i], res)
+    return res

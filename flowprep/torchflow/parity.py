@@ -40,8 +40,8 @@ def synthetic_pair(height: int, width: int, seed: int = 0, shift: tuple[float, f
         k = 2 * np.pi / wavelength
         waves.append((rng.uniform(4.0, 14.0) * min(1.0, wavelength / 10.0), k * np.cos(ang), k * np.sin(ang),
                       rng.uniform(0, 2 * np.pi)))
-    shapes = [(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(3, scale / 6), rng.uniform(-50, 50),
-               bool(rng.integers(2))) for _ in range(max(4, scale // 12))]
+    shapes = [(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(2, max(3.0, scale / 6)),
+               rng.uniform(-50, 50), bool(rng.integers(2))) for _ in range(max(4, scale // 12))]
     state = {"waves": waves, "shapes": shapes}
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0

@@ -15,13 +15,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install -c constraints.txt -e '.[test]'
 	touch $@
 
-# Synthetic dataset -> flow store -> (trainer and fusion join as they land).
+# Synthetic motion dataset -> TV-L1 flow store -> spatial and temporal streams -> fusion report, all on CPU.
+# Frames are 64x48 so the whole demo takes a few minutes on 2 cores; real data uses the 340x256 default.
 demo: $(VENV)/.installed
 	mkdir -p $(DEMO)
 	$(BIN)/data-manifest synth --out $(DEMO)/synth
-	cd $(DEMO) && ../$(BIN)/flowprep extract --videos synth --out flows.h5 --size 128x96 --jobs 2
+	cd $(DEMO) && ../$(BIN)/flowprep extract --videos synth --out flows.h5 --size 64x48 --jobs 2
 	cd $(DEMO) && ../$(BIN)/flowprep info flows.h5
-	cd $(DEMO) && ../$(BIN)/flowprep verify flows.h5
+	cd $(DEMO) && ../$(BIN)/flowprep verify flows.h5 --no-progress
+	cd $(DEMO) && ../$(BIN)/flowprep show flows.h5 v_SpinClockwise_g01_c01 --out flow_v_SpinClockwise_g01_c01.png
+	cd $(DEMO) && ../$(BIN)/trainer run spatial --config demo
+	cd $(DEMO) && ../$(BIN)/trainer run temporal --config demo
+	cd $(DEMO) && ../$(BIN)/fusion report --split 1 --weights 1 2
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu"

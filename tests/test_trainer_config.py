@@ -1,0 +1,184 @@
+"""trainer config: TOML + --set, unknown keys named, presets, derived values, shipped recipes, plan/schedule."""
+from __future__ import annotations
+
+import math
+import tomllib
+
+import pytest
+from click.testing import CliRunner
+
+from trainer.cli import main
+from trainer.config import (ConfigError, build_config, load_config, parse_set, read_config_file,
+                            shipped_configs)
+
+
+def write(tmp_path, text, name="c.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_in_file_is_named_with_the_file(tmp_path):
+    p = write(tmp_path, 'arch = "resnet18"\nlearning_rate = 0.1\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown config key 'learning_rate'"):
+        load_config("temporal", p)
+
+
+def test_unknown_set_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'flow_lenght'; did you mean 'flow_length'"):
+        parse_set(["flow_lenght=5"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("batch_size=abc", "batch_size must be an integer"),
+    ("lr=true", "lr must be a number"),
+    ("flip=1", "flip must be true or false"),
+    ("scales=[1, 'x']", "scales must be a number or a list of numbers"),
+    ("noequals", "expected KEY=VALUE"),
+])
+def test_bad_values_are_rejected_with_the_key(item, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("temporal", overrides=parse_set([item]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"arch": "resnet19"}, "arch 'resnet19' is not supported .*did you mean 'resnet18'"),
+    ({"test_crops": 7}, "test_crops must be one of"),
+    ({"max_iters": 100, "lr_steps": [50, 150]}, "must lie below max_iters 100"),
+    ({"schedule": "step", "epochs": 0}, "schedule 'step' needs epochs > 0"),
+    ({"schedule": "step", "epochs": 10, "lr_steps": [20]}, "lr_steps are epochs"),
+    ({"arch": "vgg16", "dropout": [0.1, 0.2, 0.3]}, r"dropout for vgg16 takes 2 value\(s\) \[fc6, fc7\]"),
+    ({"scales": [1.2]}, "scales must be fractions"),
+    ({"arch": "inception_v3", "input_size": 64}, "inception_v3 needs input_size >= 75"),
+    ({"bn": "half"}, "bn must be one of train, partial, frozen"),
+])
+def test_impossible_settings_are_rejected(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("temporal", overrides=overrides)
+
+
+def test_config_for_the_other_stream_is_refused(tmp_path):
+    p = write(tmp_path, 'stream = "spatial"\n')
+    with pytest.raises(ConfigError, match="config is for the spatial stream"):
+        load_config("temporal", p)
+
+
+def test_tables_are_refused(tmp_path):
+    p = write(tmp_path, '[model]\narch = "resnet18"\n')
+    with pytest.raises(ConfigError, match=r"\[model\] is a table"):
+        load_config("temporal", p)
+
+
+def test_precedence_file_then_set_then_options(tmp_path):
+    p = write(tmp_path, 'arch = "resnet18"\nlr = 0.1\nsplit = 2\n')
+    cfg = load_config("temporal", p, parse_set(["lr=0.2"]), {"split": 3, "out": None})
+    assert (cfg.arch, cfg.lr, cfg.split, cfg.out) == ("resnet18", 0.2, 3, "runs")
+
+
+def test_stream_presets_follow_the_paper():
+    s, t = load_config("spatial"), load_config("temporal")
+    assert (s.lr, s.lr_steps, s.max_iters, s.dropout) == (0.001, (4000, 8000), 10000, (0.8,))
+    assert (t.lr, t.lr_steps, t.max_iters, t.dropout) == (0.005, (10000, 20000), 30000, (0.7,))
+    v = load_config("temporal", overrides={"arch": "vgg16"})
+    assert v.dropout == (0.9, 0.8)
+    assert load_config("spatial", overrides={"arch": "vgg16"}).dropout == (0.9, 0.9)
+    assert load_config("spatial", overrides={"arch": "vgg16", "dropout": 0.5}).dropout == (0.5, 0.5)
+    # a non-iteration schedule does not inherit iteration milestones
+    c = load_config("temporal", overrides={"schedule": "cosine", "epochs": 5})
+    assert (c.lr_steps, c.max_iters) == ((), 0)
+
+
+def test_derived_values_are_computed():
+    assert load_config("temporal", overrides={"flow_length": 7}).in_channels == 14
+    assert load_config("spatial").in_channels == 3
+    clip = load_config("temporal", overrides={"arch": "r2plus1d_18", "clip_length": 8})
+    assert (clip.in_channels, clip.length, clip.is_clip) == (2, 8, True)
+    assert load_config("temporal", overrides={"split": 2, "out": "x"}).run_dir.as_posix() == "x/temporal-split2"
+
+
+def test_resolved_config_round_trips_through_toml():
+    cfg = load_config("temporal", overrides=parse_set(["arch=vgg16", "scales=[1, 0.5]", "lr=3e-5",
+                                                       "pretrained=/tmp/w.pth"]))
+    text = cfg.to_toml()
+    assert "# derived: in_channels = 20" in text
+    again = build_config(tomllib.loads(text), "round trip")
+    assert again == cfg
+
+
+def test_shipped_configs_load_and_carry_the_paper_numbers():
+    shipped = shipped_configs()
+    for name in ("demo", "ucf101_vgg16_spatial", "ucf101_vgg16_temporal", "ucf101_resnet101_spatial",
+                 "ucf101_resnet101_temporal", "hmdb51_vgg16_spatial", "hmdb51_vgg16_temporal",
+                 "hmdb51_resnet101_spatial", "hmdb51_resnet101_temporal"):
+        assert name in shipped, name
+    for name, path in shipped.items():
+        data, _ = read_config_file(path)
+        streams = [data["stream"]] if "stream" in data else ["spatial", "temporal"]
+        for stream in streams:
+            load_config(stream, name)  # every shipped config is valid
+    vs = load_config("spatial", "ucf101_vgg16_spatial")
+    vt = load_config("temporal", "ucf101_vgg16_temporal")
+    assert (vs.arch, vs.lr, vs.lr_steps, vs.max_iters, vs.dropout, vs.batch_size) == \
+        ("vgg16", 0.001, (4000, 8000), 10000, (0.9, 0.9), 256)
+    assert (vt.lr, vt.lr_steps, vt.max_iters, vt.dropout, vt.flow_length, vt.in_channels) == \
+        (0.005, (10000, 20000), 30000, (0.9, 0.8), 10, 20)
+    for c in (vs, vt):
+        assert (c.momentum, c.weight_decay, c.scales, c.test_frames, c.test_crops) == \
+            (0.9, 5e-4, (1.0, 0.875, 0.75, 0.65625), 25, 10)
+        assert [round(256 * s) for s in c.scales] == [256, 224, 192, 168]
+    rs = load_config("spatial", "ucf101_resnet101_spatial")
+    rt = load_config("temporal", "ucf101_resnet101_temporal")
+    assert (rs.arch, rs.lr, rs.samples_per_video, rs.dropout) == ("resnet101", 5e-4, 3, (0.8,))
+    assert (rt.arch, rt.lr, rt.dropout) == ("resnet101", 1e-2, (0.7,))
+
+
+def test_plan_keeps_the_effective_batch_on_any_number_of_processes():
+    from trainer.train import make_plan
+
+    cfg = load_config("temporal", overrides={"batch_size": 256, "max_iters": 1000, "lr_steps": [500]})
+    p1, p4 = make_plan(cfg, 1, 10_000), make_plan(cfg, 4, 10_000)
+    assert (p1.micro_batch, p1.accum, p1.iters_per_epoch) == (256, 1, 39)
+    assert (p4.micro_batch, p4.accum, p4.iters_per_epoch) == (64, 1, 39)
+    assert p1.epochs == math.ceil(1000 / 39)
+    small = cfg.replace(micro_batch=16)
+    p2 = make_plan(small, 2, 10_000)
+    assert (p2.micro_batch, p2.accum) == (16, 8)
+    with pytest.raises(ConfigError, match="multiple of micro_batch"):
+        make_plan(cfg.replace(micro_batch=24), 2, 10_000)
+    with pytest.raises(ConfigError, match="larger than one epoch"):
+        make_plan(cfg, 1, 100)
+
+
+def test_lr_schedules():
+    from trainer.train import Plan, lr_factor
+
+    plan = Plan(micro_batch=8, accum=1, iters_per_epoch=10, epochs=5, max_iters=0)
+    f = lr_factor(load_config("spatial"), plan)
+    assert [f(i) for i in (0, 3999, 4000, 7999, 8000, 9999)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    f = lr_factor(load_config("spatial", overrides={"schedule": "step", "epochs": 5, "lr_steps": [2, 4]}), plan)
+    assert [f(i) for i in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    f = lr_factor(load_config("spatial", overrides={"schedule": "cosine", "epochs": 5}), plan)
+    assert [f(0), f(25), f(50)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_cli_rejects_an_unknown_key_with_exit_2(tmp_path):
+    result = CliRunner().invoke(main, ["run", "temporal", "--set", "nope=1", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown config key 'nope'" in result.output
+    assert not (tmp_path / "temporal-split1").exists()
+
+
+def test_cli_config_prints_the_resolved_config():
+    result = CliRunner().invoke(main, ["config", "temporal", "--config", "demo", "--set", "flow_length=4"])
+    assert result.exit_code == 0, result.output
+    data = tomllib.loads(result.output)
+    assert data["flow_length"] == 4 and data["arch"] == "resnet18"
+    assert "in_channels = 8" in result.output
+
+
+def test_cli_missing_store_names_the_path_and_the_fix(tmp_path):
+    missing = tmp_path / "nope.h5"
+    result = CliRunner().invoke(main, ["run", "temporal", "--config", "demo", "--data", str(missing),
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert str(missing) in result.output and "flowprep extract" in result.output

@@ -1,0 +1,223 @@
+"""Samples from the flow store: random training views, whole videos for validation and testing.
+
+The FlowStore is handed to the DataLoader workers as it is; it opens its HDF5 files lazily in each
+process. Every random choice of a training sample (position in the video, crop, flip) comes from a
+generator seeded with (seed, epoch, sample index), so a sample does not depend on the worker, the process
+or the number of GPUs that loads it: a resumed run and a run on N GPUs see the same samples.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trainer import transforms as T
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError, DataError
+
+log = logging.getLogger("trainer")
+READ_RETRIES = 3
+
+
+@dataclass
+class Subsets:
+    """Video ids (and labels) of one split: train, hold-out (val), test; and the ones the store lacks."""
+
+    classes: list[str]
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    labels: dict[str, int]
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+
+def open_store(path: str):
+    from flowprep import FlowStore
+
+    return FlowStore(path)
+
+
+def _usable(store, vid: str, cfg: TrainConfig) -> bool:
+    if vid not in store:
+        return False
+    return (store.num_flows(vid) if cfg.stream == "temporal" else store.num_frames(vid)) >= 1
+
+
+def split_subsets(store, cfg: TrainConfig) -> Subsets:
+    """Train / hold-out / test ids of cfg.split from the store's manifest (the test list is only tested on)."""
+    from data_manifest import ManifestError
+
+    m = store.manifest
+    try:
+        if cfg.val_fraction > 0:
+            train = m.ids(cfg.split, "train-val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
+            val = m.ids(cfg.split, "val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
+        else:
+            train, val = m.ids(cfg.split, "train"), []
+        test = m.ids(cfg.split, "test")
+    except ManifestError as exc:
+        raise ConfigError(f"{cfg.data}: {exc}") from exc
+    subsets = {"train": train, "val": val, "test": test}
+    missing = {k: [v for v in ids if not _usable(store, v, cfg)] for k, ids in subsets.items()}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing and cfg.missing_videos == "error":
+        failed = {f.get("video_id"): f.get("reason", "") for f in getattr(store, "failures", [])}
+        lines = []
+        for k, ids in missing.items():
+            shown = ", ".join(f"{v} ({failed[v]})" if failed.get(v) else v for v in ids[:5])
+            lines.append(f"{len(ids)} {k} videos, e.g. {shown}")
+        raise DataError(f"{cfg.data}: the store lacks videos of split {cfg.split} (or they have no "
+                        f"{'flow' if cfg.stream == 'temporal' else 'frames'}): {'; '.join(lines)}. Re-run "
+                        f"`flowprep extract` to complete it, or --set missing_videos=skip to leave them out "
+                        f"(they are listed in the score file's meta)")
+    for k in subsets:
+        gone = set(missing.get(k, ()))
+        subsets[k] = [v for v in subsets[k] if v not in gone]
+    if not subsets["train"]:
+        raise DataError(f"{cfg.data}: split {cfg.split} has no training videos in the store")
+    labels = {v: m.by_id(v).label for ids in subsets.values() for v in ids}
+    return Subsets(classes=m.classes, labels=labels, missing=missing, **subsets)
+
+
+def _counts(store, vid: str, stream: str) -> int:
+    return store.num_flows(vid) if stream == "temporal" else store.num_frames(vid)
+
+
+def _read(store, vid: str, stream: str, indices: np.ndarray) -> np.ndarray:
+    """(n, H, W, c) uint8 frames (c = 3) or flow fields (c = 2, x then y)."""
+    return store.read_flow(vid, indices) if stream == "temporal" else store.read_rgb(vid, indices)
+
+
+class TrainViews:
+    """Random training views: ``samples_per_video`` per video per epoch; items are keyed (epoch, index).
+
+    Returns (x, flipped, label): x (C, S, S) uint8 for 2D nets (C = 3 or 2L, flow x/y interleaved) or
+    (C, T, S, S) for clip nets; flipped tells the device to negate flow x.
+    """
+
+    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig):
+        self.store = store
+        self.ids = list(video_ids)
+        self.labels = [labels[v] for v in self.ids]
+        self.stream, self.length, self.clip = cfg.stream, cfg.length, cfg.is_clip
+        self.channels = 2 if cfg.stream == "temporal" else 3
+        self.scales, self.corner, self.flip = cfg.scales, cfg.corner_crop, cfg.flip
+        self.size, self.seed, self.per_video = cfg.input_size, cfg.seed, cfg.samples_per_video
+
+    def __len__(self) -> int:
+        return len(self.ids) * self.per_video
+
+    def __getitem__(self, key: tuple[int, int]):
+        import torch
+        from flowprep import StoreError
+
+        epoch, index = key
+        rng = np.random.default_rng((self.seed, epoch, index))
+        vid = self.ids[index % len(self.ids)]
+        count = _counts(self.store, vid, self.stream)
+        for attempt in range(READ_RETRIES):
+            start = int(rng.integers(max(1, count - self.length + 1)))
+            try:
+                frames = _read(self.store, vid, self.stream, T.sample_indices(start, self.length, count))
+                break
+            except StoreError as exc:  # one undecodable image: try another position, say which
+                log.warning("skipping position %d of %s (attempt %d/%d): %s", start, vid, attempt + 1,
+                            READ_RETRIES, exc)
+        else:
+            raise DataError(f"{vid}: {READ_RETRIES} positions failed to decode; run `flowprep verify` "
+                            f"and re-extract that video")
+        _, h, w, _ = frames.shape
+        box = T.sample_crop_box(h, w, self.scales, self.corner, rng)
+        flipped = bool(self.flip and rng.random() < 0.5)
+        sample = T.crop_resize_planes(frames, box, self.size, flipped, self.clip)
+        return torch.from_numpy(sample), flipped, self.labels[index % len(self.ids)]
+
+
+class VideoFrames:
+    """Whole videos for the test protocol: ``frames`` positions at uniform spacing, full frame size.
+
+    Item i -> (data, index, label, i): data (U, H, W, c) uint8, every needed frame or flow field decoded once
+    (stacks overlap), index (F, n) int64 into it; ``transforms.assemble_video`` lays them out on the device
+    as (F, C, H, W) for 2D nets or (F, C, T, H, W) for clip nets.
+    """
+
+    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, frames: int):
+        self.store = store
+        self.ids = list(video_ids)
+        self.labels = [labels[v] for v in self.ids]
+        self.stream, self.length, self.clip, self.frames = cfg.stream, cfg.length, cfg.is_clip, frames
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        vid = self.ids[i]
+        count = _counts(self.store, vid, self.stream)
+        starts = T.uniform_positions(max(1, count - self.length + 1), self.frames)
+        idx = np.minimum(starts[:, None] + np.arange(self.length)[None, :], count - 1)  # (F, n)
+        uniq, inverse = np.unique(idx, return_inverse=True)  # stacks overlap: decode each field once
+        data = _read(self.store, vid, self.stream, uniq)
+        return (torch.from_numpy(data), torch.from_numpy(inverse.reshape(idx.shape).astype(np.int64)),
+                self.labels[i], i)
+
+
+class EpochSampler:
+    """Wraps a (Distributed)Sampler; yields (epoch, index) so each sample's randomness is keyed by both."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in iter(self.inner))
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def train_loader(dataset: TrainViews, micro_batch: int, world: int, rank: int, seed: int, workers: int,
+                 pin: bool):
+    """DataLoader over a DistributedSampler (also for one process): shuffled, each rank its share."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler = EpochSampler(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                              drop_last=True))
+    loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, num_workers=workers, pin_memory=pin,
+                        drop_last=True, persistent_workers=workers > 0, worker_init_fn=_worker_init,
+                        prefetch_factor=4 if workers > 0 else None)
+    return loader, sampler
+
+
+def video_loader(dataset: VideoFrames, videos_per_batch: int, workers: int, pin: bool):
+    """DataLoader of whole videos in order (lists, since frame sizes may differ between videos)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=videos_per_batch, shuffle=False, num_workers=workers, pin_memory=pin,
+                      collate_fn=_as_list, worker_init_fn=_worker_init,
+                      prefetch_factor=2 if workers > 0 else None)
+
+
+def shard(items: list[Any], rank: int, world: int) -> list[Any]:
+    """This rank's share of a list (strided), without padding: every item on exactly one rank."""
+    return items[rank::world]

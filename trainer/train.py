@@ -1,0 +1,393 @@
+"""Training of one stream, read top to bottom: ``train_one_epoch``, ``evaluate`` (trainer.evaluation), ``run``.
+
+One iteration = one optimizer step on ``batch_size`` samples in total, whatever the number of processes:
+each process does ``accum`` forward/backward passes of ``micro_batch`` samples, DDP averages the gradients
+over processes (all-reduce only on the last micro-step), so the update equals the one-process update on
+the same global batch. Learning-rate schedules count these iterations.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer import checkpoint as ckpt
+from trainer import logs
+from trainer.config import RUNTIME_KEYS, TrainConfig, config_from_dict
+from trainer.data import TrainViews, open_store, split_subsets, train_loader
+from trainer.distributed import Env, all_sum, barrier, broadcast_object, no_sync, setup, teardown
+from trainer.errors import CheckpointError, ConfigError
+from trainer.evaluation import (accuracy, autocast, evaluate, score_subset, to_memory_format,
+                                write_subset_scores)
+from trainer.models import build_model, param_groups, set_train_mode
+
+log = logging.getLogger("trainer")
+
+
+def say(env: Env, message: str) -> None:
+    """Console output of rank 0 (kept off the progress bar)."""
+    if env.is_main:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
+
+
+@dataclass
+class Plan:
+    """How the effective batch is split, and how long training lasts."""
+
+    micro_batch: int
+    accum: int
+    iters_per_epoch: int
+    epochs: int
+    max_iters: int  # 0 = no limit
+
+
+def make_plan(cfg: TrainConfig, world: int, samples: int) -> Plan:
+    """Micro-batch and accumulation for ``world`` processes; epochs from max_iters for iter-step schedules."""
+    micro = cfg.micro_batch or cfg.batch_size // world
+    if micro < 1 or cfg.batch_size % (micro * world):
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch x processes "
+                          f"({cfg.micro_batch or 'auto'} x {world}); choose batch_size divisible by {world}"
+                          f"{' and micro_batch' if cfg.micro_batch else ''}")
+    accum = cfg.batch_size // (micro * world)
+    per_rank = samples // world
+    iters = per_rank // (micro * accum)
+    if iters < 1:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than one epoch ({samples} training samples = "
+                          f"videos x samples_per_video); lower batch_size or raise samples_per_video")
+    if cfg.schedule == "iter-step":
+        epochs = math.ceil(cfg.max_iters / iters)
+    else:
+        epochs = cfg.epochs
+    return Plan(micro_batch=micro, accum=accum, iters_per_epoch=iters, epochs=epochs, max_iters=cfg.max_iters)
+
+
+def lr_factor(cfg: TrainConfig, plan: Plan):
+    """Learning-rate factor as a function of the optimizer step index (0-based)."""
+    steps, gamma = tuple(cfg.lr_steps), cfg.lr_gamma
+    if cfg.schedule == "iter-step":
+        return lambda it: gamma ** sum(it >= s for s in steps)
+    if cfg.schedule == "step":
+        return lambda it: gamma ** sum(it // plan.iters_per_epoch >= s for s in steps)
+    total = plan.epochs * plan.iters_per_epoch
+    if plan.max_iters:
+        total = min(total, plan.max_iters)
+    return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+
+
+def train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, cfg: TrainConfig, env: Env, plan: Plan,
+                    epoch: int, iteration: int, progress: bool) -> tuple[dict[str, float], int]:
+    """One pass over the training samples (or fewer iterations at max_iters). Returns (row, iteration)."""
+    import torch
+    import torch.nn.functional as nnf
+    from tqdm import tqdm
+
+    from trainer.transforms import normalize
+
+    sampler.set_epoch(epoch)
+    # Dropout masks depend only on (seed, epoch, rank), so a resumed run repeats them.
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + env.rank)
+    set_train_mode(model.module if hasattr(model, "module") else model, cfg.bn)
+    iters = plan.iters_per_epoch
+    if plan.max_iters:
+        iters = min(iters, plan.max_iters - iteration)
+    bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{plan.epochs}", disable=not (progress and env.is_main),
+               leave=False, dynamic_ncols=True)
+    loss_sum = torch.zeros((), device=env.device, dtype=torch.float64)
+    lr_used = optimizer.param_groups[0]["lr"]
+    c1 = torch.zeros((), device=env.device, dtype=torch.int64)
+    c5 = torch.zeros((), device=env.device, dtype=torch.int64)
+    seen = 0
+    data_time = batch_time = 0.0
+    batches = iter(loader)
+    t_end = time.perf_counter()
+    for _ in range(iters):
+        for micro in range(plan.accum):
+            t0 = time.perf_counter()
+            x, flipped, y = next(batches)
+            data_time += time.perf_counter() - t0
+            x = x.to(env.device, non_blocking=True)
+            y = y.to(env.device, non_blocking=True)
+            x = to_memory_format(normalize(x, cfg.stream, cfg.is_clip, flipped), cfg, env)
+            with no_sync(model, env.world > 1 and micro < plan.accum - 1):
+                with autocast(env, cfg.precision):
+                    out = model(x)
+                loss = nnf.cross_entropy(out.float(), y)
+                scaler.scale(loss / plan.accum).backward()
+            with torch.no_grad():  # counts stay on the device: no sync per micro-step
+                loss_sum += loss.detach().double() * len(y)
+                hit = out.detach().topk(min(5, out.shape[1]), dim=1).indices == y[:, None]
+                c1 += hit[:, 0].sum()
+                c5 += hit.any(dim=1).sum()
+            seen += len(y)
+        lr_used = optimizer.param_groups[0]["lr"]
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        iteration += 1
+        loss_now = float(loss.detach())  # waits for the device: batch times are real step times
+        now = time.perf_counter()
+        batch_time += now - t_end
+        t_end = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_now:.3f}", wait=f"{100 * data_time / max(batch_time, 1e-9):.0f}%")
+    bar.close()
+    total = all_sum(env, [float(loss_sum), float(c1), float(c5), float(seen), data_time, batch_time])
+    n = max(total[3], 1.0)
+    done = max(iters, 1)
+    row = {"epoch": epoch + 1, "iteration": iteration, "lr": lr_used,
+           "loss": total[0] / n, "top1": 100.0 * total[1] / n, "top5": 100.0 * total[2] / n,
+           "batch_time": total[5] / env.world / done, "data_time": total[4] / env.world / done,
+           "data_wait": total[4] / max(total[5], 1e-9), "samples_per_s": n / max(total[5] / env.world, 1e-9)}
+    return row, iteration
+
+
+def _config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    now = cfg.to_dict()
+    return [f"{k}: {saved.get(k)!r} in the run, {now[k]!r} now" for k in now
+            if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
+
+
+def _bare(model):
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, fresh: bool = False, test: bool = True,
+        progress: bool = True) -> dict[str, Any]:
+    """Train one stream, select on the hold-out, checkpoint each epoch, then test (rank 0 writes everything).
+
+    A re-run of the same command in the same place continues from ``checkpoint_last.pt``. Returns a summary
+    dict (on every rank; results on rank 0).
+    """
+    env = setup(cfg.device)
+    try:
+        return _run(cfg, env, resume, fresh, test, progress)
+    finally:
+        teardown(env)
+
+
+def _run(cfg: TrainConfig, env: Env, resume, fresh: bool, test: bool, progress: bool) -> dict[str, Any]:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    run_dir = cfg.run_dir
+    if fresh and resume:
+        raise ConfigError("--fresh and --resume contradict each other; give one of them")
+    store = open_store(cfg.data)
+    subsets = split_subsets(store, cfg)
+    num_classes = len(subsets.classes)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model, init_note = build_model(cfg, num_classes)
+    model.to(env.device)
+    if cfg.channels_last and env.cuda:
+        model = model.to(memory_format=torch.channels_last_3d if cfg.is_clip else torch.channels_last)
+
+    dataset = TrainViews(store, subsets.train, subsets.labels, cfg)
+    plan = make_plan(cfg, env.world, len(dataset))
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, plan))
+    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
+
+    if env.is_main:  # only now: a run that cannot start leaves no folder behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            ckpt.remove_run_outputs(run_dir)
+    barrier(env)
+    start_epoch, iteration, history = 0, 0, []
+    best = {"epoch": 0, "val_top1": -1.0, "val_loss": float("inf"), "selected_by": ""}
+    source = Path(resume) if resume else (run_dir / ckpt.LAST if (run_dir / ckpt.LAST).is_file() else None)
+    if source is not None:
+        state = ckpt.load_checkpoint(source, for_resume=True)
+        diff = _config_differences(state["config"], cfg)
+        if diff:
+            raise CheckpointError(f"{source}: this run was made with other settings ({'; '.join(diff[:4])}"
+                                  f"{' ...' if len(diff) > 4 else ''}); re-run with the run's config "
+                                  f"(--config {run_dir / 'config.toml'}), pass --fresh to start over, or choose "
+                                  f"another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
+        history = list(state["history"])
+        best = dict(state.get("best") or best)
+        init_note = state.get("init", init_note)
+        say(env, f"resuming {run_dir} from {source}: epoch {start_epoch} of {plan.epochs} done, "
+                 f"iteration {iteration}")
+        if env.is_main and history:
+            logs.write_csv(run_dir / "log.csv", history)  # drop rows of an epoch whose checkpoint never landed
+
+    bare = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if env.world > 1:
+        model = DDP(model, device_ids=[env.device.index] if env.cuda else None)
+    loader, sampler = train_loader(dataset, plan.micro_batch, env.world, env.rank, cfg.seed, cfg.workers,
+                                   pin=env.cuda)
+
+    if env.is_main:
+        (run_dir / "config.toml").write_text(cfg.to_toml())
+    say(env, f"{cfg.stream} stream, split {cfg.split}: {len(subsets.train)} train / {len(subsets.val)} hold-out /"
+             f" {len(subsets.test)} test videos, {num_classes} classes, {cfg.arch} ({cfg.in_channels} input "
+             f"channels), init: {init_note}")
+    say(env, f"{env.world} process(es) on {env.device.type}; batch {cfg.batch_size} = {env.world} x "
+             f"{plan.micro_batch} x {plan.accum} accumulation; {plan.iters_per_epoch} iterations/epoch, "
+             f"{plan.epochs} epochs{f', stop at iteration {plan.max_iters}' if plan.max_iters else ''}")
+    for k, ids in subsets.missing.items():
+        say(env, f"warning: {len(ids)} {k} videos are missing from the store and left out")
+    say(env, logs.header())
+    for row in history:
+        say(env, logs.format_row(row))
+
+    def finished(epoch: int, iteration: int) -> bool:
+        return epoch >= plan.epochs or bool(plan.max_iters and iteration >= plan.max_iters)
+
+    epoch = start_epoch
+    while not finished(epoch, iteration):
+        t0 = time.perf_counter()
+        row, iteration = train_one_epoch(model, loader, sampler, optimizer, scheduler, scaler, cfg, env, plan,
+                                         epoch, iteration, progress)
+        epoch += 1
+        last_epoch = finished(epoch, iteration)
+        val = {}
+        if subsets.val and (epoch % cfg.val_every == 0 or last_epoch):
+            val = evaluate(bare, store, subsets.val, subsets.labels, cfg, env, progress)
+        row.update(val_loss=val.get("val_loss"), val_top1=val.get("val_top1"), val_top5=val.get("val_top5"),
+                   epoch_time=time.perf_counter() - t0)
+        history.append(row)
+        say(env, logs.format_row(row))
+        if env.is_main:
+            improved = False
+            if not subsets.val:
+                best = {"epoch": epoch, "val_top1": None, "selected_by": "last epoch (no hold-out)"}
+                improved = True
+            elif val and (val["val_top1"], -val["val_loss"]) > (best["val_top1"], -best.get("val_loss", 0.0)):
+                best = {"epoch": epoch, "val_top1": val["val_top1"], "val_loss": val["val_loss"],
+                        "selected_by": "hold-out top-1, then hold-out loss"}
+                improved = True
+            common = {"model": _bare(bare).state_dict(), "epoch": epoch, "iteration": iteration,
+                      "config": cfg.to_dict(), "derived": cfg.derived(), "classes": subsets.classes,
+                      "best": best, "init": init_note}
+            logs.write_csv(run_dir / "log.csv", history)
+            # best first: a kill between the two writes leaves a last checkpoint that re-does this epoch
+            if improved:
+                ckpt.save_checkpoint(run_dir / ckpt.BEST, dict(common, kind="best"))
+            ckpt.save_checkpoint(run_dir / ckpt.LAST, dict(
+                common, kind="last", optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict() if scaler.is_enabled() else {}, history=history))
+            try:
+                logs.plot_curves(run_dir / "curves.png", history, f"{cfg.stream} split {cfg.split} ({cfg.arch})")
+            except Exception as exc:  # a plotting problem must not stop training
+                log.warning("could not draw curves.png: %s", exc)
+        barrier(env)
+
+    if epoch > start_epoch:
+        say(env, f"training done: {epoch} epochs, {iteration} iterations; best: epoch {best['epoch']} "
+                 f"({best['selected_by']})")
+    elif history:
+        say(env, f"nothing left to train ({epoch} epochs, {iteration} iterations); best: epoch {best['epoch']}")
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": epoch, "iteration": iteration, "best": best,
+                               "history": history}
+    if test:
+        del model, loader
+        summary["test"] = test_run(cfg, env, run_dir / ckpt.BEST, store=store, subsets=subsets,
+                                   progress=progress)
+    return summary
+
+
+def test_run(cfg: TrainConfig, env: Env, checkpoint: Path, store=None, subsets=None, which=("val", "test"),
+             progress: bool = True) -> dict[str, Any]:
+    """The test protocol with a checkpoint on the hold-out (if any) and the test list; writes score files.
+
+    ``cfg`` supplies the test-time keys (data, test_frames, test_crops, ...); the model comes from the
+    checkpoint and its own config.
+    """
+    import torch
+
+    state = ckpt.load_checkpoint(checkpoint)
+    saved = config_from_dict(state["config"], f"{checkpoint}:config")
+    store = store if store is not None else open_store(cfg.data)
+    subsets = subsets if subsets is not None else split_subsets(store, cfg)
+    classes = list(state.get("classes") or subsets.classes)
+    if classes != subsets.classes:
+        raise CheckpointError(f"{checkpoint}: trained on classes {classes[:3]}... but {cfg.data} has "
+                              f"{subsets.classes[:3]}...; test with the store the model was trained on")
+    if saved.stream != cfg.stream:
+        raise CheckpointError(f"{checkpoint}: a {saved.stream} checkpoint, asked to test the {cfg.stream} stream")
+    model, _ = build_model(saved.replace(pretrained="none"), len(classes))
+    model.load_state_dict(state["model"])
+    model.to(env.device).eval()
+    if cfg.channels_last and env.cuda:
+        model = model.to(memory_format=torch.channels_last_3d if cfg.is_clip else torch.channels_last)
+    if cfg.compile:
+        model = torch.compile(model)
+    results = {}
+    run_dir = cfg.run_dir
+    for subset in which:
+        ids = subsets.val if subset == "val" else subsets.test
+        if not ids:
+            continue
+        out = score_subset(model, store, ids, subsets.labels, cfg, env, progress, desc=f"test {subset}")
+        if out is None:  # not rank 0
+            continue
+        logits, speed = out
+        path = run_dir / f"scores_{subset}.npz"
+        write_subset_scores(path, ids, subsets.labels, logits, classes, cfg, subset, checkpoint, state,
+                            subsets.missing.get(subset, []), env)
+        top1, top5 = accuracy(logits, [subsets.labels[v] for v in ids])
+        results[subset] = {"path": str(path), "videos": len(ids), "top1": top1, "top5": top5,
+                           "chance": 100.0 / len(classes), **speed}
+        say(env, f"{cfg.stream} {subset}: {len(ids)} videos x {cfg.test_frames} x {cfg.test_crops} views: "
+                 f"top-1 {top1:.1f}%  top-5 {top5:.1f}%  (chance {100.0 / len(classes):.1f}%); "
+                 f"{speed['views_per_s']:.0f} views/s, data wait {100 * speed['data_wait']:.0f}%; wrote {path}")
+    barrier(env)
+    return broadcast_object(env, results)
+
+
+def test(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, which=("test",),
+         progress: bool = True) -> dict[str, Any]:
+    """`trainer test`: the test protocol on a finished (or any) checkpoint of this run."""
+    env = setup(cfg.device)
+    try:
+        path = Path(checkpoint) if checkpoint else cfg.run_dir / ckpt.BEST
+        if env.is_main:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        return test_run(cfg, env, path, which=which, progress=progress)
+    finally:
+        teardown(env)
+
+
+def resolve_test_config(stream: str, checkpoint: Path, out: str, overrides: dict[str, Any],
+                        split: int | None = None) -> TrainConfig:
+    """The config of `trainer test`: the checkpoint's own, with test-time keys overridden.
+
+    Scores go to ``<out>/<stream>-split<k>/`` with k the checkpoint's split; testing a model on another
+    split's test list is refused (those videos are in its training list).
+    """
+    from trainer.config import TEST_TIME_KEYS
+
+    state = ckpt.load_checkpoint(checkpoint)
+    saved = dict(state["config"])
+    if saved.get("stream") != stream:
+        raise CheckpointError(f"{checkpoint}: a {saved.get('stream')} checkpoint; use "
+                              f"`trainer test {saved.get('stream')}`")
+    if split is not None and split != saved.get("split"):
+        raise ConfigError(f"{checkpoint}: trained on split {saved.get('split')}; testing it on split {split} "
+                          f"would score videos it was trained on")
+    for key, value in overrides.items():
+        if key not in TEST_TIME_KEYS:
+            raise ConfigError(f"--set {key}: cannot be changed at test time (it shapes the trained model); "
+                              f"test-time keys: {', '.join(sorted(TEST_TIME_KEYS))}")
+        saved[key] = value
+    saved["out"] = out
+    return config_from_dict(saved, f"{checkpoint}:config")

@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	cd $(DEMO) && ../$(BIN)/flowprep show flows.h5 v_SpinClockwise_g01_c01 --out flow_v_SpinClockwise_g01_c01.png
 	cd $(DEMO) && ../$(BIN)/trainer run spatial --config demo
 	cd $(DEMO) && ../$(BIN)/trainer run temporal --config demo
-	cd $(DEMO) && ../$(BIN)/fusion report --split 1 --weights 1 2
+	cd $(DEMO) && ../$(BIN)/fusion report --split 1
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu"
@@ -36,6 +36,8 @@ test-all: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_torchflow.py --size 170x128
+	$(PY) benchmarks/bench_trainer.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

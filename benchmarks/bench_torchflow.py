@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from flowprep import torchflow
+from flowprep.flow import OpenCVFlow
 from flowprep.torchflow import parity
 
 
@@ -38,22 +39,9 @@ def make_pairs(n: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def opencv_flow(algo: str, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-    import cv2
-
-    if algo == "tvl1":
-        p = torchflow.TVL1_PARAMS
-        obj = cv2.optflow.DualTVL1OpticalFlow_create()
-        for key, setter in [("tau", "setTau"), ("lambda_", "setLambda"), ("theta", "setTheta"),
-                            ("nscales", "setScalesNumber"), ("warps", "setWarpingsNumber"),
-                            ("epsilon", "setEpsilon"), ("inner_iterations", "setInnerIterations"),
-                            ("outer_iterations", "setOuterIterations"), ("scale_step", "setScaleStep"),
-                            ("gamma", "setGamma"), ("median_filtering", "setMedianFiltering")]:
-            getattr(obj, setter)(p[key])
-        return np.stack([obj.calc(a, b, None) for a, b in zip(prev, nxt)])
-    p = torchflow.FARNEBACK_PARAMS
-    return np.stack([cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"],
-                                                  p["iterations"], p["poly_n"], p["poly_sigma"], p["flags"])
-                     for a, b in zip(prev, nxt)])
+    """OpenCV's CPU flow with the defaults, pair by pair: (B, H, W) -> (B, H, W, 2)."""
+    flow = OpenCVFlow(algo)
+    return np.stack([flow(a, b) for a, b in zip(prev, nxt)])
 
 
 def time_torch(algo: str, prev: np.ndarray, nxt: np.ndarray, device: str, batch: int, repeat: int,

@@ -1,7 +1,7 @@
 """Atomic file writes, shared by every package that writes a small file (manifests, scores, reports).
 
-The data goes to a temporary file in the target's folder, is fsynced, and is renamed over the target, so a
-reader sees the old file or the new one, never a half-written one.
+The data goes to a temporary file in the target's folder, is fsynced, and is renamed over the target, and
+the folder is fsynced: a reader sees the old file or the new one, never a half-written one.
 """
 from __future__ import annotations
 
@@ -27,6 +27,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside folder ``path`` durable (a no-op where the file system cannot)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:

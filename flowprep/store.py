@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from data_manifest.atomic import atomic_write
+from data_manifest.atomic import atomic_write, fsync_dir
 from flowprep.errors import StoreError
 
 FORMAT = "flowprep-store/1"
@@ -53,18 +53,6 @@ def _str(value: Any) -> str:
 def part_key(video_id: str) -> str:
     """File-system-safe, stable name of a video's part file."""
     return hashlib.sha1(video_id.encode("utf-8")).hexdigest()[:20]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _jpeg_encode(image: np.ndarray, quality: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from flowprep import torchflow
+from flowprep.flow import OpenCVFlow
 from flowprep.torchflow import ops, parity
 
 cv2 = pytest.importorskip("cv2")
@@ -42,21 +43,11 @@ exact_only = pytest.mark.skipif(not EXACT_PLATFORM, reason="bit-exactness needs 
 
 
 def cv2_tvl1(prev: np.ndarray, nxt: np.ndarray, **over) -> np.ndarray:
-    p = dict(TVL1, **over)
-    obj = cv2.optflow.DualTVL1OpticalFlow_create()  # setters: the keyword is misspelt in OpenCV's binding
-    for key, setter in [("tau", "setTau"), ("lambda_", "setLambda"), ("theta", "setTheta"),
-                        ("nscales", "setScalesNumber"), ("warps", "setWarpingsNumber"),
-                        ("epsilon", "setEpsilon"), ("inner_iterations", "setInnerIterations"),
-                        ("outer_iterations", "setOuterIterations"), ("scale_step", "setScaleStep"),
-                        ("gamma", "setGamma"), ("median_filtering", "setMedianFiltering")]:
-        getattr(obj, setter)(p[key])
-    return obj.calc(prev, nxt, None)
+    return OpenCVFlow("tvl1", **dict(TVL1, **over))(prev, nxt)
 
 
 def cv2_farneback(prev: np.ndarray, nxt: np.ndarray, **over) -> np.ndarray:
-    p = dict(FARNEBACK, **over)
-    return cv2.calcOpticalFlowFarneback(prev, nxt, None, p["pyr_scale"], p["levels"], p["winsize"],
-                                        p["iterations"], p["poly_n"], p["poly_sigma"], p["flags"])
+    return OpenCVFlow("farneback", **dict(FARNEBACK, **over))(prev, nxt)
 
 
 @pytest.fixture(scope="module", autouse=True)

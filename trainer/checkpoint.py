@@ -23,10 +23,10 @@ either the previous checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from data_manifest.atomic import atomic_open
 from trainer.errors import CheckpointError
 
 FORMAT = "trainer-checkpoint/1"
@@ -41,26 +41,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = dict(state, format=FORMAT)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
-        pass
+    with atomic_open(path, "wb") as f:
+        torch.save(dict(state, format=FORMAT), f)
     return path
 
 

@@ -19,15 +19,13 @@ import numpy as np
 import torch
 
 from flowprep.errors import FlowprepError
+from flowprep.flow import FARNEBACK_DEFAULTS, TVL1_DEFAULTS
 
 __all__ = ["compute_flow_batch", "tvl1", "farneback", "TorchFlowError", "TVL1_PARAMS", "FARNEBACK_PARAMS"]
 
-# Accepted parameters and OpenCV's defaults (flowprep.flow resolves the same names).
-TVL1_PARAMS: dict[str, Any] = {"tau": 0.25, "lambda_": 0.15, "theta": 0.3, "nscales": 5, "warps": 5,
-                               "epsilon": 0.01, "inner_iterations": 30, "outer_iterations": 10,
-                               "scale_step": 0.8, "gamma": 0.0, "median_filtering": 5}
-FARNEBACK_PARAMS: dict[str, Any] = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3,
-                                    "poly_n": 5, "poly_sigma": 1.2, "flags": 0}
+# Accepted parameters and OpenCV's defaults: the ones flowprep.flow defines and resolves.
+TVL1_PARAMS: dict[str, Any] = TVL1_DEFAULTS
+FARNEBACK_PARAMS: dict[str, Any] = FARNEBACK_DEFAULTS
 # Execution options of TV-L1 that do not change the result on CPU (see tvl1()).
 TVL1_OPTIONS = ("sync_every", "compile", "lazy_sync")
 

@@ -49,11 +49,19 @@ def setup(device: str = "auto") -> Env:
     return Env(rank=rank, world=world, local_rank=local_rank, device=dev)
 
 
-def teardown(env: Env) -> None:
+def teardown(env: Env, clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others, so no rank
+    closes its gloo/NCCL connections while a peer still finishes the last collective (seen as an abort,
+    "terminate called without an active exception", at exit). After an error there is no wait: the
+    peers may never arrive."""
     import torch.distributed as dist
 
     if env.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier(env: Env) -> None:

@@ -169,10 +169,13 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, fresh: bool =
     dict (on every rank; results on rank 0).
     """
     env = setup(cfg.device)
+    clean = False
     try:
-        return _run(cfg, env, resume, fresh, test, progress)
+        result = _run(cfg, env, resume, fresh, test, progress)
+        clean = True
+        return result
     finally:
-        teardown(env)
+        teardown(env, clean)
 
 
 def _run(cfg: TrainConfig, env: Env, resume, fresh: bool, test: bool, progress: bool) -> dict[str, Any]:
@@ -358,13 +361,16 @@ def test(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, which=("
          progress: bool = True) -> dict[str, Any]:
     """`trainer test`: the test protocol on a finished (or any) checkpoint of this run."""
     env = setup(cfg.device)
+    clean = False
     try:
         path = Path(checkpoint) if checkpoint else cfg.run_dir / ckpt.BEST
         if env.is_main:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        return test_run(cfg, env, path, which=which, progress=progress)
+        result = test_run(cfg, env, path, which=which, progress=progress)
+        clean = True
+        return result
     finally:
-        teardown(env)
+        teardown(env, clean)
 
 
 def resolve_test_config(stream: str, checkpoint: Path, out: str, overrides: dict[str, Any],

@@ -7,8 +7,11 @@ sensor noise; MJPG AVI at the target size so no resizing cost hides in decode):
   1. flow fields/s per algorithm with 1 and 2 jobs, and the 1 -> 2 job scaling;
   2. the share of extraction wall time spent outside the flow computation (decode, resize, quantise,
      encode, write), summed over videos;
-  3. random-read time of a 10-field flow stack and of one RGB frame, decode included, per codec, on one core;
-  4. stored bytes per flow field per codec.
+  3. random-read time of a 10-field flow stack and of one RGB frame, decode included, per codec, on one core,
+     and stored bytes per flow field per codec;
+  4. the jpeg stack read against baselines from the same run: decoding the same bytes with no store, the
+     peers' one-JPEG-file-per-component layout, and one 340x256 gray decode (to relate this machine to the
+     reference figures).
 """
 from __future__ import annotations
 
@@ -91,6 +94,56 @@ def read_times(store_path: Path, reads: int, seed: int = 0) -> tuple[float, floa
     return 1e3 * float(np.median(stack)), 1e3 * float(np.median(frame))
 
 
+def read_baselines(store_path: Path, tmp: Path, reads: int, seed: int = 0) -> dict[str, float]:
+    """Median ms of the same random 10-field stacks read without the store, in the same run:
+
+    decode_only: cv2.imdecode of the stack's JPEG bytes already in memory (the floor any JPEG store pays);
+    jpeg_files: the peers' layout, one gray JPEG file per component (flow_x_00001.jpg, flow_y_00001.jpg) read
+    with cv2.imread from the page cache; gray_340x256: one 340x256 gray JPEG decode, to compare this machine
+    with the ~0.1 ms of the reference figures.
+    """
+    import cv2
+
+    from flowprep import FlowStore
+
+    rng = np.random.default_rng(seed)
+    with FlowStore(store_path) as store:
+        ids = store.video_ids
+        files = tmp / "jpeg_files"
+        blobs = {}
+        for vid in ids:
+            flows = store.read_flow(vid, np.arange(store.num_flows(vid)))
+            raw = store.raw_bytes(vid, "flow")
+            offsets = store._dataset(vid, "flow")[1]
+            blobs[vid] = [raw[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+            for k, field in enumerate(flows):
+                for c, axis in enumerate("xy"):
+                    path = files / vid / f"flow_{axis}_{k + 1:05d}.jpg"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(path), field[..., c], [cv2.IMWRITE_JPEG_QUALITY, store.attrs["jpeg_quality"]])
+        gray = cv2.imdecode(blobs[ids[0]][0], cv2.IMREAD_GRAYSCALE)
+        _, single = cv2.imencode(".jpg", np.ascontiguousarray(gray[:, : gray.shape[1] // 2]),
+                                 [cv2.IMWRITE_JPEG_QUALITY, store.attrs["jpeg_quality"]])
+        times = {"decode_only": [], "jpeg_files": [], "gray_340x256": []}
+        for _ in range(reads):
+            vid = ids[rng.integers(len(ids))]
+            m = len(blobs[vid])
+            s = int(rng.integers(0, max(m - 10, 0) + 1))
+            t = time.perf_counter()
+            for piece in blobs[vid][s:s + 10]:
+                cv2.imdecode(piece, cv2.IMREAD_GRAYSCALE)
+            times["decode_only"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for k in range(s, min(s + 10, m)):
+                for axis in "xy":
+                    cv2.imread(str(files / vid / f"flow_{axis}_{k + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE)
+            times["jpeg_files"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            cv2.imdecode(single, cv2.IMREAD_GRAYSCALE)
+            times["gray_340x256"].append(time.perf_counter() - t)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
 def flow_bytes_per_field(store_path: Path) -> float:
     from flowprep import FlowStore
 
@@ -141,10 +194,21 @@ def main() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         cv2.setNumThreads(1)
         print(f"{'codec':6s} {'10-field stack':>15s} {'1 RGB frame':>12s} {'bytes/flow field':>17s}")
+        stack = {}
         for codec, path in (("jpeg", stores[(algo, 2)]), ("raw", raw)):
             st, fr = read_times(path, args.reads)
+            stack[codec] = st
             print(f"{codec:6s} {st:12.3f} ms {fr:9.3f} ms {flow_bytes_per_field(path):14.0f} B")
         print("targets: 10-field stack <= 2 ms (jpeg); <= 15 KB per flow field (jpeg) at 340x256")
+        base = read_baselines(stores[(algo, 2)], tmp, args.reads)
+        print(f"\n4. the jpeg stack read against baselines measured in this run (median of {args.reads})")
+        print(f"decode only (same JPEG bytes in memory, no store):   {base['decode_only']:7.3f} ms   "
+              f"store / decode-only = {stack['jpeg'] / base['decode_only']:.2f}x")
+        print(f"one JPEG file per component (peers' layout, cached): {base['jpeg_files']:7.3f} ms   "
+              f"store / files = {stack['jpeg'] / base['jpeg_files']:.2f}x")
+        ref = 0.1  # ms per 340x256 gray JPEG on one core, REFERENCE.md section 3
+        print(f"one 340x256 gray JPEG decode: {base['gray_340x256']:.3f} ms here (reference machine ~{ref} ms); "
+              f"stack scaled to the reference machine: {stack['jpeg'] * ref / base['gray_340x256']:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ DEFAULT_CODEC = "jpeg"
 DEFAULT_JPEG_QUALITY = 95
 INDEX_CONVENTION = "0-based; flow k lies between RGB frames k and k+1; flows = frames - 1"
 FLOW_LAYOUT = "(n, H, W, 2) uint8, channel 0 = x (horizontal), channel 1 = y (vertical)"
+DATASET_CACHE = 1024  # open per-video datasets a reader keeps (per process)
 # Settings that must agree for a resumed run or for shards merged into one store.
 COMPAT_KEYS = ("algo", "params", "bound", "rounding", "codec", "jpeg_quality", "size", "interpolation",
                "implementation")
@@ -289,7 +290,8 @@ class FlowStore:
         self._manifest = None
         self._pid = None
         self._handles: dict[int, Any] = {}
-        self._offsets: dict[tuple[str, str], np.ndarray] = {}
+        # (video_id, kind) -> (dataset, offsets or None): h5py name lookups cost ~0.1 ms each, a read ~0.03 ms
+        self._datasets: dict[tuple[str, str], tuple[Any, np.ndarray | None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> "FlowStore":
@@ -305,18 +307,21 @@ class FlowStore:
             except Exception:  # a handle inherited from another process may not close cleanly
                 pass
         self._handles.clear()
-        self._offsets.clear()
+        self._datasets.clear()
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_handles"], state["_offsets"], state["_pid"] = {}, {}, None
+        state["_handles"], state["_datasets"], state["_pid"] = {}, {}, None
         return state
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():  # forked or unpickled in a worker: never reuse the parent's handles
+            self._handles, self._datasets, self._pid = {}, {}, os.getpid()
 
     def _group(self, video_id: str):
         import h5py
 
-        if self._pid != os.getpid():  # forked or unpickled in a worker: never reuse the parent's handles
-            self._handles, self._offsets, self._pid = {}, {}, os.getpid()
+        self._check_process()
         try:
             i = self._where[video_id]
         except KeyError:
@@ -364,19 +369,28 @@ class FlowStore:
                              f"got {idx.min()}..{idx.max()}")
         return idx
 
+    def _dataset(self, video_id: str, kind: str):
+        """(dataset, offsets): the (n, H, W, c) array for codec raw with offsets None, else the JPEG bytes."""
+        key = (video_id, kind)
+        self._check_process()
+        if key not in self._datasets:
+            if len(self._datasets) >= DATASET_CACHE:  # bounded: each open dataset holds an HDF5 object id
+                del self._datasets[next(iter(self._datasets))]
+            group = self._group(video_id)
+            if self.attrs["codec"] == "raw":
+                self._datasets[key] = (group[kind], None)
+            else:
+                self._datasets[key] = (group[f"{kind}_jpeg"], group[f"{kind}_offsets"][()])
+        return self._datasets[key]
+
     def _read(self, video_id: str, kind: str, idx: np.ndarray) -> np.ndarray:
         import cv2
 
-        group = self._group(video_id)
-        if self.attrs["codec"] == "raw":
+        blob_ds, offsets = self._dataset(video_id, kind)
+        if offsets is None:  # codec raw
             uniq, inverse = np.unique(idx, return_inverse=True)
-            return group[kind][uniq][inverse]
-        key = (video_id, kind)
-        offsets = self._offsets.get(key)
-        if offsets is None:
-            offsets = self._offsets[key] = group[f"{kind}_offsets"][()]
+            return blob_ds[uniq][inverse]
         lo, hi = int(idx.min()), int(idx.max()) + 1
-        blob_ds = group[f"{kind}_jpeg"]
         if hi - lo <= 2 * len(idx):  # one read of the covering byte range beats many small reads
             base = int(offsets[lo])
             blob = blob_ds[base:int(offsets[hi])]

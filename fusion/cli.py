@@ -47,6 +47,9 @@ def _parse_weights(text: str | None, num_streams: int) -> tuple[float, ...] | No
         weights = tuple(float(p) for p in parts)
     except ValueError:
         raise click.UsageError(f"--weights takes numbers, one per stream (e.g. --weights 2 1), got {text!r}")
+    if num_streams < 2:
+        raise click.UsageError(f"--weights needs at least two streams to fuse, got {num_streams}; give a second "
+                               "stream (--spatial/--temporal or --scores NAME=PATH) or drop --weights")
     if len(weights) != num_streams:
         raise click.UsageError(f"--weights needs one number per stream ({num_streams}), got {len(weights)}: {text!r}")
     if any(not w >= 0 or w == float("inf") for w in weights) or sum(weights) <= 0:
@@ -74,8 +77,9 @@ def main() -> None:
               help="Split to report (default 1); 'all' reports splits 1-3 and their mean.")
 @click.option("--runs", type=click.Path(file_okay=False), default=inputs.DEFAULT_RUNS, show_default=True,
               help="Run directory holding {spatial,temporal}-split{k}/scores_test.npz.")
-@click.option("--spatial", type=click.Path(dir_okay=False), help="Spatial stream test score file.")
-@click.option("--temporal", type=click.Path(dir_okay=False), help="Temporal stream test score file.")
+# Plain paths: a missing file or a directory is a domain error (exit 1, named with the fix), not misuse.
+@click.option("--spatial", help="Spatial stream test score file.")
+@click.option("--temporal", help="Temporal stream test score file.")
 @click.option("--scores", multiple=True, metavar="NAME=PATH", help="Any stream's test score file (repeatable).")
 @click.option("--val", multiple=True, metavar="NAME=PATH",
               help="Validation hold-out score file of a stream, to learn weights (default: scores_val.npz "
@@ -107,6 +111,11 @@ def report(split, runs, spatial, temporal, scores, val, aggregation, weights, al
     explicit += [("temporal", Path(temporal))] if temporal else []
     explicit += _named(scores, "--scores")
     val_named = _named(val, "--val")
+    names = [n for n, _ in explicit]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise click.UsageError(f"stream name {', '.join(map(repr, twice))} given more than once; --spatial, "
+                               "--temporal and every --scores NAME=PATH must name a different stream")
     try:
         if split == "all":
             if explicit or val_named:
@@ -156,6 +165,7 @@ def _report_one(test_paths, val_named, split, hint, options, out_dir):
     if val_paths:
         val = inputs.load(val_paths)
         notes += inputs.check_meta(val, "val", split)
+        notes += inputs.check_val_against_test(test, val)
     ev = evaluate(test, val, options, split)
     ev.notes[:0] = notes + val_notes
     del test, val  # the per-view arrays are no longer needed
@@ -163,10 +173,14 @@ def _report_one(test_paths, val_named, split, hint, options, out_dir):
 
     files = write_report(ev, out_dir)
     title = f"split {split}" if split is not None else "given score files"
-    click.echo(f"Fusion report, {title}: {len(ev.video_ids)} test videos, {len(ev.class_names)} classes, "
-               f"{ev.frames} frames x {ev.crops} crops per video, views -> video: {options.aggregation}\n")
+    click.echo(f"Fusion report, {title}: {len(ev.video_ids)} test videos, {len(ev.class_names)} classes "
+               f"({ev.classes_with_videos} with test videos), {ev.frames} frames x {ev.crops} crops per video, "
+               f"views -> video: {options.aggregation}\n")
     click.echo(results_table(ev))
-    click.echo(f"default fused method: {ev.row(ev.default_key).label}")
+    if len(ev.stream_names) > 1:
+        click.echo(f"default fused method: {ev.row(ev.default_key).label}")
+    else:
+        click.echo(f"one stream ({ev.stream_names[0]}): nothing fused")
     for n in ev.notes:
         click.echo(f"note: {n}", err=True)
     click.echo("wrote " + ", ".join(str(p) for p in files.values()))

@@ -18,6 +18,7 @@ DEFAULT_SEED = 0
 CI_LEVEL = 0.95
 TIE_RULE = "argmax; equal scores rank the lower class index first"
 SWEEP_LABEL = "tuned on test (optimistic)"
+DROPPED_SHOWN = 10  # dropped ids named in a console note; report.md and report.json list them all
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class Evaluation:
 
     def row(self, key: str) -> Row:
         return next(r for r in self.rows if r.key == key)
+
+    @property
+    def classes_with_videos(self) -> int:
+        """How many classes have test videos: the classes mean class accuracy averages over."""
+        return int(np.unique(self.labels).size)
 
 
 def ratio(weights: Sequence[float]) -> str:
@@ -159,10 +165,7 @@ def evaluate(test: Sequence[tuple[str, Scores]], val: Sequence[tuple[str, Scores
         default_key = "weighted" if options.weights is not None else "learned" if learned else "average"
 
     if al.dropped:
-        per = "; ".join(f"{len(m)} missing from {n}" for n, m in al.missing_from.items())
-        shown = ", ".join(al.dropped[:10]) + (", ..." if len(al.dropped) > 10 else "")
-        notes.append(f"--allow-missing: dropped {len(al.dropped)} test videos not scored by every stream ({per}): "
-                     f"{shown}; {len(al.video_ids)} videos remain (full list in the report)")
+        notes.append(dropped_note(al, "test"))
     return Evaluation(
         split=split, options=options, stream_names=names, class_names=al.class_names, video_ids=al.video_ids,
         labels=al.labels, frames=al.frames, crops=al.crops, crop_names=_crop_names(test, al.crops),
@@ -178,8 +181,9 @@ def _learn(val, names, test_al, options, grid) -> tuple[dict, list[dict], list[s
         raise FusionError(f"validation streams {val_names} do not match test streams {names}")
     va = align(val, options.allow_missing, "validation")
     if va.class_names != test_al.class_names:
-        raise CoverageError("validation and test score files have different class lists; "
-                            "they must come from the same trained models")
+        raise CoverageError(f"validation score files ({', '.join(s.path for _, s in val)}) have other classes "
+                            f"({len(va.class_names)}) than the test files ({len(test_al.class_names)}, or in "
+                            "another order); they must come from the same trained models")
     overlap = sorted(set(va.video_ids) & set(test_al.video_ids))
     if overlap:
         raise CoverageError(f"{len(overlap)} videos are in both the validation and the test scores (e.g. "
@@ -188,13 +192,21 @@ def _learn(val, names, test_al, options, grid) -> tuple[dict, list[dict], list[s
     scores = [aggregate(x, options.aggregation) for x in va.logits]
     weights, table = combine.search_weights(scores, va.labels, grid)
     best = table[int(np.argmin([np.abs(np.asarray(r["weights"]) - weights).sum() for r in table]))]
-    notes = []
-    if va.dropped:
-        notes.append(f"--allow-missing: dropped {len(va.dropped)} validation videos not scored by every stream")
+    notes = [dropped_note(va, "validation")] if va.dropped else []
     learned = {"weights": [float(w) for w in weights], "videos": len(va.video_ids), "val_top1": best["top1"],
                "val_mean_class_accuracy": best["mean_class_accuracy"], "grid": table,
-               "dropped": va.dropped}
+               "dropped": va.dropped, "missing_from": va.missing_from}
     return learned, [file_info(n, s, "val") for n, s in val], notes
+
+
+def dropped_note(al, subset: str) -> str:
+    """The console / report note on videos --allow-missing dropped: counts, then the first DROPPED_SHOWN ids."""
+    per = "; ".join(f"{len(m)} missing from {n}" for n, m in al.missing_from.items())
+    shown = ", ".join(al.dropped[:DROPPED_SHOWN])
+    if len(al.dropped) > DROPPED_SHOWN:
+        shown += f" and {len(al.dropped) - DROPPED_SHOWN} more"
+    return (f"--allow-missing: dropped {len(al.dropped)} {subset} videos not scored by every stream ({per}): "
+            f"{shown}; {len(al.video_ids)} {subset} videos remain (every dropped id is in report.md and report.json)")
 
 
 def _crop_names(test, crops: int) -> list[str] | None:

@@ -42,9 +42,11 @@ def load(named_paths: Sequence[tuple[str, Path]], hint=None) -> list[tuple[str, 
 
     ``hint(name)`` gives the fix for a missing file; all missing files are named at once.
     """
-    missing = [(n, p) for n, p in named_paths if not Path(p).is_file()]
+    missing = [(n, Path(p)) for n, p in named_paths if not Path(p).is_file()]
     if missing:
-        lines = [f"{p}: no such score file ({n}); " + (hint(n) if hint else "check the path") for n, p in missing]
+        lines = [f"{p}: is a directory, not a score file ({n}); give the file, e.g. {p / TEST_FILE}" if p.is_dir()
+                 else f"{p}: no such score file ({n}); " + (hint(n) if hint else "check the path")
+                 for n, p in missing]
         raise InputError("\n".join(lines))
     out = []
     for name, path in named_paths:
@@ -59,10 +61,17 @@ def check_meta(streams: Sequence[tuple[str, Scores]], subset: str, split: int | 
     """Compare the files' own meta with how they are used; raise on contradictions, return notes otherwise.
 
     Errors: two known stream names swapped (a 'temporal' file given as spatial), files of different splits,
-    a file of another split than asked for, a test file used as validation. Fields a file does not record
-    are not checked.
+    a file of another split than asked for, a test file used as validation or a validation file as test.
+    Fields a file does not record are not checked. Notes: the same file given for two streams, a stream or
+    subset name that does not match.
     """
     notes = []
+    by_hash: dict[str, str] = {}
+    for name, s in streams:
+        if s.sha256 and s.sha256 in by_hash:
+            notes.append(f"{by_hash[s.sha256]} and {name} are the same file ({s.path}, sha256 {s.sha256[:12]}...): "
+                         "fusing a stream with itself; give each stream its own score file")
+        by_hash.setdefault(s.sha256, name)
     splits = {}
     for name, s in streams:
         meta = s.meta or {}
@@ -77,6 +86,10 @@ def check_meta(streams: Sequence[tuple[str, Scores]], subset: str, split: int | 
             if subset == "val" and str(file_subset) == "test":
                 raise InputError(f"{s.path}: given as validation scores of {name} but its meta says subset "
                                  "'test'; weights must never be tuned on test")
+            if subset == "test" and str(file_subset) == "val":
+                raise InputError(f"{s.path}: given as the test scores of {name} but its meta says subset 'val'; "
+                                 f"give the {TEST_FILE} file as the test stream (validation files go to "
+                                 "--val NAME=PATH)")
             notes.append(f"{name}: {s.path} used as {subset} scores but its meta says subset {file_subset!r}")
         if meta.get("split") is not None:
             splits[name] = str(meta["split"])
@@ -88,4 +101,28 @@ def check_meta(streams: Sequence[tuple[str, Scores]], subset: str, split: int | 
             if k != str(split):
                 path = dict(streams)[name].path
                 raise InputError(f"{path}: asked for split {split} but the {name} file says split {k}")
+    return notes
+
+
+def check_val_against_test(test: Sequence[tuple[str, Scores]], val: Sequence[tuple[str, Scores]]) -> list[str]:
+    """Validation files must come from the test files' split; other view counts only give a note.
+
+    Weights are learned on validation scores and applied to test ones, so both must come from the same
+    models, hence the same split. Different frames x crops are allowed (a cheaper validation protocol), but
+    noted: views -> video then averages a different number of views, which can shift the best weights.
+    """
+    test_splits = {str((s.meta or {})["split"]) for _, s in test if (s.meta or {}).get("split") is not None}
+    for name, s in val:
+        k = (s.meta or {}).get("split")
+        if k is not None and test_splits and str(k) not in test_splits:
+            raise InputError(f"{s.path}: validation scores of {name} say split {k} but the test files say split "
+                             f"{', '.join(sorted(test_splits))}; give the validation files of the same split "
+                             "(--val NAME=PATH)")
+    notes = []
+    views = {name: s.logits.shape[1:3] for name, s in test}
+    for name, s in val:
+        if name in views and s.logits.shape[1:3] != views[name]:
+            (tf, tk), (vf, vk) = views[name], s.logits.shape[1:3]
+            notes.append(f"{name}: validation scores have {vf} frames x {vk} crops ({s.path}) but test scores "
+                         f"{tf} x {tk}; weights learned on val are applied to test scores of other view counts")
     return notes

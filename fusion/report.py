@@ -23,6 +23,16 @@ SUMMARY_FORMAT = "twostream-fusion-summary/1"
 CONFIDENCE_FORMULA = (f"w_s(v) = p1_s(v) - p2_s(v) + {CONFIDENCE_EPS:g}; fused(v) = sum_s w_s(v) * score_s(v) / "
                       "sum_s w_s(v), where p1, p2 are the two highest class probabilities of stream s for video v")
 MAX_SWEEP_ROWS_MD = 30
+MEAN_CLASS_ACCURACY = ("per-class recall (the share of a class's test videos predicted as that class), averaged "
+                       "over the classes that have test videos; classes without test videos are left out")
+# per_class.csv column of a row: its key, except where the key alone hides how the weights were chosen.
+CSV_COLUMNS = {"learned": "learned_on_val", "sweep": "tuned_on_test_optimistic"}
+METHOD_TEXT = {
+    "average": "`average` is the plain mean of the stream scores",
+    "weighted": "`weighted` is the mean of the stream scores with the given weights (normalised to sum 1)",
+    "max": "`max` takes the per-class maximum over streams",
+    "confidence": f"`confidence` weights each stream per video by its softmax margin: {CONFIDENCE_FORMULA}",
+}
 OUTPUT_NAMES = {"markdown": "report.md", "json": "report.json", "per_class": "per_class.csv",
                 "confusion": "confusion.png"}
 
@@ -60,28 +70,38 @@ def render_markdown(ev: Evaluation) -> str:
         coverage = f"{len(ev.dropped)} videos dropped with --allow-missing (listed below)"
     else:
         coverage = "every stream scores every video"
+    if len(ev.stream_names) > 1:
+        default_line = f"- Default fused method: **{default.label}** (per_class.csv, confusion.png)."
+    else:
+        default_line = (f"- One stream ({ev.stream_names[0]}): nothing fused; per_class.csv and confusion.png "
+                        f"show {ev.stream_names[0]}.")
     out = [f"# Fusion report: {_title(ev)}", "",
-           f"- Test videos: {len(ev.video_ids)}, classes: {len(ev.class_names)}; {coverage}.",
+           f"- Test videos: {len(ev.video_ids)}; classes: {len(ev.class_names)} in the score files, "
+           f"{ev.classes_with_videos} of them with test videos; {coverage}.",
+           f"- Mean class accuracy: {MEAN_CLASS_ACCURACY} (here {ev.classes_with_videos}).",
            f"- Streams: {', '.join(ev.stream_names)}.",
            f"- Views per video: {ev.frames} frames x {ev.crops} crops = {views}{crops}.",
            f"- Views to video: {AGGREGATIONS[o.aggregation]} (`{o.aggregation}`).",
            f"- Ties: {TIE_RULE}.",
-           f"- Top-1 {CI_LEVEL:.0%} CI: percentile bootstrap over videos, {o.bootstrap} resamples, seed {o.seed}.",
-           f"- Default fused method: **{default.label}** (per_class.csv, confusion.png).", "",
+           f"- Top-1 {CI_LEVEL:.0%} CI: percentile bootstrap over videos, {o.bootstrap} resamples, seed {o.seed}; "
+           "the interval ends are the 2.5% and 97.5% quantiles of the resampled top-1, linearly interpolated.",
+           default_line, "",
            "## Results (percent)", "", results_table(ev)]
     fused = [r for r in ev.rows if r.kind == "fused"]
     if fused:
-        out += ["Methods: `average` and `weighted` average the stream scores (weights normalised to sum 1); "
-                "`max` takes the per-class maximum over streams; `confidence` weights each stream per video by "
-                f"its softmax margin: {CONFIDENCE_FORMULA}."]
+        described = [METHOD_TEXT[r.key] for r in fused if r.key in METHOD_TEXT]
+        if described:
+            out += ["Methods: " + "; ".join(described) + "."]
         if ev.learned:
             out += [f"`learned on val`: weights chosen by grid search on the validation hold-out "
                     f"({ev.learned['videos']} videos, val top-1 {_pct(ev.learned['val_top1'])}), then applied to "
                     "test."]
         else:
-            out += ["`learned on val`: not shown, no validation scores (scores_val.npz) for every stream."]
-        out += [f"`{SWEEP_LABEL}`: the best weights found on the test scores themselves; an optimistic upper "
-                "bound, never a result to quote.", ""]
+            out += ["No `learned on val` row: there are no validation scores (scores_val.npz) for every stream."]
+        if any(r.key == "sweep" for r in fused):
+            out += [f"`{SWEEP_LABEL}`: the best weights found on the test scores themselves; an optimistic upper "
+                    "bound, never a result to quote."]
+        out += [""]
         out += ["## Weights", "", "| method | " + " | ".join(ev.stream_names) + " |",
                 "|---|" + "---:|" * len(ev.stream_names)]
         for r in fused:
@@ -105,10 +125,15 @@ def render_markdown(ev: Evaluation) -> str:
         out.append(f"| {f['stream']} | {f['subset']} | {f['videos']} | {f['frames']} x {f['crops']} | "
                    f"`{f['sha256']}` | `{f['path']}` |")
     out.append("")
-    if ev.dropped:
-        out += ["## Dropped videos (--allow-missing)", "", "| video | missing from |", "|---|---|"]
-        missing = {n: set(ids) for n, ids in ev.missing_from.items()}
-        for v in ev.dropped:
+    val_dropped = (ev.learned or {}).get("dropped") or []
+    for title, dropped, missing_from in (("Dropped videos", ev.dropped, ev.missing_from),
+                                         ("Dropped validation videos", val_dropped,
+                                          (ev.learned or {}).get("missing_from") or {})):
+        if not dropped:
+            continue
+        out += [f"## {title} (--allow-missing)", "", "| video | missing from |", "|---|---|"]
+        missing = {n: set(ids) for n, ids in missing_from.items()}
+        for v in dropped:
             lacking = [n for n, ids in missing.items() if v in ids]
             out.append(f"| {v} | {', '.join(lacking)} |")
         out.append("")
@@ -146,28 +171,35 @@ def report_json(ev: Evaluation) -> dict:
         "frames": ev.frames, "crops": ev.crops, "crop_names": ev.crop_names,
         "views_per_video": ev.frames * ev.crops, "aggregation": o.aggregation,
         "aggregation_description": AGGREGATIONS[o.aggregation], "tie_rule": TIE_RULE, "top5_k": ev.top5_k,
-        "mean_class_accuracy": "mean over classes present in the labels of per-class recall",
+        "mean_class_accuracy": MEAN_CLASS_ACCURACY,
         "bootstrap": {"resamples": o.bootstrap, "seed": o.seed, "level": CI_LEVEL,
-                      "method": "percentile; videos resampled with replacement, same resamples for every row"},
+                      "method": "percentile; videos resampled with replacement, same resamples for every row; "
+                                "ends are quantiles with linear interpolation (numpy.quantile default)"},
         "weights_given": list(o.weights) if o.weights is not None else None, "weights": weights,
         "confidence_formula": CONFIDENCE_FORMULA, "stream_order": ev.stream_names,
         "default_method": ev.default_key,
     }
     return {"format": REPORT_FORMAT, "split": ev.split, "accuracy_unit": "fraction",
             "streams": ev.stream_names, "videos": len(ev.video_ids), "classes": len(ev.class_names),
-            "class_names": ev.class_names, "protocol": protocol, "results": _result_json(ev),
+            "classes_with_videos": ev.classes_with_videos, "class_names": ev.class_names, "protocol": protocol,
+            "results": _result_json(ev), "fused": len(ev.stream_names) > 1,
             "default_method": ev.default_key, "score_files": ev.files, "val_files": ev.val_files,
             "coverage": {"allow_missing": o.allow_missing, "videos": len(ev.video_ids), "dropped": ev.dropped,
-                         "missing_from": ev.missing_from},
+                         "missing_from": ev.missing_from,
+                         "val_dropped": (ev.learned or {}).get("dropped", []),
+                         "val_missing_from": (ev.learned or {}).get("missing_from", {})},
             "learned": ev.learned, "sweep": ev.sweep, "sweep_label": SWEEP_LABEL, "notes": ev.notes,
             "outputs": dict(OUTPUT_NAMES)}
 
 
 def per_class_csv(ev: Evaluation) -> str:
-    """class_index, class_name, videos, then the per-class accuracy of every row (fraction; empty: no videos)."""
+    """class_index, class_name, videos, then the per-class accuracy of every row (fraction; empty: no videos).
+
+    Row columns are named by key, except ``learned_on_val`` and ``tuned_on_test_optimistic`` (CSV_COLUMNS).
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["class_index", "class_name", "videos"] + [r.key for r in ev.rows])
+    w.writerow(["class_index", "class_name", "videos"] + [CSV_COLUMNS.get(r.key, r.key) for r in ev.rows])
     counts = np.bincount(ev.labels, minlength=len(ev.class_names))
     for i, name in enumerate(ev.class_names):
         accs = ["" if np.isnan(r.per_class[i]) else f"{r.per_class[i]:.6f}" for r in ev.rows]
@@ -240,7 +272,8 @@ def summary_json(evs: Sequence[Evaluation]) -> dict:
     for key in keys:
         per = {ev.split: next((r for r in ev.rows if r.key == key), None) for ev in evs}
         labels = [r.label for r in per.values() if r is not None]
-        entry = {"key": key, "label": _summary_label(key, labels), "splits": {}, "mean": None}
+        entry = {"key": key, "label": _summary_label(key, labels), "splits": {}, "mean": None,
+                 "default_in": [ev.split for ev in evs if ev.default_key == key]}
         for split, r in per.items():
             if r is not None:
                 entry["splits"][str(split)] = {"top1": r.top1, "top5": r.top5,
@@ -251,7 +284,9 @@ def summary_json(evs: Sequence[Evaluation]) -> dict:
                              for m in ("top1", "top5", "mean_class_accuracy")}
         rows.append(entry)
     return {"format": SUMMARY_FORMAT, "accuracy_unit": "fraction", "splits": [ev.split for ev in evs],
-            "aggregation": evs[0].options.aggregation if evs else None, "results": rows,
+            "aggregation": evs[0].options.aggregation if evs else None,
+            "videos": {str(ev.split): len(ev.video_ids) for ev in evs},
+            "default_method": {str(ev.split): ev.default_key for ev in evs}, "results": rows,
             "reports": {str(ev.split): [f["sha256"] for f in ev.files] for ev in evs}}
 
 
@@ -261,16 +296,24 @@ def render_summary(evs: Sequence[Evaluation]) -> str:
     splits = [str(k) for k in s["splits"]]
     head = ("| method | " + " | ".join(f"split {k} top-1" for k in splits) +
             " | mean top-1 | mean top-5 | mean class accuracy (mean) |")
+    videos = ", ".join(f"split {k}: {n}" for k, n in s["videos"].items())
     lines = [f"# Fusion summary: splits {', '.join(splits)}", "",
+             f"Test videos per split: {videos}.", "",
              f"Views to video: `{s['aggregation']}`. Accuracies in percent; means over the splits "
              "(n/a where a method is missing from a split). Weights of `learned on val` and "
-             f"`{SWEEP_LABEL}` are chosen per split.", "", head, "|---|" + "---:|" * (len(splits) + 3)]
+             f"`{SWEEP_LABEL}` are chosen per split. **(default)** marks each split's default fused method.",
+             "", head, "|---|" + "---:|" * (len(splits) + 3)]
     for r in s["results"]:
         cells = [_pct(r["splits"][k]["top1"]) if k in r["splits"] else "n/a" for k in splits]
         mean = r["mean"]
         cells += ([_pct(mean["top1"]), _pct(mean["top5"]), _pct(mean["mean_class_accuracy"])] if mean
                   else ["n/a"] * 3)
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        mark = ""
+        if r["default_in"] and len(r["default_in"]) == len(splits):
+            mark = " **(default)**"
+        elif r["default_in"]:
+            mark = f" **(default in split {', '.join(map(str, r['default_in']))})**"
+        lines.append(f"| {r['label']}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

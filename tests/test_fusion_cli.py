@@ -293,7 +293,12 @@ def test_split_all_summary(runs):
         assert rows[key]["mean"]["top1"] == pytest.approx(np.mean([s[key]["top1"] for s in per_split]))
     md = (root / "fusion-all" / "summary.md").read_text()
     assert "| method | split 1 top-1 | split 2 top-1 | split 3 top-1 | mean top-1 |" in md
-    assert "| weighted 2:1 |" in md and "mean top-1" in res.output
+    assert "| weighted 2:1 **(default)** |" in md and "mean top-1" in res.output
+    assert "| learned on val |" in md  # not the default: --weights was given
+    assert "Test videos per split: split 1: 30, split 2: 30, split 3: 30." in md
+    assert summary["videos"] == {"1": 30, "2": 30, "3": 30}
+    assert summary["default_method"] == {"1": "weighted", "2": "weighted", "3": "weighted"}
+    assert rows["weighted"]["default_in"] == [1, 2, 3] and rows["learned"]["default_in"] == []
 
 
 def test_split_all_refuses_explicit_files_and_names_missing_splits(runs, tmp_path):
@@ -315,3 +320,197 @@ def test_import_is_light_and_module_runs():
     res = subprocess.run([sys.executable, "-m", "fusion", "report", "--help"], env=env, cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0 and "--allow-missing" in res.stdout
+
+
+# --- Bad inputs stop with a clean message (exit 1) naming the file; misuse exits 2. ---
+
+def refused(res, *texts, code=1):
+    """The command stopped with a click error (not an uncaught exception) whose output holds every text."""
+    assert res.exit_code == code, res.output
+    # CliRunner turns an uncaught exception into exit code 1 too; a click error is a SystemExit.
+    assert isinstance(res.exception, SystemExit), repr(res.exception)
+    for t in texts:
+        assert t in res.output, (t, res.output)
+
+
+def foreign(path, n=6, **over):
+    """A score file written as another tool might (plain np.savez); keyword arguments replace arrays."""
+    rng = np.random.default_rng(len(str(path)))
+    arrays = dict(video_ids=np.asarray([f"v{i}" for i in range(n)]), labels=np.arange(n) % len(CLASSES),
+                  logits=rng.normal(size=(n, FRAMES, CROPS, len(CLASSES))).astype(np.float32),
+                  class_names=np.asarray(CLASSES), meta=np.asarray("{}"))
+    arrays.update(over)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("bad, text", [
+    (dict(labels=np.arange(6) % 4 + 0.9), "labels must be integer class indices, got dtype float64"),
+    (dict(labels=(np.arange(6) % 4).astype(str)), "labels must be integer class indices"),
+    (dict(logits=np.zeros((6, FRAMES, CROPS, 4)).astype(str)), "logits must be real numbers"),
+    (dict(logits=np.zeros((6, FRAMES, CROPS, 4), dtype=bool)),
+     "logits must be real numbers (float or integer), got dtype bool"),
+    (dict(logits=np.ones((6, FRAMES, CROPS, 4), dtype=np.complex64)),
+     "logits must be real numbers (float or integer), got dtype complex64"),
+    (dict(video_ids=np.asarray("v0")), "video_ids must be a 1-d array of strings"),
+    (dict(class_names=np.asarray("Archery")), "class_names must be a 1-d array of strings"),
+    (dict(class_names=np.asarray(["Archery", "Bowling", "Archery", "Fencing"])), "duplicate class names"),
+    (dict(meta=np.asarray("[1, 2]")), "meta must be a JSON object"),
+    (dict(meta=np.asarray("3")), "meta must be a JSON object"),
+])
+def test_malformed_score_files_fail_cleanly_naming_the_file(tmp_path, bad, text):
+    good = foreign(tmp_path / "good.npz")
+    res = run("--spatial", good, "--temporal", foreign(tmp_path / "bad.npz", **bad))
+    refused(res, f"temporal: {tmp_path / 'bad.npz'}: {text}")
+
+
+def test_score_file_without_videos_fails_cleanly(tmp_path):
+    empty = foreign(tmp_path / "t0.npz", n=0, video_ids=np.asarray([], dtype=str))
+    res = run("--spatial", foreign(tmp_path / "s.npz"), "--temporal", empty)
+    refused(res, f"test scores of temporal ({empty}) hold no videos")
+
+
+def test_bytes_class_names_are_decoded(tmp_path):
+    names = np.asarray([c.encode() for c in CLASSES])
+    res = run("--spatial", foreign(tmp_path / "s.npz"), "--temporal", foreign(tmp_path / "t.npz", class_names=names),
+              "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["class_names"] == CLASSES
+
+
+def test_misleading_reasons_are_replaced(tmp_path):
+    good = foreign(tmp_path / "s.npz")
+    text = tmp_path / "t.txt.npz"
+    text.write_text("hello\n")
+    refused(run("--spatial", good, "--temporal", text), f"{text}: not an .npz score file (not a zip archive)")
+    npy = tmp_path / "t.npy.npz"
+    with npy.open("wb") as f:
+        np.save(f, np.zeros(3))
+    refused(run("--spatial", good, "--temporal", npy), f"{npy}: not an .npz score file (a single .npy array)")
+    x = np.random.default_rng(1).normal(size=(6, FRAMES, CROPS, 4))
+    x[0, 0, 0, 0] = 1e39
+    big = foreign(tmp_path / "big.npz", logits=x)
+    res = run("--spatial", good, "--temporal", big)
+    refused(res, f"{big}: scores too large for float32", "v0")
+    assert "NaN" not in res.output
+
+
+def test_validation_file_given_as_test_is_refused(runs):
+    root, _ = runs
+    val = root / "temporal-split1" / "scores_val.npz"
+    res = run("--spatial", root / "spatial-split1" / "scores_test.npz", "--temporal", val)
+    refused(res, f"{val}: given as the test scores of temporal but its meta says subset 'val'", "--val NAME=PATH")
+
+
+def test_validation_of_another_split_is_refused(runs):
+    root, _ = runs
+    res = run("--spatial", root / "spatial-split1" / "scores_test.npz",
+              "--temporal", root / "temporal-split1" / "scores_test.npz",
+              "--val", f"spatial={root / 'spatial-split2' / 'scores_val.npz'}",
+              "--val", f"temporal={root / 'temporal-split2' / 'scores_val.npz'}")
+    refused(res, f"{root / 'spatial-split2' / 'scores_val.npz'}: validation scores of spatial say split 2 but "
+                 "the test files say split 1")
+
+
+def test_validation_with_other_view_counts_is_noted(runs, tmp_path):
+    root, data = runs
+    val = []
+    for stream in ("spatial", "temporal"):
+        ids, labels, logits = data[1][(stream, "val")]
+        path = tmp_path / f"{stream}_val.npz"
+        write_scores(path, ids, labels, logits[:, :1, :1], CLASSES, {"stream": stream, "split": 1, "subset": "val"})
+        val += ["--val", f"{stream}={path}"]
+    res = run("--split", 1, "--runs", root, "--out", tmp_path / "out", *val)
+    assert res.exit_code == 0, res.output
+    note = "validation scores have 1 frames x 1 crops"
+    assert note in res.output and f"test scores {FRAMES} x {CROPS}" in res.output
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sum(note in n for n in rep["notes"]) == 2
+    assert note in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_exit_codes_follow_the_convention(runs, tmp_path):
+    root, _ = runs
+    s = root / "spatial-split1" / "scores_test.npz"
+    refused(run("--spatial", s, "--temporal", tmp_path), f"{tmp_path}: is a directory, not a score file")
+    refused(run("--scores", f"rgb={s}", "--weights", 1), "--weights needs at least two streams", code=2)
+    refused(run("--scores", f"a={s}", "--scores", f"a={s}"), "stream name 'a' given more than once", code=2)
+    refused(run("--spatial", s, "--scores", f"spatial={s}"), "stream name 'spatial' given more than once", code=2)
+
+
+def test_same_file_for_two_streams_is_noted(runs, tmp_path):
+    root, _ = runs
+    s = root / "spatial-split1" / "scores_test.npz"
+    res = run("--scores", f"a={s}", "--scores", f"b={s}", "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert f"a and b are the same file ({s}" in res.output
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("fusing a stream with itself" in n for n in rep["notes"])
+
+
+def test_report_states_class_counts_and_labels_tuned_rows(tmp_path):
+    n, classes = 24, [f"c{i}" for i in range(20)]
+    labels = np.asarray([0, 3, 7, 11, 19, 3] * 4)  # 5 of the 20 classes have test videos
+    rng = np.random.default_rng(3)
+    paths = []
+    for stream in ("spatial", "temporal"):
+        paths.append(tmp_path / f"{stream}.npz")
+        write_scores(paths[-1], [f"v{i}" for i in range(n)], labels, rng.normal(size=(n, 1, 1, 20)), classes,
+                     {"stream": stream, "subset": "test"})
+    res = run("--spatial", paths[0], "--temporal", paths[1], "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "classes: 20 in the score files, 5 of them with test videos" in md
+    assert "- Mean class accuracy: per-class recall" in md and "averaged over the classes that have test videos" in md
+    assert "20 classes (5 with test videos)" in res.output
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (rep["classes"], rep["classes_with_videos"], rep["fused"]) == (20, 5, True)
+    # Only the methods in the table are described: no --weights, so no `weighted`.
+    assert "`weighted`" not in md and "`average` is the plain mean" in md and "`confidence` weights" in md
+    header = (tmp_path / "out" / "per_class.csv").read_text().splitlines()[0]
+    assert header.endswith(",confidence,tuned_on_test_optimistic")
+
+    res = run("--scores", f"rgb={paths[0]}", "--out", tmp_path / "one")
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "one" / "report.md").read_text()
+    assert "Default fused method" not in md and "One stream (rgb): nothing fused" in md
+    assert "default fused method" not in res.output and "one stream (rgb): nothing fused" in res.output
+    assert "Methods:" not in md
+    assert json.loads((tmp_path / "one" / "report.json").read_text())["fused"] is False
+
+
+def test_learned_column_name_in_per_class_csv(runs):
+    root, _ = runs
+    assert run("--split", 1, "--runs", root).exit_code == 0
+    header = (root / "fusion-split1" / "per_class.csv").read_text().splitlines()[0].split(",")
+    assert "learned_on_val" in header and "tuned_on_test_optimistic" in header
+    assert "learned" not in header and "sweep" not in header
+
+
+def test_allow_missing_lists_dropped_validation_ids(tmp_path):
+    root = tmp_path / "runs"
+    data = make_split(root, 1)
+    ids, labels, logits = data[("temporal", "val")]
+    write_scores(root / "temporal-split1" / "scores_val.npz", ids[1:], labels[1:], logits[1:], CLASSES,
+                 {"stream": "temporal", "split": 1, "subset": "val"})
+    res = run("--split", 1, "--runs", root, "--allow-missing")
+    assert res.exit_code == 0, res.output
+    assert f"dropped 1 validation videos not scored by every stream (1 missing from temporal): {ids[0]}" in res.output
+    md = (root / "fusion-split1" / "report.md").read_text()
+    assert "## Dropped validation videos (--allow-missing)" in md and f"| {ids[0]} | temporal |" in md
+    rep = json.loads((root / "fusion-split1" / "report.json").read_text())
+    assert rep["coverage"]["val_dropped"] == [ids[0]] and rep["coverage"]["val_missing_from"] == {"temporal": [ids[0]]}
+    assert rep["coverage"]["dropped"] == [] and rep["learned"]["dropped"] == [ids[0]]
+
+
+def test_console_lists_at_most_ten_dropped_ids(tmp_path):
+    root = tmp_path / "runs"
+    data = make_split(root, 1)
+    ids, labels, logits = data[("temporal", "test")]
+    write_scores(root / "temporal-split1" / "scores_test.npz", ids[12:], labels[12:], logits[12:], CLASSES,
+                 {"stream": "temporal", "split": 1, "subset": "test"})
+    res = run("--split", 1, "--runs", root, "--allow-missing")
+    assert res.exit_code == 0, res.output
+    assert ", ".join(sorted(ids[:12])[:10]) + " and 2 more" in res.output
+    md = (root / "fusion-split1" / "report.md").read_text()
+    assert all(f"| {v} | temporal |" in md for v in ids[:12])

@@ -8,6 +8,12 @@ bound 20, share of fields that are bit-identical).
 
     python benchmarks/bench_torchflow.py                                  # 340x256, batches 1,8,32,128
     python benchmarks/bench_torchflow.py --size 170x128 --batches 1,4     # small, for a CPU-only machine
+    python benchmarks/bench_torchflow.py --algos tvl1 --extract 64      # + end-to-end extraction on CUDA
+
+On CUDA, TV-L1 is timed with the fused Triton kernels (the default there) and with the eager PyTorch path,
+and the fused rate is set against a memory-bandwidth ceiling: the bytes the kernels move per field (each
+kernel's loads and stores per pixel, times the iterations the pairs actually ran, counted on the device)
+against the bandwidth a device-to-device copy reaches in the same run.
 """
 from __future__ import annotations
 
@@ -45,9 +51,11 @@ def opencv_flow(algo: str, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
 
 
 def time_torch(algo: str, prev: np.ndarray, nxt: np.ndarray, device: str, batch: int, repeat: int,
-               compile: bool) -> tuple[float, float | None, np.ndarray]:
+               compile: bool, fused: bool | None = None) -> tuple[float, float | None, np.ndarray]:
     """Seconds per field for batches of ``batch`` pairs, GPU MiB per field (CUDA), and the fields."""
     extra = {"compile": True} if compile and algo == "tvl1" else {}
+    if fused is not None and algo == "tvl1":
+        extra["fused"] = fused
     n = prev.shape[0]
     calls = max(1, repeat)
     warm = torchflow.compute_flow_batch(prev[:1], nxt[:1], algo=algo, device=device, **extra)
@@ -68,6 +76,55 @@ def time_torch(algo: str, prev: np.ndarray, nxt: np.ndarray, device: str, batch:
     if device == "cuda":
         mem = (torch.cuda.max_memory_allocated() - base) / batch / 2**20
     return per_field, mem, out.cpu().numpy()[: min(batch, n)]
+
+
+def copy_bandwidth(gib: float = 1.0) -> float:
+    """Device memory bandwidth in B/s that a plain copy reaches (bytes read + written per second)."""
+    x = torch.empty(int(gib * 2**30) // 4, dtype=torch.float32, device="cuda")
+    y = torch.empty_like(x)
+    y.copy_(x)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(5):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 5 * 2 * x.numel() * 4 / (time.perf_counter() - t)
+
+
+def fused_bytes_per_field(prev: np.ndarray, nxt: np.ndarray) -> float:
+    """Mean bytes the fused TV-L1 kernels move per field on these pairs (iterations actually run counted)."""
+    from flowprep.torchflow import _tvl1, _tvl1_fused
+
+    stats: list = []
+    p = torch.from_numpy(prev).float().cuda()
+    q = torch.from_numpy(nxt).float().cuda()
+    with torch.no_grad():
+        _tvl1.tvl1_flow(p, q, fused=True, stats=stats)
+    return float(_tvl1_fused.traffic(stats).mean())
+
+
+def bench_extract_cuda(n_videos: int, frames: int, width: int, height: int, batch: int, jobs: int) -> float:
+    """End-to-end `flowprep extract --device cuda` fields/s on generated 340x256-style videos."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_extract import make_scene_video
+
+    from flowprep.decode import Resize
+    from flowprep.pipeline import ExtractConfig, extract
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "videos"
+        for i in range(n_videos):
+            make_scene_video(root / f"Class{i % 4}" / f"v_{i:04d}.avi", frames, width, height, i)
+        cfg = ExtractConfig(videos=root, out=Path(tmp) / "flows.h5", device="cuda", batch_size=batch, jobs=jobs,
+                            resize=Resize(width, height), progress=False)
+        summary = extract(cfg)
+        if summary.failed:
+            raise SystemExit(f"benchmark videos failed: {summary.failed}")
+        return summary.flows / summary.seconds
 
 
 def parity_row(ours: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -92,6 +149,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch and OpenCV CPU threads")
     ap.add_argument("--compile", action="store_true", help="torch.compile the TV-L1 inner iteration")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--extract", type=int, default=0, metavar="N", help="on CUDA, also time `flowprep extract` "
+                    "end to end on N generated videos of --extract-frames frames")
+    ap.add_argument("--extract-frames", type=int, default=50)
+    ap.add_argument("--jobs", type=int, default=8, help="decode threads for --extract")
     args = ap.parse_args()
 
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -122,12 +183,21 @@ def main() -> None:
                                  "fields_per_s": 1 / cv_per_field, "mib_per_field": None})
         fields_by_device = {}
         for device in devices:
-            for b in (batches if device == "cuda" else cpu_batches):
-                per_field, mem, out = time_torch(algo, prev, nxt, device, b, args.repeat, args.compile)
-                results["speed"].append({"algo": algo, "backend": f"torch-{device}", "batch": b,
-                                         "fields_per_s": 1 / per_field, "mib_per_field": mem})
-                if len(out) >= len(fields_by_device.get(device, [])):
-                    fields_by_device[device] = out
+            # on CUDA TV-L1 runs fused (the default) and eager, to show what the kernels buy
+            variants = [(None, "")] if device == "cpu" or algo != "tvl1" else [(True, "-fused"), (False, "-eager")]
+            for fused, label in variants:
+                for b in (batches if device == "cuda" else cpu_batches):
+                    per_field, mem, out = time_torch(algo, prev, nxt, device, b, args.repeat, args.compile, fused)
+                    results["speed"].append({"algo": algo, "backend": f"torch-{device}{label}", "batch": b,
+                                             "fields_per_s": 1 / per_field, "mib_per_field": mem})
+                    if len(out) >= len(fields_by_device.get(device + label, [])):
+                        fields_by_device[device + label] = out
+        if algo == "tvl1" and "cuda" in devices:
+            k = min(n_pairs, max(batches))
+            per_field_bytes = fused_bytes_per_field(prev[:k], nxt[:k])
+            bandwidth = copy_bandwidth()
+            results["ceiling"] = {"bytes_per_field": per_field_bytes, "copy_bandwidth": bandwidth,
+                                  "fields_per_s": bandwidth / per_field_bytes}
         for device, out in fields_by_device.items():
             k = len(out)
             row = parity_row(out, ref[:k], truth[:k])
@@ -144,6 +214,25 @@ def main() -> None:
             mem = f"{r['mib_per_field']:.1f}" if r["mib_per_field"] is not None else "-"
             print(f"| {algo} | {r['backend']} | {r['batch']} | {r['fields_per_s']:.2f} | "
                   f"{r['fields_per_s'] / base:.2f} | {mem} |")
+    if "ceiling" in results:
+        c = results["ceiling"]
+        print(f"\nTV-L1 memory-bandwidth ceiling: the fused kernels move {c['bytes_per_field'] / 2**30:.2f} GiB per "
+              f"field on these pairs (iterations actually run, counted on the device; bytes per kernel in "
+              f"_tvl1_fused), a device copy reaches {c['copy_bandwidth'] / 1e12:.2f} TB/s -> ceiling "
+              f"{c['fields_per_s']:.0f} fields/s")
+        for r in results["speed"]:
+            if r["backend"] == "torch-cuda-fused":
+                print(f"  batch {r['batch']}: {r['fields_per_s']:.0f} fields/s = "
+                      f"{100 * r['fields_per_s'] / c['fields_per_s']:.0f}% of the ceiling")
+    if args.extract and "cuda" in devices:
+        b = max(batches)
+        rate = bench_extract_cuda(args.extract, args.extract_frames, width, height, b, args.jobs)
+        kernel = max(r["fields_per_s"] for r in results["speed"]
+                     if r["algo"] == algos[0] and r["backend"].startswith("torch-cuda") and r["batch"] == b)
+        results["extract"] = {"fields_per_s": rate, "kernel_fields_per_s": kernel, "batch": b, "jobs": args.jobs}
+        print(f"\nend-to-end flowprep extract --device cuda ({algos[0]}, {args.extract} videos x "
+              f"{args.extract_frames} frames, batch {b}, {args.jobs} decode threads): {rate:.1f} fields/s = "
+              f"{100 * rate / kernel:.0f}% of the kernel rate at that batch (target >= 70%)")
     print("\n| algo | torch device | fields | EPE vs OpenCV (px) | max diff (px) | <=0.1 px | <=0.5 px | "
           "u8 equal | u8 +-1 | bit-identical | EPE vs truth (px) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -13,6 +13,7 @@ docs/torchflow.md for where exact agreement stops and by how much). Only torch a
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,8 @@ __all__ = ["compute_flow_batch", "tvl1", "farneback", "TorchFlowError", "TVL1_PA
 TVL1_PARAMS: dict[str, Any] = TVL1_DEFAULTS
 FARNEBACK_PARAMS: dict[str, Any] = FARNEBACK_DEFAULTS
 # Execution options of TV-L1 that do not change the result on CPU (see tvl1()).
-TVL1_OPTIONS = ("sync_every", "compile", "lazy_sync")
+TVL1_OPTIONS = ("sync_every", "compile", "lazy_sync", "fused")
+_FUSED_FAILED: list[str] = []  # why the fused kernels could not run here, once they failed (auto mode only)
 
 
 class TorchFlowError(FlowprepError, ValueError):
@@ -92,7 +94,11 @@ def tvl1(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any)
     that end a warp early once every pair has converged (a converged pair is frozen on the device
     whatever the value, so the result does not depend on it); lazy_sync (default: True on CUDA, False
     on CPU): use that CUDA scheme, or look every iteration; compile (default False): run the inner
-    iteration through torch.compile (fused kernels may round differently from OpenCV).
+    iteration through torch.compile (fused kernels may round differently from OpenCV); fused (default:
+    True on CUDA when gamma is 0 and Triton is installed): run the inner loop in flowprep's Triton kernels,
+    the same arithmetic in 4 kernels per iteration instead of ~50 (on CPU only under Triton's interpreter,
+    TRITON_INTERPRET=1, for tests). If the kernels fail to compile in the default mode, a warning says why
+    and the eager path runs instead.
     """
     params = _check_params(params, TVL1_PARAMS, TVL1_OPTIONS, "tvl1")
     if params.get("median_filtering", 5) not in (0, 1, 5):
@@ -107,8 +113,49 @@ def tvl1(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any)
     p, n, integer = _pair(prev, nxt, device)
     if not integer:  # OpenCV's TV-L1 reads float frames as 0..1
         p, n = p * 255.0, n * 255.0
+    fused = params.pop("fused", None)
+    auto = fused is None
+    if auto:
+        fused = p.device.type == "cuda" and params.get("gamma", 0.0) == 0 and not _FUSED_FAILED and _has_triton()
+    elif fused:
+        _check_fused(p.device, params)
     with torch.no_grad():
-        return tvl1_flow(p, n, **params)
+        if not fused:
+            return tvl1_flow(p, n, **params)
+        try:
+            return tvl1_flow(p, n, fused=True, **params)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a Triton or driver that cannot build the kernels: say so, run eager
+            if not auto:
+                raise
+            _FUSED_FAILED.append(f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"flowprep's fused TV-L1 kernels failed ({_FUSED_FAILED[0][:500]}); using the eager "
+                          "PyTorch path, which gives the same flow more slowly. Pass fused=False to silence this.",
+                          RuntimeWarning, stacklevel=2)
+            return tvl1_flow(p, n, **params)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_fused(device: torch.device, params: dict[str, Any]) -> None:
+    """fused=True asked for explicitly: refuse what the kernels do not do."""
+    if params.get("gamma", 0.0) != 0:
+        raise TorchFlowError("fused=True implements gamma = 0 only (OpenCV's default); pass fused=False")
+    if not _has_triton():
+        raise TorchFlowError("fused=True needs Triton (pip install triton; CUDA builds of torch include it)")
+    if device.type == "cpu":
+        from flowprep.torchflow import _tvl1_fused
+
+        if not _tvl1_fused.interpreted():
+            raise TorchFlowError("fused=True on CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
+                                 "before Python starts (slow; meant for tests)")
 
 
 def farneback(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any) -> torch.Tensor:

@@ -15,6 +15,7 @@ iterations (on CPU every iteration, which costs nothing).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -178,6 +179,61 @@ def _proc_one_scale(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inner_ite
     return u
 
 
+def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inner_iterations,
+                          outer_iterations, median_filtering, sync_every, stats=None, **_):
+    """_proc_one_scale with the inner loop in fused Triton kernels (_tvl1_fused); gamma = 0 only.
+
+    The same steps and stopping rule: per pair, the median filter before each outer iteration and the inner
+    iterations run while its error is above epsilon; a converged pair is skipped by the kernels until the
+    next warp. The host looks at the flags every ``sync_every`` iterations to end a warp early.
+    ``stats``: a list to append this level's work to (size, warps, per-pair iterations and median filters
+    run), for the benchmark's memory-traffic estimate; it costs a small kernel per iteration.
+    """
+    from flowprep.torchflow import _tvl1_fused
+
+    run = _tvl1_fused.launch()
+    b, h, w = i0.shape
+    scaled_eps = _f32(epsilon * epsilon * h * w)
+    l_t, taut, theta32 = _f32(lambda_ * theta), _f32(tau / theta), _f32(theta)
+    i1x, i1y = centered_gradient(i1)
+    stack = torch.stack([i1, i1x, i1y], dim=1)  # (B, 3, H, W)
+    u1, u2 = u[0].contiguous().clone(), u[1].contiguous().clone()
+    spare1, spare2 = torch.empty_like(u1), torch.empty_like(u2)  # median5 writes here, then they swap
+    p = tuple(torch.zeros_like(i0) for _ in range(4))  # dual variables live across warps
+    partial = torch.zeros(b, -(-h * w // _tvl1_fused.BLOCK), dtype=torch.float64, device=i0.device)
+    active = torch.ones(b, dtype=torch.int32, device=i0.device)
+    table = ops.cubic_table(i0.device)
+    ix, iy, grad, rho_c = (torch.empty_like(i0) for _ in range(4))  # the warp's constants
+    i0 = i0.contiguous()
+    if stats is not None:
+        counts = {"iterations": torch.zeros_like(active), "medians": torch.zeros_like(active)}
+        stats.append({"height": h, "width": w, "pairs": b, "warps": warps, **counts})
+    for _ in range(warps):
+        run.warp(stack, i0, u1, u2, table, ix, iy, grad, rho_c)
+        active.fill_(1)
+        n_done, finished = 0, False
+        for _outer in range(outer_iterations):
+            for n_inner in range(inner_iterations):
+                if n_done and n_done % sync_every == 0 and not bool(active.any()):
+                    finished = True
+                    break
+                if n_inner == 0 and median_filtering > 1:
+                    run.median5(u1, spare1, active)
+                    run.median5(u2, spare2, active)
+                    u1, spare1, u2, spare2 = spare1, u1, spare2, u2
+                    if stats is not None:
+                        counts["medians"] += active
+                if stats is not None:
+                    counts["iterations"] += active
+                run.primal(ix, iy, grad, rho_c, u1, u2, p, active, partial, l_t, theta32)
+                run.dual(u1, u2, p, active, taut)
+                run.converged(partial, active, scaled_eps)
+                n_done += 1
+            if finished:
+                break
+    return u1, u2
+
+
 def build_pyramid(img: torch.Tensor, nscales: int, scale_step: float) -> list[torch.Tensor]:
     """OpenCV TV-L1 pyramid: repeated cv::resize(fx=fy=scale_step), stopping before a side drops under 16."""
     levels = [img]
@@ -194,22 +250,25 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, *, tau: float = 0.25, lambd
               theta: float = 0.3, nscales: int = 5, warps: int = 5, epsilon: float = 0.01,
               inner_iterations: int = 30, outer_iterations: int = 10, scale_step: float = 0.8,
               gamma: float = 0.0, median_filtering: int = 5, sync_every: int = 10,
-              compile: bool = False, lazy_sync: bool | None = None) -> torch.Tensor:
+              compile: bool = False, lazy_sync: bool | None = None, fused: bool = False,
+              stats: list | None = None) -> torch.Tensor:
     """TV-L1 flow of float32 (B, H, W) image pairs in 0..255 -> (B, H, W, 2) float32, x then y, pixels.
 
     lazy_sync (default: True on CUDA, False on CPU): ask the host whether every pair has converged only
     every ``sync_every`` inner iterations, and mask every iteration; otherwise ask every iteration.
-    The result is the same either way.
+    The result is the same either way. fused: run the inner loop in the Triton kernels of _tvl1_fused
+    (gamma = 0 only; the caller checks); stats: see _proc_one_scale_fused (fused only).
     """
     if lazy_sync is None:
         lazy_sync = prev.device.type != "cpu"
     iteration = _get_iteration(compile)
+    proc = partial(_proc_one_scale_fused, stats=stats) if fused else _proc_one_scale
     i0s = build_pyramid(prev, nscales, scale_step)
     i1s = build_pyramid(nxt, nscales, scale_step)
     inv = _f32(1.0 / scale_step)
     u = tuple(torch.zeros_like(i0s[-1]) for _ in range(3 if gamma != 0 else 2))
     for s in range(len(i0s) - 1, -1, -1):
-        u = _proc_one_scale(i0s[s], i1s[s], u, tau=tau, lambda_=lambda_, theta=theta, warps=warps,
+        u = proc(i0s[s], i1s[s], u, tau=tau, lambda_=lambda_, theta=theta, warps=warps,
                             epsilon=epsilon, inner_iterations=inner_iterations,
                             outer_iterations=outer_iterations, gamma=gamma, median_filtering=median_filtering,
                             sync_every=max(1, int(sync_every)), lazy_sync=lazy_sync, iteration=iteration)

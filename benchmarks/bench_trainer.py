@@ -38,7 +38,7 @@ def bench_stream(store_path: str, stream: str, args) -> dict:
     from trainer.config import load_config
     from trainer.data import TrainViews, open_store, split_subsets, train_loader
     from trainer.distributed import setup
-    from trainer.evaluation import score_subset
+    from trainer.evaluation import model_to_memory_format, resolve_precision, score_subset
     from trainer.models import build_model, param_groups
     from trainer.train import lr_factor, make_plan, train_one_epoch
 
@@ -52,22 +52,23 @@ def bench_stream(store_path: str, stream: str, args) -> dict:
     store = open_store(cfg.data)
     subsets = split_subsets(store, cfg)
     torch.manual_seed(0)
-    model, _ = build_model(cfg, len(subsets.classes))
-    model.to(env.device)
-    if cfg.channels_last and env.cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model, init = build_model(cfg, len(subsets.classes))
+    # as the trainer does: channels_last, or channels_last_3d for the clip models
+    model = model_to_memory_format(model.to(env.device), cfg, env)
     dataset = TrainViews(store, subsets.train, subsets.labels, cfg)
     plan = make_plan(cfg, 1, len(dataset))
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=1e-3, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, plan))
-    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
+    precision = resolve_precision(env, cfg.precision)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
     net = torch.compile(model) if cfg.compile else model
     loader, sampler = train_loader(dataset, plan.micro_batch, 1, 0, 0, cfg.workers, pin=env.cuda)
     # warm-up (allocator, cuDNN autotuning, worker start), then the measured iterations
     plan.max_iters = args.warmup
-    train_one_epoch(net, loader, sampler, optimizer, scheduler, scaler, cfg, env, plan, 0, 0, False)
+    train_one_epoch(net, loader, sampler, optimizer, scheduler, scaler, cfg, env, plan, 0, 0, False, init["bn"])
     plan.max_iters = args.iters
-    row, _ = train_one_epoch(net, loader, sampler, optimizer, scheduler, scaler, cfg, env, plan, 1, 0, False)
+    row, _ = train_one_epoch(net, loader, sampler, optimizer, scheduler, scaler, cfg, env, plan, 1, 0, False,
+                             init["bn"])
     del loader
     test_ids = subsets.test[:args.test_videos] if args.test_videos else subsets.test
     t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def bench_stream(store_path: str, stream: str, args) -> dict:
     wall = time.perf_counter() - t0
     views = logits.shape[0] * logits.shape[1] * logits.shape[2]
     return {"stream": stream, "arch": cfg.arch, "device": str(env.device), "input": cfg.input_size,
-            "batch": cfg.batch_size, "precision": cfg.precision, "workers": cfg.workers,
+            "batch": cfg.batch_size, "precision": precision, "workers": cfg.workers,
             "train_samples_per_s": row["samples_per_s"], "step_s": row["batch_time"],
             "data_wait": row["data_wait"], "test_views": views, "test_views_per_s": views / wall,
             "test_data_wait": speed["data_wait"],

@@ -50,7 +50,10 @@ def test_bad_values_are_rejected_with_the_key(item, message):
     ({"arch": "vgg16", "dropout": [0.1, 0.2, 0.3]}, r"dropout for vgg16 takes 2 value\(s\) \[fc6, fc7\]"),
     ({"scales": [1.2]}, "scales must be fractions"),
     ({"arch": "inception_v3", "input_size": 64}, "inception_v3 needs input_size >= 75"),
-    ({"bn": "half"}, "bn must be one of train, partial, frozen"),
+    ({"bn": "half"}, "bn must be one of auto, train, partial, frozen"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"val_every_iters": -5}, "val_every_iters must be >= 0"),
+    ({"flip": False, "test_crops": 10}, "flip = false with test_crops = 10: 5 of the 10 test views are mirror"),
 ])
 def test_impossible_settings_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -182,3 +185,54 @@ def test_cli_missing_store_names_the_path_and_the_fix(tmp_path):
                                        "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert str(missing) in result.output and "flowprep extract" in result.output
+
+
+def test_precision_auto_takes_bf16_only_where_the_gpu_computes_in_it(monkeypatch):
+    import torch
+
+    from trainer.distributed import Env
+    from trainer.evaluation import amp_dtype, resolve_precision
+
+    cpu = Env(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    gpu = Env(rank=0, world=1, local_rank=0, device=torch.device("cuda", 0))
+    assert resolve_precision(cpu, "auto") == "fp32" and amp_dtype(cpu, "auto") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # V100, T4: no bf16
+    assert resolve_precision(gpu, "auto") == "fp16" and amp_dtype(gpu, "auto") == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # H100
+    assert resolve_precision(gpu, "auto") == "bf16" and amp_dtype(gpu, "auto") == torch.bfloat16
+    assert resolve_precision(gpu, "fp32") == "fp32" and resolve_precision(cpu, "fp16") == "fp16"
+
+
+def test_val_every_iters_preset_follows_the_schedule():
+    assert load_config("temporal").val_every_iters == 1000  # iter-step: the paper's recipes
+    assert load_config("temporal", "demo").val_every_iters == 0  # epoch schedules: every val_every epochs
+    for name in ("ucf101_vgg16_spatial", "ucf101_vgg16_temporal", "hmdb51_vgg16_spatial"):
+        data, _ = read_config_file(name)
+        assert load_config(data["stream"], name).val_every_iters == 1000, name
+
+
+def test_resnet101_recipes_use_the_batch_of_their_iteration_schedule():
+    """The paper's schedules (10k / 30k iterations) are counted in batches of 256 (REFERENCE sec. 1 (ii))."""
+    for name in ("ucf101_resnet101_spatial", "ucf101_resnet101_temporal", "hmdb51_resnet101_spatial",
+                 "hmdb51_resnet101_temporal"):
+        data, _ = read_config_file(name)
+        cfg = load_config(data["stream"], name)
+        assert cfg.batch_size == 256, name
+        assert (cfg.max_iters, cfg.lr_steps) == ((10000, (4000, 8000)) if cfg.stream == "spatial"
+                                                 else (30000, (10000, 20000))), name
+
+
+def test_bare_unwraps_ddp_and_compile_in_either_order():
+    import torch
+
+    from trainer.train import _bare
+
+    class FakeDDP(torch.nn.Module):  # DistributedDataParallel keeps the network as .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    net = torch.nn.Linear(2, 2)
+    assert _bare(net) is net
+    assert _bare(torch.compile(FakeDDP(net))) is net  # what run() builds: compile(DDP(net))
+    assert _bare(FakeDDP(torch.compile(net))) is net

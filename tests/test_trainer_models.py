@@ -36,7 +36,8 @@ def fake_resnet18(tmp_path_factory):
 def test_flow_net_from_a_weights_file_uses_cross_modality_init(fake_resnet18):
     path, state = fake_resnet18
     cfg = load_config("temporal", overrides={"arch": "resnet18", "pretrained": str(path), "flow_length": 3})
-    model, note = build_model(cfg, num_classes=7)
+    model, init = build_model(cfg, num_classes=7)
+    note = init["note"]
     conv1 = model.conv1.weight.detach()
     assert conv1.shape == (64, 6, 7, 7)
     mean = state["conv1.weight"].mean(dim=1)
@@ -63,7 +64,7 @@ def test_imagenet_is_looked_up_in_the_torch_cache_and_never_downloaded(fake_resn
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cfg = load_config("temporal", overrides={"arch": "resnet18", "flow_length": 2, "pretrained": "imagenet"})
     auto = cfg.replace(pretrained="auto")
-    assert "random initialisation" in build_model(auto, 4)[1]  # auto: absent weights are not an error
+    assert "random initialisation" in build_model(auto, 4)[1]["note"]  # auto: absent weights are not an error
     expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     with pytest.raises(WeightsError, match="never downloads") as err:
         build_model(cfg, 4)
@@ -71,8 +72,8 @@ def test_imagenet_is_looked_up_in_the_torch_cache_and_never_downloaded(fake_resn
     expected.parent.mkdir(parents=True)
     expected.write_bytes(path.read_bytes())
     for c in (cfg, auto):
-        model, note = build_model(c, 4)
-        assert str(expected) in note
+        model, init = build_model(c, 4)
+        assert str(expected) in init["note"]
         assert torch.equal(model.conv1.weight[:, 3].detach(), state["conv1.weight"].mean(dim=1))
 
 
@@ -123,3 +124,52 @@ def test_clip_models_take_two_channel_flow_clips():
     before = rgb.stem[0].weight.detach().clone()
     replace_first_conv(rgb, "r3d_18", 2)
     assert torch.allclose(rgb.stem[0].weight[:, 0], before.mean(dim=1))
+
+
+def test_bn_auto_is_partial_over_pretrained_weights_and_train_over_random_ones(fake_resnet18):
+    path, _ = fake_resnet18
+    cfg = load_config("temporal", overrides={"arch": "resnet18", "flow_length": 2, "pretrained": str(path)})
+    assert cfg.bn == "auto"  # the default
+    model, init = build_model(cfg, 4)
+    assert (init["bn"], init["pretrained"]) == ("partial", True) and "bn = auto -> partial" in init["note"]
+    bns = batchnorms(model)
+    assert bns[0].weight.requires_grad and not any(bn.weight.requires_grad for bn in bns[1:])
+    model, init = build_model(cfg.replace(pretrained="none"), 4)
+    assert (init["bn"], init["pretrained"]) == ("train", False) and "bn = auto -> train" in init["note"]
+    assert all(bn.weight.requires_grad for bn in batchnorms(model))
+
+
+def test_a_random_resnet101_with_the_default_bn_keeps_its_logits_small(caplog):
+    """The bare `trainer run` case: resnet101, no cached weights. Partial BN over random weights keeps ~100
+    BatchNorms at mean 0 / var 1 and the logits explode (the loss then turns NaN); bn = auto trains them."""
+    x = torch.randn(4, 4, 64, 64)
+    std = {}
+    for bn in ("auto", "partial"):
+        cfg = load_config("temporal", overrides={"pretrained": "none", "bn": bn, "flow_length": 2})
+        torch.manual_seed(0)
+        with caplog.at_level("WARNING", logger="trainer"):
+            model, init = build_model(cfg, 10)
+        set_train_mode(model, init["bn"])
+        with torch.no_grad():
+            std[bn] = model(x).std().item()
+    assert std["auto"] < 1.0 and std["partial"] > 100.0, std
+    warned = [r.getMessage() for r in caplog.records if "bn = partial with random initial weights" in r.getMessage()]
+    assert len(warned) == 1 and "bn = auto or train" in warned[0]
+
+
+def test_warnings_only_where_asked_and_no_weights_read_for_a_checkpoint(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights: auto falls back, with a warning
+    cfg = load_config("spatial", overrides={"arch": "googlenet", "pretrained": "auto", "input_size": 64})
+    with caplog.at_level("WARNING", logger="trainer"):
+        build_model(cfg, 4, warn=False)  # ranks other than 0
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="trainer"):
+        build_model(cfg, 4)
+    assert any("pretrained = auto" in r.getMessage() for r in caplog.records)
+    # Resume / test: the checkpoint's weights follow, so the pre-trained file is not read (here it does not
+    # exist at all), and what it decided (GoogLeNet's input transform, bn = auto -> partial) is kept.
+    gone = cfg.replace(pretrained=str(tmp_path / "deleted.pth"))
+    init = {"note": "x.pth: loaded", "pretrained": True, "bn": "partial"}
+    model, again = build_model(gone, 4, init=init)
+    assert again == init and model.transform_input
+    assert not any(bn.weight.requires_grad for bn in batchnorms(model)[1:])

@@ -1,5 +1,6 @@
 """End to end on the synthetic flow store: outputs, score-file coverage, `trainer test`, DDP equivalence,
-resume after SIGKILL, config mismatch on a re-run; and (slow) the demo's temporal stream learning motion.
+resume after SIGKILL (also with a loader worker and dropout), config mismatch on a re-run, divergence,
+missing / undecodable / short videos; and (slow) the demo's temporal stream learning motion.
 
 One reference run (1 process, in a subprocess) is shared by the tests that compare against it. Its config
 has no BatchNorm adaptation (bn = "frozen") and no dropout: BN statistics and dropout masks are computed
@@ -67,6 +68,47 @@ def _run(cmd, timeout=180):
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def _ref_variant(tmp_path: Path, name: str, **changes) -> Path:
+    """REFERENCE_CONFIG with some keys replaced, written to tmp_path/name."""
+    lines = [ln for ln in REFERENCE_CONFIG.splitlines() if ln.split("=")[0].strip() not in changes]
+    lines += [f"{k} = {v}" for k, v in changes.items()]
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _subset_ids(store) -> dict[str, list[str]]:
+    from flowprep import FlowStore
+
+    m = FlowStore(store).manifest
+    return {"train": m.ids(1, "train-val"), "val": m.ids(1, "val"), "test": m.ids(1, "test")}
+
+
+def _damaged_copy(src, dst: Path, delete=(), corrupt=(), shorten=()) -> Path:
+    """A copy of a store with videos deleted, every flow JPEG of some made undecodable, or some cut to 3
+    frames (2 flow fields) in their records, so the trainer sees them shorter than a stack."""
+    import json
+    import shutil
+
+    import h5py
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        videos = f["videos"]
+        for vid in delete:
+            del videos[vid]
+        for vid in corrupt:
+            blob = videos[vid]["flow_jpeg"]
+            for start in videos[vid]["flow_offsets"][()][:-1]:
+                blob[int(start):int(start) + 2] = 0  # no JPEG start marker: the field cannot be decoded
+        for vid in shorten:
+            record = videos[vid].attrs["record"]
+            record = json.loads(record.decode() if isinstance(record, bytes) else record)
+            record.update(num_frames=3, num_flows=2)
+            videos[vid].attrs["record"] = json.dumps(record)
+    return dst
 
 
 def _params(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -245,3 +287,145 @@ def test_demo_temporal_stream_learns_the_motion_classes(tmp_path):
     video = scores.logits.mean(axis=(1, 2)).argmax(axis=1)
     accuracy = float((video == scores.labels).mean())
     assert accuracy >= 0.6, proc.stdout
+
+
+def test_a_diverging_run_stops_with_the_iteration_and_lr_and_selects_no_nan_model(synth_store, ref_config,
+                                                                                   tmp_path):
+    # batch 16 = one iteration per epoch: the first step blows the weights up while its own loss is still
+    # finite, so epoch 1's hold-out loss is NaN (not a best model), and epoch 2's training loss stops the run
+    result = CliRunner().invoke(main, ["run", "temporal", "--config", str(ref_config), "--data", str(synth_store),
+                                       "--out", str(tmp_path), "--set", "lr=1e6", "--set", "batch_size=16",
+                                       "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "hold-out loss nan at epoch 1: not a candidate for checkpoint_best.pt" in result.output
+    message = result.output[result.output.index("Error:"):]
+    assert "training diverged: the loss is nan at iteration 2 (epoch 2, lr 7.5e+05)" in message
+    assert "Lower lr" in message and "bn = auto" in message and "pretrained" in message
+    run_dir = tmp_path / "temporal-split1"
+    assert (run_dir / "checkpoint_last.pt").is_file() and not (run_dir / "checkpoint_best.pt").exists()
+    assert not list(run_dir.glob("scores_*.npz"))
+
+
+def test_resume_with_a_loader_worker_and_dropout_is_bitwise_at_the_checkpoint_interval(synth_store, tmp_path):
+    """workers = 1 (persistent) and dropout: the DataLoader must not shift the dropout stream of a resumed
+    process. val_every_iters = 3 at 2 iterations per epoch: validation and checkpoints after epochs 2 and 4
+    only, and the kill lands on the one of epoch 2."""
+    config = _ref_variant(tmp_path, "workers.toml", workers=1, dropout=0.5, bn='"train"', epochs=4,
+                          val_every_iters=3)
+    whole = _run(_command(synth_store, tmp_path / "whole", config, "--no-test"))
+    with open(tmp_path / "whole" / "temporal-split1" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [2, 4, 6, 8]
+    assert [r["val_top1"] != "" for r in rows] == [False, True, False, True], whole.stdout
+
+    run_dir = tmp_path / "killed" / "temporal-split1"
+    cmd = _command(synth_store, tmp_path / "killed", config, "--no-test")
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint_last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 2
+    stale = run_dir / ".checkpoint_last.pt.k1ll3d.tmp"  # what a kill during a checkpoint write leaves
+    stale.write_bytes(b"\0" * 1024)
+    again = _run(cmd)
+    assert "epoch 2 of 4 done" in again.stdout and f"removed {stale}" in again.stdout
+    assert not stale.exists()
+    ref, resumed = _params(tmp_path / "whole" / "temporal-split1"), _params(run_dir)
+    worst = max((ref[k].float() - resumed[k].float()).abs().max().item() for k in ref)
+    assert worst == 0.0, f"resumed run differs from the uninterrupted one by {worst:.3g}"
+
+
+def test_resuming_needs_no_pretrained_file_and_keeps_the_resolved_bn(synth_store, tmp_path):
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "resnet18-weights.pth"
+    torch.manual_seed(1)
+    torch.save(resnet18().state_dict(), weights)
+    config = _ref_variant(tmp_path, "pre.toml", pretrained=f'"{weights}"', bn='"auto"', epochs=1)
+    args = ["run", "temporal", "--config", str(config), "--data", str(synth_store), "--out", str(tmp_path),
+            "--no-progress"]
+    first = CliRunner().invoke(main, args + ["--no-test"])
+    assert first.exit_code == 0, first.output
+    assert "cross-modality initialised" in first.output and "bn = auto -> partial" in first.output
+    saved = (tmp_path / "temporal-split1" / "config.toml").read_text()
+    assert 'bn = "auto"' in saved and "# resolved at the start of the run: bn = partial" in saved
+    weights.unlink()  # the ImageNet file is gone (another machine, a cleaned cache): resume and test still work
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "nothing left to train" in again.output and "bn = auto -> partial" in again.output
+    assert read_scores(tmp_path / "temporal-split1" / "scores_test.npz").num_videos == 8
+
+
+@pytest.fixture(scope="module")
+def odd_store(synth_store, tmp_path_factory):
+    """The synthetic store less one train, one hold-out and one test video (7 hold-out and 7 test videos
+    left: odd counts for 2 processes), one more test video undecodable, one train video shorter than L."""
+    ids = _subset_ids(synth_store)
+    path = _damaged_copy(synth_store, tmp_path_factory.mktemp("odd") / "flows.h5",
+                         delete=[ids["train"][0], ids["val"][0], ids["test"][1]], corrupt=[ids["test"][0]],
+                         shorten=[ids["train"][1]])
+    return path, ids
+
+
+def test_trainer_test_needs_only_the_subsets_it_scores_and_names_an_undecodable_video(reference, synth_store,
+                                                                                      tmp_path):
+    run_dir, _ = reference
+    ids = _subset_ids(synth_store)
+    store = _damaged_copy(synth_store, tmp_path / "flows.h5", delete=ids["train"][:2], corrupt=[ids["test"][0]])
+    args = ["test", "temporal", "--data", str(store), "--out", str(tmp_path), "--checkpoint",
+            str(run_dir / "checkpoint_best.pt"), "--no-progress", "--set", "workers=1"]
+    ok = CliRunner().invoke(main, args + ["--subset", "val"])  # training videos missing: not needed here
+    assert ok.exit_code == 0, ok.output
+    again, first = read_scores(tmp_path / "temporal-split1" / "scores_val.npz"), read_scores(run_dir / "scores_val.npz")
+    assert again.video_ids == first.video_ids
+    np.testing.assert_allclose(again.logits, first.logits, atol=1e-4)
+    bad = CliRunner().invoke(main, args + ["--subset", "test"])
+    assert bad.exit_code == 1
+    error = [ln for ln in bad.output.splitlines() if ln.startswith("Error:")]
+    assert len(error) == 1 and ids["test"][0] in error[0], bad.output
+    assert "does not decode" in error[0] and "flowprep verify" in error[0] and "missing_videos=skip" in error[0]
+    assert "Traceback" not in bad.output and "DataLoader worker" not in bad.output
+
+
+def test_two_processes_test_odd_video_counts_and_skip_the_undecodable_one(reference, odd_store, tmp_path):
+    run_dir, _ = reference
+    store, ids = odd_store
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
+           "test", "temporal", "--data", str(store), "--out", str(tmp_path), "--checkpoint",
+           str(run_dir / "checkpoint_best.pt"), "--subset", "both", "--set", "missing_videos=skip", "--set",
+           "workers=1", "--no-progress"]
+    proc = _run(cmd, timeout=240)
+    assert "1 undecodable left out" in proc.stdout
+    for subset, gone in (("val", [ids["val"][0]]), ("test", ids["test"][:2])):
+        scores = read_scores(tmp_path / "temporal-split1" / f"scores_{subset}.npz")
+        first = read_scores(run_dir / f"scores_{subset}.npz")
+        assert scores.video_ids == [v for v in first.video_ids if v not in gone]  # each once, in order
+        rows = [first.video_ids.index(v) for v in scores.video_ids]
+        np.testing.assert_allclose(scores.logits, first.logits[rows], atol=1e-4)
+        assert sorted(scores.meta["missing_video_ids"]) == sorted(gone) and scores.meta["processes"] == 2
+    assert len(read_scores(tmp_path / "temporal-split1" / "scores_val.npz").video_ids) == 7
+    meta = read_scores(tmp_path / "temporal-split1" / "scores_test.npz").meta
+    assert list(meta["undecodable_video_ids"]) == [ids["test"][0]]
+
+
+def test_missing_videos_stop_a_run_or_are_left_out_and_short_videos_are_counted(odd_store, ref_config, tmp_path):
+    store, ids = odd_store
+    args = ["run", "temporal", "--config", str(ref_config), "--data", str(store), "--out", str(tmp_path),
+            "--no-progress", "--set", "epochs=1"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1
+    assert "the store lacks videos of split 1" in refused.output and "missing_videos=skip" in refused.output
+    assert all(f"1 {k} videos, e.g. {ids[k][0] if k != 'test' else ids[k][1]}" in refused.output
+               for k in ("train", "val", "test"))
+    assert not (tmp_path / "temporal-split1").exists()
+    skipped = CliRunner().invoke(main, args + ["--set", "missing_videos=skip"])
+    assert skipped.exit_code == 0, skipped.output
+    for k in ("train", "val", "test"):
+        assert f"warning: 1 {k} videos are missing from the store and left out" in skipped.output
+    assert "note: 1 of 21 videos have fewer flow fields than a sample takes (3)" in skipped.output
+    assert f"(1 undecodable left out: {ids['test'][0]})" in skipped.output
+    scores = read_scores(tmp_path / "temporal-split1" / "scores_test.npz")
+    assert scores.num_videos == 6 and sorted(scores.meta["missing_video_ids"]) == sorted(ids["test"][:2])

@@ -14,11 +14,12 @@ A checkpoint is a plain dict (torchvision-reference style), loadable with ``torc
     derived         derived values (in_channels, length, ...)
     classes         class names, index = label
     history         per-epoch log rows (list of dicts), so log.csv can be rebuilt exactly on resume
-    best            {"epoch", "val_top1", "selected_by"}
-    init            where the initial weights came from
+    best            {"epoch", "val_top1", "val_loss", "selected_by"}
+    init            {"note": where the initial weights came from, "pretrained": bool, "bn": resolved mode}
 
 Files are written to a temporary name in the same folder, fsynced and renamed, so a killed run leaves
-either the previous checkpoint or the new one, never half of one.
+either the previous checkpoint or the new one, never half of one. A SIGKILL during a write leaves the
+temporary file (``.checkpoint_last.pt.<random>.tmp``, up to a few GB); the next run removes it.
 """
 from __future__ import annotations
 
@@ -72,3 +73,13 @@ def remove_run_outputs(run_dir: Path) -> None:
     """Delete the files a run writes (for --fresh); other files in the folder are left alone."""
     for name in (LAST, BEST, "config.toml", "log.csv", "curves.png", "scores_test.npz", "scores_val.npz"):
         (run_dir / name).unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete half-written checkpoint temporaries left by a killed run (call before this run writes any)."""
+    removed = []
+    for name in (LAST, BEST):
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -67,7 +67,7 @@ def main() -> None:
 
     \b
     trainer run temporal                       # in the folder where `flowprep extract` wrote flows.h5
-    trainer run spatial --config ucf101_resnet101_spatial --set batch_size=128
+    trainer run spatial --config ucf101_resnet101_spatial --set micro_batch=64
     torchrun --nproc_per_node=8 -m trainer run temporal --config ucf101_vgg16_temporal
     trainer test temporal                      # the 25 x 10-view test protocol -> scores_test.npz
     """

@@ -29,7 +29,7 @@ INCEPTIONS = ("googlenet", "inception_v3")
 CLIP_ARCHS = ("r3d_18", "mc3_18", "r2plus1d_18")
 ARCHS = RESNETS + VGGS + INCEPTIONS + CLIP_ARCHS
 SCHEDULES = ("iter-step", "step", "cosine")
-BN_MODES = ("train", "partial", "frozen")
+BN_MODES = ("auto", "train", "partial", "frozen")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 MISSING_POLICIES = ("error", "skip")
@@ -49,11 +49,16 @@ PRESET_MAX_ITERS = {"spatial": 10000, "temporal": 30000}
 # 0.8 spatial / 0.7 temporal for the other backbones (ResNet / BN-Inception practice of TSN-style peers).
 PRESET_DROPOUT_VGG = {"spatial": (0.9, 0.9), "temporal": (0.9, 0.8)}
 PRESET_DROPOUT = {"spatial": (0.8,), "temporal": (0.7,)}
+# Validation + checkpoint interval of the iteration schedules: at least this many iterations between two.
+# A UCF101 epoch at batch 256 is ~33 iterations (one sample per video), so validating and writing a ~1 GB
+# checkpoint after every epoch would cost more than the training in between.
+PRESET_VAL_EVERY_ITERS = 1000
 
 # Keys that may differ between a run and its resumption, or be changed at `trainer test` time:
 # they change speed, placement or the test protocol, not the trained weights.
 RUNTIME_KEYS = frozenset({"data", "workers", "device", "compile", "channels_last", "test_frames", "test_crops",
-                          "test_crop_scale", "test_batch", "val_every", "val_frames", "missing_videos", "out"})
+                          "test_crop_scale", "test_batch", "val_every", "val_every_iters", "val_frames",
+                          "missing_videos", "out"})
 TEST_TIME_KEYS = frozenset({"data", "workers", "device", "compile", "channels_last", "precision", "test_frames",
                             "test_crops", "test_crop_scale", "test_batch", "missing_videos"})
 
@@ -95,7 +100,8 @@ class TrainConfig:
                          'from the torch hub cache, never downloaded; an error if absent), "auto" (those weights '
                          'if present, else random with a warning), "none", or a path to a .pth file', "auto")
     dropout: tuple[float, ...] = _h("dropout before the classifier; VGG: [fc6, fc7] (stream preset if unset)")
-    bn: str = _h("BatchNorm in training: train | partial (only the first BN adapts) | frozen", "partial")
+    bn: str = _h("BatchNorm in training: auto (partial with pre-trained weights, train without) | train | "
+                 "partial (only the first BN adapts) | frozen", "auto")
     # -- optimisation
     batch_size: int = _h("effective (global) batch size, the same on any number of GPUs", 256)
     micro_batch: int = _h("samples per forward pass per process (0 = batch_size / processes); the rest is "
@@ -109,14 +115,17 @@ class TrainConfig:
     lr_gamma: float = _h("factor applied at each milestone", 0.1)
     max_iters: int = _h("stop after this many iterations (0 = no limit; stream preset for iter-step)")
     epochs: int = _h("number of epochs (step and cosine schedules; derived from max_iters for iter-step)", 0)
-    precision: str = _h("auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16", "auto")
-    channels_last: bool = _h("channels_last memory format on CUDA", True)
+    precision: str = _h("auto (CUDA: bf16 autocast on compute capability >= 8, else fp16 with a GradScaler; "
+                        "CPU: fp32) | fp32 | bf16 | fp16", "auto")
+    channels_last: bool = _h("channels_last (channels_last_3d for clips) memory format on CUDA", True)
     compile: bool = _h("torch.compile the model", False)
     device: str = _h("auto | cpu | cuda", "auto")
     seed: int = _h("random seed: initial weights; dropout (offset by rank); each sample's crop, flip and "
                    "position (keyed by seed, epoch and sample index)", 0)
     # -- validation (model selection) and test protocol
-    val_every: int = _h("validate on the hold-out every this many epochs", 1)
+    val_every: int = _h("validate on the hold-out (and checkpoint) every this many epochs", 1)
+    val_every_iters: int = _h("validate (and checkpoint) only once this many iterations have passed since the "
+                              "last validation (preset: 1000 for iter-step, else 0)")
     val_frames: int = _h("frames or stacks per hold-out video in the per-epoch validation (centre crop)", 5)
     test_frames: int = _h("frames or stacks per video at uniform spacing in the test protocol", 25)
     test_crops: int = _h("crops per frame: 10 (4 corners + centre and their flips) | 5 (no flips) | 1 (centre)",
@@ -162,10 +171,16 @@ class TrainConfig:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
                 for f in dataclasses.fields(self)}
 
-    def to_toml(self) -> str:
-        """The resolved config as TOML text, one commented key per line; loads back to an equal config."""
+    def to_toml(self, resolved: dict[str, Any] | None = None) -> str:
+        """The resolved config as TOML text, one commented key per line; loads back to an equal config.
+
+        ``resolved``: what "auto" values became on this machine (bn, precision), written as a comment so
+        that re-using the file keeps "auto".
+        """
         lines = ["# trainer resolved config: every key, presets filled in. Re-use with --config.",
                  "# derived: " + ", ".join(f"{k} = {v}" for k, v in self.derived().items())]
+        if resolved:
+            lines.append("# resolved at the start of the run: " + ", ".join(f"{k} = {v}" for k, v in resolved.items()))
         for f in dataclasses.fields(self):
             lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}  # {f.metadata.get('help', '')}")
         return "\n".join(lines) + "\n"
@@ -310,9 +325,11 @@ def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
     if schedule == "iter-step":
         raw.setdefault("lr_steps", PRESET_LR_STEPS[stream])
         raw.setdefault("max_iters", PRESET_MAX_ITERS[stream])
+        raw.setdefault("val_every_iters", PRESET_VAL_EVERY_ITERS)
     else:
         raw.setdefault("lr_steps", ())
         raw.setdefault("max_iters", 0)
+        raw.setdefault("val_every_iters", 0)
     cfg = TrainConfig(**raw)
     validate(cfg, source)
     return cfg
@@ -366,10 +383,17 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         need(all(s < cfg.epochs for s in cfg.lr_steps),
              f"lr_steps are epochs for schedule 'step' and must lie below epochs {cfg.epochs}, "
              f"got {list(cfg.lr_steps)}")
+    need(cfg.seed >= 0, f"seed must be >= 0 (samples are keyed by (seed, epoch, index)), got {cfg.seed}")
     need(cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}")
+    need(cfg.val_every_iters >= 0, f"val_every_iters must be >= 0, got {cfg.val_every_iters}")
     need(cfg.val_frames >= 1, f"val_frames must be >= 1, got {cfg.val_frames}")
     need(cfg.test_frames >= 1, f"test_frames must be >= 1, got {cfg.test_frames}")
     need(cfg.test_crops in TEST_CROPS, f"test_crops must be one of {TEST_CROPS}, got {cfg.test_crops}")
+    # Mirrored test views of a net never trained on mirrors are inputs it has not seen; on classes that a
+    # mirror changes (left/right motion, rotation sense) they vote for the wrong class.
+    need(cfg.flip or cfg.test_crops != 10, "flip = false with test_crops = 10: 5 of the 10 test views are "
+         "mirror images, which a model trained without flips has never seen; set test_crops = 5 (or 1), or "
+         "flip = true")
     need(cfg.test_batch >= 1, f"test_batch must be >= 1, got {cfg.test_batch}")
 
 

@@ -45,8 +45,12 @@ def _usable(store, vid: str, cfg: TrainConfig) -> bool:
     return (store.num_flows(vid) if cfg.stream == "temporal" else store.num_frames(vid)) >= 1
 
 
-def split_subsets(store, cfg: TrainConfig) -> Subsets:
-    """Train / hold-out / test ids of cfg.split from the store's manifest (the test list is only tested on)."""
+def split_subsets(store, cfg: TrainConfig, use: tuple[str, ...] = ("train", "val", "test")) -> Subsets:
+    """Train / hold-out / test ids of cfg.split from the store's manifest (the test list is only tested on).
+
+    Only the subsets in ``use`` are checked against the store (`trainer test` needs no training videos);
+    the others are returned empty.
+    """
     from data_manifest import ManifestError
 
     m = store.manifest
@@ -59,7 +63,7 @@ def split_subsets(store, cfg: TrainConfig) -> Subsets:
         test = m.ids(cfg.split, "test")
     except ManifestError as exc:
         raise ConfigError(f"{cfg.data}: {exc}") from exc
-    subsets = {"train": train, "val": val, "test": test}
+    subsets = {k: ids if k in use else [] for k, ids in (("train", train), ("val", val), ("test", test))}
     missing = {k: [v for v in ids if not _usable(store, v, cfg)] for k, ids in subsets.items()}
     missing = {k: v for k, v in missing.items() if v}
     if missing and cfg.missing_videos == "error":
@@ -75,10 +79,15 @@ def split_subsets(store, cfg: TrainConfig) -> Subsets:
     for k in subsets:
         gone = set(missing.get(k, ()))
         subsets[k] = [v for v in subsets[k] if v not in gone]
-    if not subsets["train"]:
+    if "train" in use and not subsets["train"]:
         raise DataError(f"{cfg.data}: split {cfg.split} has no training videos in the store")
     labels = {v: m.by_id(v).label for ids in subsets.values() for v in ids}
     return Subsets(classes=m.classes, labels=labels, missing=missing, **subsets)
+
+
+def short_videos(store, video_ids: list[str], cfg: TrainConfig) -> list[str]:
+    """Videos with fewer frames (spatial) or flow fields (temporal) than one sample needs (cfg.length)."""
+    return [v for v in video_ids if _counts(store, v, cfg.stream) < cfg.length]
 
 
 def _counts(store, vid: str, stream: str) -> int:
@@ -138,9 +147,9 @@ class TrainViews:
 class VideoFrames:
     """Whole videos for the test protocol: ``frames`` positions at uniform spacing, full frame size.
 
-    Item i -> (data, index, label, i): data (U, H, W, c) uint8, every needed frame or flow field decoded once
-    (stacks overlap), index (F, n) int64 into it; ``transforms.assemble_video`` lays them out on the device
-    as (F, C, H, W) for 2D nets or (F, C, T, H, W) for clip nets.
+    Item i -> (data, index, label, i, error): data (U, H, W, c) uint8, every needed frame or flow field
+    decoded once (stacks overlap), index (F, n) int64 into it; ``transforms.assemble_video`` lays them out
+    on the device as (F, C, H, W) for 2D nets or (F, C, T, H, W) for clip nets.
     """
 
     def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, frames: int):
@@ -153,16 +162,23 @@ class VideoFrames:
         return len(self.ids)
 
     def __getitem__(self, i: int):
+        """(data, index, label, i, error): error is None, or a message (data and index None) when the video
+        does not decode; the caller decides, by ``missing_videos``, whether that stops the run. Raising here
+        would reach the user wrapped in a DataLoader worker traceback."""
         import torch
+        from flowprep import StoreError
 
         vid = self.ids[i]
         count = _counts(self.store, vid, self.stream)
         starts = T.uniform_positions(max(1, count - self.length + 1), self.frames)
         idx = np.minimum(starts[:, None] + np.arange(self.length)[None, :], count - 1)  # (F, n)
         uniq, inverse = np.unique(idx, return_inverse=True)  # stacks overlap: decode each field once
-        data = _read(self.store, vid, self.stream, uniq)
+        try:
+            data = _read(self.store, vid, self.stream, uniq)
+        except StoreError as exc:
+            return None, None, self.labels[i], i, str(exc)
         return (torch.from_numpy(data), torch.from_numpy(inverse.reshape(idx.shape).astype(np.int64)),
-                self.labels[i], i)
+                self.labels[i], i, None)
 
 
 class EpochSampler:
@@ -199,13 +215,19 @@ def _as_list(batch: list) -> list:
 def train_loader(dataset: TrainViews, micro_batch: int, world: int, rank: int, seed: int, workers: int,
                  pin: bool):
     """DataLoader over a DistributedSampler (also for one process): shuffled, each rank its share."""
+    import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
     sampler = EpochSampler(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                               drop_last=True))
+    # Its own generator: the DataLoader draws its workers' base seed when an iterator is made, which with
+    # persistent workers happens once per process; from the global RNG that draw would shift the dropout
+    # stream of a resumed run. Samples do not use it (they are keyed by (seed, epoch, index)).
+    generator = torch.Generator().manual_seed(seed + rank)
+    # prefetch 2 (per worker): each batch waits in shared memory (/dev/shm), which containers keep small.
     loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, num_workers=workers, pin_memory=pin,
                         drop_last=True, persistent_workers=workers > 0, worker_init_fn=_worker_init,
-                        prefetch_factor=4 if workers > 0 else None)
+                        prefetch_factor=2 if workers > 0 else None, generator=generator)
     return loader, sampler
 
 

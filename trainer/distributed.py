@@ -42,6 +42,9 @@ def setup(device: str = "auto") -> Env:
     if device != "cpu" and torch.cuda.is_available():
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
+        # Input sizes are fixed (every crop is resized to input_size), so cuDNN's per-shape autotuning
+        # pays for itself after the first iterations.
+        torch.backends.cudnn.benchmark = True
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -106,5 +109,6 @@ def gather_to_main(env: Env, obj: Any) -> list[Any] | None:
 
 
 def no_sync(model, active: bool):
-    """Skip DDP's gradient all-reduce on accumulation micro-steps."""
-    return model.no_sync() if active and hasattr(model, "no_sync") else nullcontext()
+    """Skip DDP's gradient all-reduce on accumulation micro-steps (``model``: DDP, or torch.compile of it)."""
+    ddp = getattr(model, "_orig_mod", model)
+    return ddp.no_sync() if active and hasattr(ddp, "no_sync") else nullcontext()

@@ -61,17 +61,18 @@ def imagenet_candidates(arch: str) -> list[Path]:
     return [folder / os.path.basename(m.url) for m in members]
 
 
-def resolve_weights(arch: str, pretrained: str) -> Path | None:
+def resolve_weights(arch: str, pretrained: str, warn: bool = True) -> Path | None:
     """The file to initialise from, or None; WeightsError naming the expected path when it is absent.
 
     "auto" (the default) takes torchvision's weights from the torch cache when they are there and otherwise
-    starts from random weights with a warning, so a bare `trainer run` works on any machine.
+    starts from random weights with a warning (``warn``: this process prints it, rank 0 only), so a bare
+    `trainer run` works on any machine.
     """
     if pretrained == "none":
         return None
     if pretrained == "auto":
         found = [p for p in imagenet_candidates(arch) if p.is_file()]
-        if not found:
+        if not found and warn:
             log.warning("pretrained = auto: no torchvision weights for %s in the torch cache (expected %s); "
                         "training from random weights, far below the papers' accuracy. Copy the file there or "
                         "set pretrained to a weights file.", arch, imagenet_candidates(arch)[0])
@@ -247,22 +248,60 @@ def set_train_mode(model, mode: str) -> None:
         bn.eval()
 
 
-def build_model(cfg: TrainConfig, num_classes: int):
+def resolve_bn(mode: str, pretrained: bool, warn: bool = True) -> str:
+    """The BatchNorm mode to train with: "auto" is partial over pre-trained weights, train over random ones.
+
+    Partial (and frozen) BN keep the running statistics of the initial weights. Pre-trained weights carry
+    ImageNet statistics; random ones carry mean 0 / variance 1, which match no layer's activations: a deep
+    net (resnet101) then blows up its logits and the loss turns NaN within a few steps.
+    """
+    if mode == "auto":
+        return "partial" if pretrained else "train"
+    if mode in ("partial", "frozen") and not pretrained and warn:
+        log.warning("bn = %s with random initial weights: the fixed BatchNorm statistics are the untrained "
+                    "mean 0 / variance 1; deep backbones diverge (loss NaN). Use bn = auto or train when training "
+                    "from scratch.", mode)
+    return mode
+
+
+def build_model(cfg: TrainConfig, num_classes: int, warn: bool = True, init: dict[str, Any] | None = None):
     """The network of one stream: backbone, initial weights, first conv for 2L channels, new classifier.
 
-    Returns (model, note) where note says where the initial weights came from.
+    Returns (model, init) where init = {"note": where the initial weights came from, "pretrained": whether
+    they were pre-trained, "bn": the resolved BatchNorm mode}; it is stored in checkpoints. Give the ``init``
+    of a checkpoint whose weights are loaded next (resume, test): the pre-trained file is then not read (it
+    need not exist any more), and what depended on it (input transform, bn = auto) is taken from ``init``.
+    ``warn``: this process prints the warnings (rank 0 only under torchrun).
     """
-    weights = resolve_weights(cfg.arch, cfg.pretrained)
-    model = _new_backbone(cfg.arch, cfg.stream, weights is not None)
+    if init is None:
+        weights = resolve_weights(cfg.arch, cfg.pretrained, warn)
+        pretrained = weights is not None
+        bn = resolve_bn(cfg.bn, pretrained, warn)
+    else:
+        weights, pretrained, bn = None, bool(init["pretrained"]), str(init["bn"])
+    model = _new_backbone(cfg.arch, cfg.stream, pretrained)
     replace_first_conv(model, cfg.arch, cfg.in_channels)
-    if weights is not None:
+    if init is not None:
+        note = str(init["note"])
+    elif weights is not None:
         note = f"{weights}: " + load_backbone_weights(model, cfg.arch, read_state_dict(weights), cfg.in_channels,
                                                       str(weights))
     else:
         note = f"random initialisation (pretrained = {cfg.pretrained})"
+    if init is None:
+        note += f"; bn = {cfg.bn}" + (f" -> {bn}" if cfg.bn != bn else "")
     replace_classifier(model, cfg.arch, num_classes, cfg.dropout)
-    freeze_bn_params(model, cfg.bn)
-    return model, note
+    freeze_bn_params(model, bn)
+    return model, {"note": note, "pretrained": pretrained, "bn": bn}
+
+
+def saved_init(state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """The ``init`` record of a checkpoint (older checkpoints kept only the note; bn was never auto then)."""
+    init = state.get("init")
+    if isinstance(init, dict):
+        return init
+    note = str(init or "")
+    return {"note": note, "pretrained": bool(note) and not note.startswith("random"), "bn": cfg.bn}
 
 
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ class BuildInfo:
     video_root: Path
     splits_dir: Path | None
     split_files: tuple[Path, ...]
+    skipped: tuple[str, ...] = ()  # "<Class>/<file>" in class folders left out: not a video by its extension
 
 
 def _shown(names: list[str]) -> str:
@@ -78,6 +79,29 @@ def _video_names(d: Path) -> list[str]:
             return sorted(e.name for e in it if is_video_name(e.name) and e.is_file())
     except OSError:
         return []
+
+
+def _other_files(d: Path) -> list[str]:
+    """Names of the visible files in ``d`` that are not videos by their extension."""
+    try:
+        with os.scandir(d) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and not is_video_name(e.name)
+                          and e.is_file())
+    except OSError:
+        return []
+
+
+def _other_extension_hint(missing: list[str], disk: set[str]) -> str:
+    """'; N of them exist with another extension (...)' when the split files name .avi and disk holds .mp4."""
+    by_stem = {PurePosixPath(r).with_suffix("").as_posix(): r for r in disk}
+    found = [(m, by_stem[PurePosixPath(m).with_suffix("").as_posix()]) for m in missing
+             if PurePosixPath(m).with_suffix("").as_posix() in by_stem]
+    if not found:
+        return ""
+    named, disk_name = found[0]
+    return (f"; {len(found)} of them exist with another extension (e.g. {named} is on disk as {disk_name}): "
+            "only the extension differs, so the videos were probably converted; rename them back or edit the "
+            "split files to match")
 
 
 def _split_kind(d: Path) -> str | None:
@@ -187,7 +211,7 @@ def _cross_check(table: SplitTable, on_disk: dict[str, list[str]], video_root: P
     missing = sorted(r for r in table.entries if r not in disk)
     if missing:
         msg = (f"{len(missing)} of {len(table.entries)} videos named in the split files in {splits_dir} are "
-               f"missing under {video_root}: {_shown(missing)}")
+               f"missing under {video_root}: {_shown(missing)}{_other_extension_hint(missing, disk)}")
         if not allow_missing:
             raise ManifestError(f"{msg}; check that ROOT holds the class folders (or one folder that does), "
                                 f"or allow missing videos (--allow-missing) to leave them out")
@@ -222,6 +246,7 @@ def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.P
         table = load_hmdb51(sdir)
     video_root = _find_video_root(root)
     on_disk = {d.name: _video_names(d) for d in _subdirs(video_root)}
+    skipped = tuple(f"{d.name}/{n}" for d in _subdirs(video_root) for n in _other_files(d))
     problems: list[str] = []
     if table is None:
         classes = tuple(c for c in sorted(on_disk) if on_disk[c])
@@ -246,7 +271,7 @@ def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.P
     counts = {k: Counter(r.splits[k - 1] for r in records) for k in range(1, num_splits + 1)}
     problems += official_count_problems(dataset, len(classes), counts)
     manifest = Manifest(dataset, classes, records, problems, num_splits)
-    return manifest, BuildInfo(root, video_root, sdir, table.files if table else ())
+    return manifest, BuildInfo(root, video_root, sdir, table.files if table else (), skipped)
 
 
 def build_manifest(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.PathLike | None = None,

@@ -42,6 +42,10 @@ def _summary(m: Manifest, info: BuildInfo | None = None) -> list[str]:
     if info is not None:
         lines.append(f"folder:   {info.video_root}")
         lines.append(f"splits:   {info.splits_dir if info.splits_dir else '(none)'}")
+        if info.skipped:
+            kinds = Counter(Path(name).suffix.lower() or "(no extension)" for name in info.skipped)
+            lines.append(f"skipped:  {len(info.skipped)} files in class folders that are not videos by their "
+                         f"extension ({', '.join(f'{k} {n}' for k, n in kinds.most_common())}), e.g. {info.skipped[0]}")
     lines.append(f"classes:  {len(m.classes)}")
     lines.append(f"videos:   {len(m)}")
     for k in range(1, m.num_splits + 1):

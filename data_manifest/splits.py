@@ -14,7 +14,8 @@ from pathlib import Path
 from data_manifest.errors import ManifestError
 from data_manifest.manifest import SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_UNUSED
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".ts", ".m2ts",
+                    ".mts", ".3gp", ".3g2", ".ogv", ".vob", ".asf")
 UCF_CLASS_IND = "classInd.txt"
 UCF_TRAIN = "trainlist{:02d}.txt"
 UCF_TEST = "testlist{:02d}.txt"

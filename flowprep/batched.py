@@ -10,6 +10,7 @@ same as on the CPU path.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flowprep.decode import Resize, VideoReader
+from flowprep.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
 from flowprep.store import PartWriter, write_failure
 
@@ -34,6 +35,7 @@ class _Video:
     relpath: str
     writer: PartWriter | None = None
     info: Any = None
+    counts: dict = field(default_factory=dict)  # VideoReader.count_record() and the source's size and time
     frames: int = 0
     flows: int = 0
     clipped: int = 0
@@ -50,6 +52,7 @@ def _decode(video: _Video, resize: Resize, config: dict[str, Any], parts_dir: st
 
     prev = None
     try:
+        source = source_record(video.path) if os.path.isfile(video.path) else {}
         reader = VideoReader(video.path, resize)
         video.info = reader.info
         video.writer = PartWriter(parts_dir, video.video_id, config)
@@ -64,6 +67,7 @@ def _decode(video: _Video, resize: Resize, config: dict[str, Any], parts_dir: st
         if video.frames < 2:
             raise VideoError(f"{video.path}: decoded {video.frames} frame(s); at least 2 are needed for one "
                              "flow field (empty, damaged or not a video)")
+        video.counts = {**reader.count_record(), **source}
     except VideoError as exc:
         video.error = str(exc)
     except Exception as exc:  # one broken video must not end the run
@@ -72,11 +76,11 @@ def _decode(video: _Video, resize: Resize, config: dict[str, Any], parts_dir: st
 
 
 def _quantize_torch(flow, bound: float):
-    """Same rule as flowprep.quantize, on the device: (B, H, W, 2) float -> uint8."""
+    """Same rule and arithmetic as flowprep.quantize (float64), on the device: (B, H, W, 2) float -> uint8."""
     import torch
 
-    v = torch.nan_to_num(flow, nan=0.0).clamp(-bound, bound)
-    return torch.floor((v + bound) * (255.0 / (2.0 * bound)) + 0.5).clamp(0, 255).to(torch.uint8)
+    v = torch.nan_to_num(flow.double(), nan=0.0).clamp(-bound, bound)
+    return (torch.floor(v * 255.0 / (2.0 * bound)) + 128.0).clamp(0, 255).to(torch.uint8)
 
 
 def run_device(items: list[tuple[str, str, str]], parts_dir: str, config: dict[str, Any], resize: Resize,
@@ -113,7 +117,7 @@ def run_device(items: list[tuple[str, str, str]], parts_dir: str, config: dict[s
             try:
                 video.writer.finish({
                     "path": video.relpath, "fps": video.info.fps, "source_width": video.info.width,
-                    "source_height": video.info.height, "announced_frames": video.info.announced_frames,
+                    "source_height": video.info.height, **video.counts,
                     "width": video.size[1], "height": video.size[0],
                     "clipped_fraction": video.clipped / max(video.values, 1),
                     "seconds": time.perf_counter() - video.start, "flow_seconds": video.flow_seconds,

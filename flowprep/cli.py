@@ -1,4 +1,8 @@
-"""Command line: `flowprep extract | info | verify | show | merge`. Thin: parse, call the library, map errors."""
+"""Command line: `flowprep extract | info | verify | show | merge`. Thin: parse, call the library, map errors.
+
+Exit status, every command: 0 success; 1 a problem of the data (videos failed, no videos found, a store
+made with other settings, damaged or locked); 2 misuse (a bad option value, like click's own checks).
+"""
 from __future__ import annotations
 
 import json
@@ -8,10 +12,13 @@ from pathlib import Path
 
 import click
 
-from flowprep.errors import FlowprepError
+from flowprep.errors import FlowprepError, OptionError
 
 
 def _fail(exc: Exception) -> click.ClickException:
+    """OptionError -> usage error (exit 2); any other domain error -> plain error (exit 1)."""
+    if isinstance(exc, OptionError):
+        return click.UsageError(str(exc))
     return click.ClickException(str(exc))
 
 
@@ -38,7 +45,11 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="twostream-toolkit")
 def main() -> None:
-    """Videos -> RGB frames and optical flow in resumable HDF5 flow stores."""
+    """Videos -> RGB frames and optical flow in resumable HDF5 flow stores.
+
+    Exit status of every command: 0 success; 1 a problem of the data or the files (failed videos, a damaged,
+    locked or differently made store); 2 misuse (a bad option value).
+    """
 
 
 @main.command()
@@ -78,22 +89,30 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
             jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, overwrite, no_progress, summary_json):
     """Extract RGB frames and flow of every video into one store. Re-run the same command to resume.
 
-    Exit status: 0 when every video was extracted, 1 when any failed (they are named), 2 on misuse.
+    Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
+    store cannot be used (no videos, other settings, another run writing it); 2 on a bad option value.
     """
     from data_manifest import ManifestError
 
     from flowprep.decode import Resize, parse_size
     from flowprep.pipeline import ExtractConfig, extract as run_extract, summary_json as to_json, summary_text
 
+    ctx = click.get_current_context()
+    if short_side is not None and ctx.get_parameter_source("size") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("give --size or --short-side, not both")
     try:
-        resize = Resize(None, None, short_side) if short_side else parse_size(size)
         gpu_ids = tuple(int(g) for g in gpus.split(",")) if gpus else None
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated CUDA device numbers such as 0,1, got {gpus!r}",
+                                 param_hint="--gpus") from None
+    try:
+        resize = Resize(None, None, short_side) if short_side is not None else parse_size(size)
         cfg = ExtractConfig(videos=videos, out=out, algo=algo, params=_parse_params(params), device=device,
                             backend=backend, batch_size=batch_size, gpus=gpu_ids,
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
-                            jobs=jobs or os.cpu_count() or 1, shard=_parse_shard(shard), dataset=dataset,
-                            splits_dir=splits_dir, allow_missing=allow_missing, overwrite=overwrite,
-                            progress=not no_progress)
+                            jobs=jobs if jobs is not None else os.cpu_count() or 1, shard=_parse_shard(shard),
+                            dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
+                            overwrite=overwrite, progress=not no_progress)
         summary = run_extract(cfg)
     except (FlowprepError, ManifestError) as exc:
         raise _fail(exc) from exc
@@ -107,12 +126,14 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(store, as_json):
-    """Summary of a store: counts, settings, failures."""
+    """Summary of a store: counts, settings, failures, videos that decoded short. Exit 1 if unreadable."""
+    from data_manifest import ManifestError
+
     from flowprep.inspect import info_text, store_info
 
     try:
         data = store_info(store)
-    except FlowprepError as exc:
+    except (FlowprepError, ManifestError) as exc:  # a damaged /manifest is a ManifestError
         raise _fail(exc) from exc
     click.echo(json.dumps(data, indent=1) if as_json else info_text(data))
 
@@ -121,13 +142,17 @@ def info(store, as_json):
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--no-progress", is_flag=True)
 def verify(store, no_progress):
-    """Re-read every record, check counts and checksums. Exit 1 on any problem."""
-    from flowprep.inspect import verify as run_verify
+    """Re-read every record, check counts and checksums. Exit 1 on any problem (or an unreadable store)."""
+    from flowprep.inspect import short_videos, verify as run_verify
 
     try:
         problems = run_verify(store, progress=not no_progress)
+        notes = short_videos(store)
     except FlowprepError as exc:
         raise _fail(exc) from exc
+    for n in notes:
+        click.echo(f"NOTE {n['video_id']}: decoded {n['decoded']} of the {n['announced']} frames its container "
+                   f"announces (short by {n['short_by']}, within the accepted shortfall)")
     for p in problems:
         click.echo(f"PROBLEM {p}")
     click.echo(f"{store}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
@@ -137,10 +162,12 @@ def verify(store, no_progress):
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("video_id")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
-@click.option("--frames", "count", type=int, default=4, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Image file to write (.png, .jpg).")
+@click.option("--frames", "count", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Frames (and flow fields) to show, spread over the video.")
 def show(store, video_id, out, count):
-    """Picture of a video: RGB frames above their colour-coded flow."""
+    """Picture of a video: RGB frames above their colour-coded flow. Exit 1 if the store or video is not
+    there, 2 on a bad option."""
     from flowprep.inspect import show as run_show
 
     try:
@@ -152,27 +179,37 @@ def show(store, video_id, out, count):
 
 @main.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Master file to write.")
-def merge(shards, out):
-    """Write a master file that reads finished shard stores as one store (no data is copied)."""
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Master file to write; must not be one of the shards.")
+@click.option("--partial", is_flag=True, help="Merge even when some shards of the I/N series are not given.")
+def merge(shards, out, partial):
+    """Write a master file that reads finished shard stores as one store (no data is copied).
+
+    Every shard of the series (1/N .. N/N) must be given, each once, unless --partial. Exit status 1 when
+    the shards do not fit together (other settings, overlap, missing shards), 2 on misuse.
+    """
     from flowprep.store import FlowStore, write_master
 
     try:
-        path = write_master(out, shards)
+        path = write_master(out, shards, partial=partial)
         with FlowStore(path) as store:
             click.echo(f"{path}: {len(store.video_ids)} videos from {len(shards)} shard(s)")
+            absent = store.missing_shards
     except FlowprepError as exc:
         raise _fail(exc) from exc
+    if absent:
+        click.echo(f"warning: shard {', '.join(absent)} not merged (--partial): the store lacks their videos",
+                   err=True)
 
 
 @main.command()
 @click.option("--algo", type=click.Choice(["tvl1", "farneback"]), default="tvl1")
 def params(algo):
-    """The flow parameters of an algorithm and their defaults."""
-    from flowprep.flow import DEFAULTS
+    """The flow parameters of an algorithm, their defaults and the values --param accepts."""
+    from flowprep.flow import DEFAULTS, PARAM_RULES
 
     for key, value in DEFAULTS[algo].items():
-        click.echo(f"{key}={value}")
+        click.echo(f"{key}={value}".ljust(24) + f"# {type(value).__name__}, {PARAM_RULES[algo][key][1]}")
 
 
 if __name__ == "__main__":

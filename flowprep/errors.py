@@ -1,8 +1,16 @@
-"""The flowprep exception family: every message names the file or option and the fix."""
+"""The flowprep exception family: every message names the file or option and the fix.
+
+The command line maps OptionError to a usage error (exit status 2, like click's own checks) and every other
+FlowprepError to a plain error (exit status 1).
+"""
 
 
 class FlowprepError(Exception):
     """Base class for flowprep's domain errors (bad input, bad options, damaged stores)."""
+
+
+class OptionError(FlowprepError):
+    """A bad option or argument value (size, flow parameter, bound, device...): the caller's misuse."""
 
 
 class VideoError(FlowprepError):
@@ -10,4 +18,4 @@ class VideoError(FlowprepError):
 
 
 class StoreError(FlowprepError):
-    """A flow store is missing, damaged, incomplete or was made with other settings."""
+    """A flow store is missing, damaged, incomplete, locked or was made with other settings."""

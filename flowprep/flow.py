@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from flowprep.errors import FlowprepError
+from flowprep.errors import FlowprepError, OptionError
 
 ALGORITHMS = ("tvl1", "farneback")
 DEVICES = ("cpu", "cuda", "auto")
@@ -58,22 +58,73 @@ _TVL1_SETTERS = {
 }
 
 
+# What OpenCV accepts, checked before any video is touched: out-of-range values make OpenCV return NaN or
+# zero flow (Farneback winsize=0, iterations=0; TV-L1 theta=0, warps=0), raise deep inside a worker
+# (pyr_scale=1, scale_step=0, median_filtering=4) or crash the process outright (Farneback winsize<0 frees
+# memory twice). Values found by running OpenCV 4.14 on each; the message says what is allowed.
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_POSITIVE = (lambda v: v > 0, "positive")
+_OPEN_UNIT = (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
+PARAM_RULES: dict[str, dict[str, tuple]] = {
+    "tvl1": {
+        "tau": _POSITIVE, "lambda_": _POSITIVE, "theta": _POSITIVE, "epsilon": _POSITIVE,
+        "nscales": _AT_LEAST_1, "warps": _AT_LEAST_1, "inner_iterations": _AT_LEAST_1,
+        "outer_iterations": _AT_LEAST_1, "scale_step": _OPEN_UNIT,
+        "gamma": (lambda v: v >= 0, "0 or more"),
+        # the median filter runs on float flow, for which OpenCV's medianBlur has only 3x3 and 5x5
+        "median_filtering": (lambda v: v in (0, 1, 3, 5), "0 or 1 (no filter), 3 or 5"),
+    },
+    "farneback": {
+        "pyr_scale": _OPEN_UNIT, "levels": (lambda v: v >= 0, "0 or more"), "winsize": _AT_LEAST_1,
+        "iterations": _AT_LEAST_1, "poly_n": _AT_LEAST_1,
+        # OpenCV replaces a poly_sigma <= 0 by 0.3 * poly_n; ask for that value explicitly instead
+        "poly_sigma": _POSITIVE,
+        # OPTFLOW_USE_INITIAL_FLOW (4) needs a flow to start from, which extraction never has
+        "flags": (lambda v: v in (0, 256), "0 or 256 (cv2.OPTFLOW_FARNEBACK_GAUSSIAN)"),
+    },
+}
+
+
+def _convert(algo: str, key: str, value: Any, kind: type) -> Any:
+    """``value`` (a string from --param or a Python number) as ``kind``; OptionError when it is not one."""
+    what = "an integer" if kind is int else "a number"
+    bad = OptionError(f"{algo} parameter {key}={value!r} is not {what}; see `flowprep params --algo {algo}`")
+    if isinstance(value, bool):
+        raise bad
+    if kind is int:
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())  # "2.7" and "3.0" are refused: no silent truncation
+        except ValueError:
+            raise bad from None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if not np.isfinite(number):
+        raise OptionError(f"{algo} parameter {key}={value!r} must be a finite number")
+    return number
+
+
 def resolve_params(algo: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults of ``algo`` overlaid with ``params``; unknown names and wrong types raise FlowprepError."""
+    """Defaults of ``algo`` overlaid with ``params``; unknown names, wrong types and values OpenCV cannot
+    use raise OptionError."""
     if algo not in DEFAULTS:
-        raise FlowprepError(f"unknown flow algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        raise OptionError(f"unknown flow algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     defaults = DEFAULTS[algo]
     resolved = dict(defaults)
     for key, value in (params or {}).items():
         key = "lambda_" if key == "lambda" else key
         if key not in defaults:
-            raise FlowprepError(
+            raise OptionError(
                 f"unknown {algo} parameter {key!r}; known parameters: {', '.join(sorted(defaults))}")
-        kind = type(defaults[key])
-        try:
-            resolved[key] = kind(value) if kind is not int else int(float(value))
-        except (TypeError, ValueError) as exc:
-            raise FlowprepError(f"{algo} parameter {key}={value!r} is not a {kind.__name__}") from exc
+        resolved[key] = _convert(algo, key, value, type(defaults[key]))
+    for key, (ok, allowed) in PARAM_RULES[algo].items():
+        if not ok(resolved[key]):
+            raise OptionError(f"{algo} parameter {key}={resolved[key]!r} is out of range: must be {allowed}")
     return resolved
 
 
@@ -134,17 +185,17 @@ def compute_flow(prev: np.ndarray, nxt: np.ndarray, algo: str = "tvl1", device: 
     ``backend`` is "opencv" (CPU default) or "torch" (the only one on CUDA).
     """
     if device not in DEVICES:
-        raise FlowprepError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise OptionError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     prev_g, nxt_g = _as_gray_u8(prev, "prev"), _as_gray_u8(nxt, "nxt")
     if prev_g.shape != nxt_g.shape:
         raise FlowprepError(f"frames differ in size: {prev_g.shape} vs {nxt_g.shape}")
     device = resolve_device(device)
     backend = backend or ("opencv" if device == "cpu" else "torch")
     if backend not in BACKENDS:
-        raise FlowprepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "opencv":
         if device != "cpu":
-            raise FlowprepError("the OpenCV backend runs on CPU only; use backend='torch' for device='cuda'")
+            raise OptionError("the OpenCV backend runs on CPU only; use backend='torch' for device='cuda'")
         return OpenCVFlow(algo, **params)(prev_g, nxt_g)
     return compute_flow_batch(prev_g[None], nxt_g[None], algo=algo, device=device, **params)[0]
 
@@ -170,6 +221,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not torch.cuda.is_available():
-        raise FlowprepError("device 'cuda' was asked for but torch sees no CUDA device; "
+        raise OptionError("device 'cuda' was asked for but torch sees no CUDA device; "
                             "use --device cpu (or auto) on this machine")
     return "cuda"

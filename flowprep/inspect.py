@@ -7,9 +7,30 @@ from typing import Any
 
 import numpy as np
 
-from flowprep.errors import StoreError
+from flowprep.decode import EXACT_SLACK_FRAMES, EXACT_SLACK_SHARE, count_check_kind
+from flowprep.errors import OptionError, StoreError
 from flowprep.quantize import dequantize
 from flowprep.store import FlowStore
+
+SHOWN_SHORT = 10  # short videos named in `info` text before "... and N more"
+
+
+def _short(store: FlowStore) -> list[dict[str, Any]]:
+    """Videos of exact-count containers that decoded fewer frames than announced (within the accepted slack)."""
+    short = []
+    for vid in store.video_ids:
+        rec = store.record(vid)
+        kind = rec.get("count_check") or count_check_kind(rec.get("path", ""))  # stores from before the field
+        announced, decoded = int(rec.get("announced_frames", 0)), int(rec["num_frames"])
+        if kind == "exact" and announced > decoded:
+            short.append({"video_id": vid, "decoded": decoded, "announced": announced, "short_by": announced - decoded})
+    return short
+
+
+def short_videos(path: str | Path) -> list[dict[str, Any]]:
+    """[{"video_id", "decoded", "announced", "short_by"}] of the store's videos that decoded short."""
+    with FlowStore(path) as store:
+        return _short(store)
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -29,6 +50,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
             "bytes_per_video": nbytes / max(len(store.video_ids), 1),
             "mean_clipped_fraction": float(np.mean(clipped)) if clipped else 0.0,
             "dataset": store.manifest.dataset, "classes": len(store.manifest.classes),
+            "short": _short(store), "missing_shards": store.missing_shards,
             "config": store.attrs,
         }
 
@@ -45,10 +67,18 @@ def info_text(info: dict[str, Any]) -> str:
              + f", size {c['size']} ({c['interpolation']})",
              f"clipped    {100 * info['mean_clipped_fraction']:.3f}% of flow values at the bound (mean over videos)",
              f"indexing   {c['index_convention']}"]
+    if info["short"]:
+        named = ", ".join(f"{v['video_id']} ({v['decoded']} of {v['announced']})" for v in info["short"][:SHOWN_SHORT])
+        more = len(info["short"]) - SHOWN_SHORT
+        lines.append(f"short      {len(info['short'])} video(s) decoded fewer frames than their container announces "
+                     f"(accepted: at most {EXACT_SLACK_FRAMES} frames or {100 * EXACT_SLACK_SHARE:g}% short): {named}"
+                     + (f" ... and {more} more" if more > 0 else ""))
     for f in info["failures"]:
         lines.append(f"FAILED     {f['video_id']}: {f['reason']}")
     for vid in info["missing"]:
         lines.append(f"MISSING    {vid}")
+    for shard in info["missing_shards"]:
+        lines.append(f"MISSING    shard {shard} (merged with --partial: its videos are not in this store)")
     return "\n".join(lines)
 
 
@@ -75,8 +105,9 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
                     if data.shape[0] != count or data.shape[1:3] != (rec["height"], rec["width"]):
                         problems.append(f"{vid}: {kind} shape {data.shape} does not match the record "
                                         f"({count} x {rec['height']} x {rec['width']})")
-            except (StoreError, OSError, KeyError, ValueError) as exc:
-                problems.append(f"{vid}: unreadable: {exc}")
+            except (StoreError, OSError, KeyError, ValueError, AttributeError, RuntimeError, TypeError) as exc:
+                # h5py reports damaged objects as any of these
+                problems.append(f"{vid}: unreadable ({type(exc).__name__}: {exc}); re-extract it")
     return problems
 
 
@@ -94,9 +125,18 @@ def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.nd
 
 
 def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Path:
-    """Write a PNG: ``count`` RGB frames spread over the video (top) beside the colour-coded flow (bottom)."""
+    """Write a picture: ``count`` RGB frames spread over the video (top) above the colour-coded flow (bottom).
+
+    OptionError for a count below 1 or a file name OpenCV has no image writer for.
+    """
     import cv2
 
+    if count < 1:
+        raise OptionError(f"--frames must be at least 1, got {count}")
+    out = Path(out)
+    if not cv2.haveImageWriter(str(out)):
+        raise OptionError(f"--out {out}: OpenCV cannot write {out.suffix or 'files without an extension'!r} "
+                          "images; name the file .png or .jpg")
     with FlowStore(path) as store:
         if video_id not in store:
             near = [v for v in store.video_ids if video_id.lower() in v.lower()][:5]
@@ -120,8 +160,11 @@ def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Pa
     cv2.putText(legend, f"flow colour: hue = direction, brightness = speed (full at {top:.2f} px/frame)", (4, 30),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     grid = np.concatenate([legend, grid], axis=0)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), grid[..., ::-1]):
-        raise StoreError(f"cannot write {out}; check the folder exists and the name ends in .png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(out), np.ascontiguousarray(grid[..., ::-1]))
+    except (OSError, cv2.error) as exc:
+        raise StoreError(f"cannot write {out}: {exc}; choose a folder you can write to") from exc
+    if not written:
+        raise StoreError(f"cannot write {out}; check that its folder is writable")
     return out

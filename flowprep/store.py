@@ -19,21 +19,28 @@ Durability: each video is first written by exactly one process into its own part
 at all. When every video is done, the parts are assembled into ``<out>.tmp``, which is fsynced and renamed to
 ``<out>`` with ``complete=True``. A killed run therefore never leaves a half-written file under a final name.
 
+While a run writes ``<out>``, it holds an exclusive lock (fcntl.flock) on ``<out>.lock``, which names its
+pid; a second run on the same ``<out>`` fails at once. A worker writes ``<key>.started`` before it decodes a
+video and removes it when the part or the failure record is written, so a video whose marker outlives its
+worker is the one that crashed it.
+
 A master file (``kind`` = "master") lists shard files (paths relative to it) to be read as one store.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from data_manifest.atomic import atomic_write, fsync_dir
-from flowprep.errors import StoreError
+from flowprep.errors import OptionError, StoreError
 
 FORMAT = "flowprep-store/1"
 CODECS = ("jpeg", "raw")
@@ -147,12 +154,86 @@ def write_failure(parts_dir: str | os.PathLike, video_id: str, path: str, reason
                  json.dumps({"video_id": video_id, "path": path, "reason": reason}))
 
 
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The extraction config recorded in a store or part file."""
+def started_marker(parts_dir: str | os.PathLike, video_id: str) -> Path:
+    """The file a worker keeps while it works on ``video_id``: left behind, it names the video that crashed."""
+    return Path(parts_dir) / f"{part_key(video_id)}.started"
+
+
+def part_result(parts_dir: str | os.PathLike, video_id: str) -> dict[str, Any] | None:
+    """What the parts folder says about a video: {"ok", "frames", "flows", "reason"}, or None if nothing."""
+    import h5py
+
+    part = Path(parts_dir) / f"{part_key(video_id)}.h5"
+    if part.exists():
+        with h5py.File(part, "r") as f:
+            rec = json.loads(_str(f["videos"][video_id].attrs["record"]))
+        return {"ok": True, "frames": rec["num_frames"], "flows": rec["num_flows"], "reason": ""}
+    failed = Path(parts_dir) / f"{part_key(video_id)}.failed.json"
+    if failed.exists():
+        return {"ok": False, "frames": 0, "flows": 0, "reason": json.loads(failed.read_text())["reason"]}
+    return None
+
+
+@contextlib.contextmanager
+def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive right to write ``store`` (and its parts folder); StoreError if another run has it.
+
+    The lock is an flock on ``<store>.lock``: the kernel drops it when the holder dies, even by SIGKILL, so a
+    stale lock file never blocks a later run. Also the first write of a run, so an --out that cannot be
+    written fails here, with the path named.
+    """
+    import fcntl
+
+    store = Path(store)
+    path = store.with_name(store.name + ".lock")
+    while True:
+        try:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot write {store}: {exc.strerror or exc} ({exc.filename or path}); "
+                             "choose an --out in a folder you can write to") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"another flowprep extract (pid {holder}) is writing {store}; wait for it to "
+                             "finish or stop it, then re-run (a killed run resumes)") from None
+        try:  # a run that just finished removed the file: lock the one now at that path instead
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The root attributes of a store, master or part file: kind, complete, config (parsed), shards."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        return json.loads(_str(f.attrs["config"]))
+        attrs = {k: _str(v) if isinstance(v, (bytes, str)) else v for k, v in f.attrs.items()}
+    attrs["config"] = json.loads(attrs.get("config", "{}"))
+    return attrs
+
+
+def read_contents(path: str | os.PathLike) -> dict[str, Any]:
+    """What a finished store file holds besides the data: manifest text, expected ids, failures, records."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        failures = [json.loads(line) for line in _str(f["failures"][()]).splitlines() if line.strip()]
+        return {"manifest": _str(f["manifest"][()]), "expected_ids": [_str(v) for v in f["expected_ids"][()]],
+                "failures": failures,
+                "records": {vid: json.loads(_str(g.attrs["record"])) for vid, g in f["videos"].items()}}
 
 
 def incompatibilities(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -162,8 +243,12 @@ def incompatibilities(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def assemble(out: str | os.PathLike, part_files: Sequence[Path], previous: str | os.PathLike | None,
              config: dict[str, Any], manifest_text: str, expected_ids: Sequence[str],
-             failures: Sequence[dict[str, str]]) -> Path:
-    """Build the final store ``out`` from the previous store (if any) and new part files, atomically."""
+             failures: Sequence[dict[str, str]], keep: Iterable[str] | None = None) -> Path:
+    """Build the final store ``out`` from the previous store (if any) and new part files, atomically.
+
+    keep: the videos of the previous store to carry over (default all); the others are left out, so a
+    video removed from the dataset or redone does not linger.
+    """
     import h5py
 
     out = Path(out)
@@ -177,12 +262,15 @@ def assemble(out: str | os.PathLike, part_files: Sequence[Path], previous: str |
         dst.create_dataset("failures", data="\n".join(json.dumps(f, sort_keys=True) for f in failures),
                            dtype=h5py.string_dtype())
         videos = dst.create_group("videos")
+        keep = None if keep is None else set(keep)
         sources = ([Path(previous)] if previous else []) + list(part_files)
         for src_path in sources:
             with h5py.File(src_path, "r") as src:
                 if not src.attrs.get("complete", False):
                     raise StoreError(f"{src_path}: incomplete file; delete it and re-run to redo its videos")
                 for vid in src["videos"]:
+                    if previous and src_path == Path(previous) and keep is not None and vid not in keep:
+                        continue
                     if vid in videos:
                         del videos[vid]  # a newer part replaces an older copy of the same video
                     src.copy(src["videos"][vid], videos, name=vid)
@@ -194,32 +282,69 @@ def assemble(out: str | os.PathLike, part_files: Sequence[Path], previous: str |
     return out
 
 
-def write_master(out: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> Path:
-    """A master file that reads ``shards`` as one store; checks they agree and do not overlap."""
+_SHARD = re.compile(r"([0-9]+)/([0-9]+)")
+
+
+def write_master(out: str | os.PathLike, shards: Sequence[str | os.PathLike], partial: bool = False) -> Path:
+    """A master file that reads ``shards`` as one store; checks they agree, do not overlap and are all there.
+
+    Refuses (OptionError) an ``out`` that is one of the shards and a shard given twice, before writing
+    anything. An incomplete set (shard 2/4 missing) is a StoreError unless ``partial``.
+    """
     import h5py
 
     out = Path(out).absolute()
     if not shards:
-        raise StoreError("no shard files given to merge")
-    configs, seen = [], {}
-    for shard in shards:
-        shard = Path(shard)
+        raise OptionError("no shard files given to merge")
+    seen_paths: dict[Path, Path] = {}
+    for shard in map(Path, shards):
+        real = shard.resolve()
+        if real == out.resolve() or (out.exists() and shard.exists() and os.path.samefile(out, shard)):
+            raise OptionError(f"--out {out} is one of the shard files to merge; writing it would destroy that "
+                              "shard: choose another name for the master file, e.g. flows.h5")
+        if real in seen_paths:
+            raise OptionError(f"shard {shard} is given twice ({seen_paths[real]} and {shard}); give each once")
+        seen_paths[real] = shard
+    configs, seen, manifests, index = [], {}, [], {}
+    for shard in map(Path, shards):
         with _open_store_file(shard) as f:
-            if _str(f.attrs.get("kind", "")) != "store":
-                raise StoreError(f"{shard}: not a finished shard store (kind={_str(f.attrs.get('kind'))})")
+            kind = _str(f.attrs.get("kind", ""))
+            if kind != "store":
+                raise StoreError(f"{shard}: not a finished shard store (kind={kind}); "
+                                 "merge the shard files themselves, not a master file")
             configs.append(json.loads(_str(f.attrs["config"])))
+            manifests.append(_str(f["manifest"][()]))
+            diff = incompatibilities(configs[0], configs[-1])
+            if diff:
+                raise StoreError(f"{shard} was extracted with other settings than {shards[0]}: {'; '.join(diff)}")
+            if manifests[-1] != manifests[0]:
+                raise StoreError(f"{shard} was extracted from another version of the dataset than {shards[0]} "
+                                 "(their manifests differ); re-run the older shards' extraction on the same dataset")
+            # a shard written without a number (by hand, or by an old version) is not checked for completeness
+            match = _SHARD.fullmatch(str(configs[-1].get("shard", "")))
+            if match:
+                i, n = int(match.group(1)), int(match.group(2))
+                if (i, n) in index:
+                    raise StoreError(f"{shard} and {index[(i, n)]} are both shard {i}/{n}; give each shard once")
+                index[(i, n)] = shard
             for vid in f["videos"]:
                 if vid in seen:
                     raise StoreError(f"video {vid!r} is in both {seen[vid]} and {shard}; shards must not overlap")
                 seen[vid] = shard
-        diff = incompatibilities(configs[0], configs[-1])
-        if diff:
-            raise StoreError(f"{shard} was extracted with other settings than {shards[0]}: {'; '.join(diff)}")
+    counts = {n for _, n in index}
+    if len(counts) > 1:
+        raise StoreError(f"the shards come from different splits ({', '.join(f'{i}/{n}' for i, n in sorted(index))}"
+                         "); merge shards of one `--shard I/N` series")
+    n = counts.pop() if counts else 0
+    absent = [f"{i}/{n}" for i in range(1, n + 1) if (i, n) not in index]
+    if absent and not partial:
+        raise StoreError(f"shard {', '.join(absent)} of {n} is not among the files given, so the merged store "
+                         "would miss those videos; give every shard, or pass --partial to merge only these")
     rel = [os.path.relpath(Path(s).absolute(), out.parent) for s in shards]
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         f.attrs.update(format=FORMAT, kind="master", complete=True, config=json.dumps(configs[0], sort_keys=True),
-                       shards=json.dumps(rel))
+                       shards=json.dumps(rel), missing_shards=json.dumps(absent))
     os.replace(tmp, out)
     return out
 
@@ -251,15 +376,19 @@ class FlowStore:
     def __init__(self, path: str | os.PathLike | Iterable[str | os.PathLike]):
         if isinstance(path, (str, os.PathLike)):
             path = Path(path)
+            self.missing_shards: list[str] = []  # "I/N" of shards a `merge --partial` left out
             with _open_store_file(path) as f:
-                if _str(f.attrs["kind"]) == "master":
+                kind = _str(f.attrs.get("kind", ""))
+                if kind == "master":
                     self.files = [(path.parent / p).resolve() for p in json.loads(_str(f.attrs["shards"]))]
+                    self.missing_shards = json.loads(_str(f.attrs.get("missing_shards", "[]")))
                 else:
                     self.files = [path.resolve()]
             self.path = path
         else:
             self.files = [Path(p).resolve() for p in path]
             self.path = self.files[0] if self.files else None
+            self.missing_shards = []
         if not self.files:
             raise StoreError("FlowStore needs at least one store file")
         self._where: dict[str, int] = {}
@@ -269,19 +398,19 @@ class FlowStore:
         configs = []
         for i, file in enumerate(self.files):
             with _open_store_file(file) as f:
-                if _str(f.attrs["kind"]) != "store":
-                    raise StoreError(f"{file}: a master file cannot list another master file")
-                configs.append(json.loads(_str(f.attrs["config"])))
-                if i == 0:
-                    self._manifest_text = _str(f["manifest"][()])
-                self.expected_ids += [_str(v) for v in f["expected_ids"][()]]
-                text = _str(f["failures"][()])
-                self.failures += [json.loads(line) for line in text.splitlines() if line.strip()]
-                for vid, group in f["videos"].items():
-                    if vid in self._where:
-                        raise StoreError(f"video {vid!r} is in both {self.files[self._where[vid]]} and {file}")
-                    self._where[vid] = i
-                    self._records[vid] = json.loads(_str(group.attrs["record"]))
+                kind = _str(f.attrs.get("kind", ""))
+                if kind == "part":
+                    raise StoreError(f"{file} is a part file of an unfinished extraction (one video, kept in "
+                                     "<out>.parts/); re-run the same `flowprep extract` to assemble the store")
+                if kind != "store":
+                    raise StoreError(f"{file}: a master file cannot list another master file"
+                                     if kind == "master" else f"{file}: not a flow store (kind={kind!r})")
+                try:
+                    self._read_metadata(f, i, configs)
+                except (KeyError, AttributeError, TypeError, ValueError, OSError, RuntimeError) as exc:
+                    # h5py reports broken object headers and B-trees as any of these, even as a missing group
+                    raise StoreError(f"{file}: the store's HDF5 metadata is damaged ({type(exc).__name__}: {exc}); "
+                                     "restore the file from a copy or re-extract it with --overwrite") from exc
             diff = incompatibilities(configs[0], configs[-1])
             if diff:
                 raise StoreError(f"{file} was extracted with other settings than {self.files[0]}: {'; '.join(diff)}")
@@ -292,6 +421,21 @@ class FlowStore:
         self._handles: dict[int, Any] = {}
         # (video_id, kind) -> (dataset, offsets or None): h5py name lookups cost ~0.1 ms each, a read ~0.03 ms
         self._datasets: dict[tuple[str, str], tuple[Any, np.ndarray | None]] = {}
+
+    def _read_metadata(self, f, i: int, configs: list[dict[str, Any]]) -> None:
+        """Config, manifest, expected ids, failures and records of the open store file number ``i``."""
+        file = self.files[i]
+        configs.append(json.loads(_str(f.attrs["config"])))
+        if i == 0:
+            self._manifest_text = _str(f["manifest"][()])
+        self.expected_ids += [_str(v) for v in f["expected_ids"][()]]
+        text = _str(f["failures"][()])
+        self.failures += [json.loads(line) for line in text.splitlines() if line.strip()]
+        for vid, group in f["videos"].items():
+            if vid in self._where:
+                raise StoreError(f"video {vid!r} is in both {self.files[self._where[vid]]} and {file}")
+            self._where[vid] = i
+            self._records[vid] = json.loads(_str(group.attrs["record"]))
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> "FlowStore":
@@ -387,6 +531,10 @@ class FlowStore:
         import cv2
 
         blob_ds, offsets = self._dataset(video_id, kind)
+        rec = self._records[video_id]
+        h, w = int(rec["height"]), int(rec["width"])
+        if not idx.size:  # the same (0, H, W, c) for both codecs
+            return np.empty((0, h, w, 3 if kind == "rgb" else 2), np.uint8)
         if offsets is None:  # codec raw
             uniq, inverse = np.unique(idx, return_inverse=True)
             return blob_ds[uniq][inverse]
@@ -398,8 +546,6 @@ class FlowStore:
             pieces = [blob[a:b] for a, b in spans]
         else:
             pieces = [blob_ds[int(offsets[i]):int(offsets[i + 1])] for i in idx]
-        rec = self._records[video_id]
-        h, w = int(rec["height"]), int(rec["width"])
         out = np.empty((len(idx), h, w, 3 if kind == "rgb" else 2), np.uint8)
         for k, (i, piece) in enumerate(zip(idx, pieces)):
             img = cv2.imdecode(piece, cv2.IMREAD_COLOR if kind == "rgb" else cv2.IMREAD_GRAYSCALE)

@@ -66,3 +66,16 @@ def test_several_devices_split_the_work(tmp_path):
     assert sorted(r["video_id"] for r in results) == sorted(i[0] for i in items)
     assert all(r["ok"] and r["flows"] == 3 for r in results) and seen == [(True, 4)] * 4
     assert len(list(parts.glob("*.h5"))) == 4
+
+
+def test_device_quantisation_is_the_cpu_rule_exactly():
+    import torch
+
+    from flowprep import quantize
+    from flowprep.batched import _quantize_torch
+
+    k = np.arange(1, 256)
+    edges = ((k - 0.5) * 40 / 255 - 20).astype(np.float32)  # the rounding boundaries for bound 20
+    values = np.concatenate([np.nextafter(edges, np.float32(-1e9)), edges, np.nextafter(edges, np.float32(1e9)),
+                             np.float32([0.0, -1e-45, np.nan, 25.0, -np.inf])])
+    assert np.array_equal(_quantize_torch(torch.from_numpy(values), 20.0).numpy(), quantize(values, 20.0))

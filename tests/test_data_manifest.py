@@ -119,6 +119,16 @@ def test_ucf101_missing_videos_error_or_left_out(tmp_path):
     assert any("missing" in p and gone[0] in p for p in m.problems)
 
 
+def test_missing_videos_that_differ_only_in_extension_get_a_hint(tmp_path):
+    converted = tuple(f"YoYo/{ucf_name('YoYo', g, 1)}" for g in (1, 2))
+    tree = make_fake_ucf101(tmp_path, missing=converted)
+    for rel in converted:  # the split files name .avi, the disk holds .mp4 (a converted copy)
+        (tree.video_dir / rel).with_suffix(".mp4").write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"2 of them exist with another extension \(e\.g\. "
+                                            r"YoYo/v_YoYo_g01_c01\.avi is on disk as YoYo/v_YoYo_g01_c01\.mp4\)"):
+        build_manifest(tmp_path)
+
+
 def test_missing_list_is_capped(tmp_path):
     gone = tuple(f"YoYo/{ucf_name('YoYo', g, c)}" for g in range(1, 7) for c in (1, 2))
     make_fake_ucf101(tmp_path, missing=gone)
@@ -237,6 +247,18 @@ def test_folder_dataset(tmp_path):
     assert any("empty" in p for p in m.problems)
     with pytest.raises(ManifestError, match="no splits"):
         m.ids(1, "train")
+
+
+def test_more_containers_are_videos_and_other_files_are_counted(tmp_path):
+    from data_manifest.build import build
+
+    names = ("a.ts", "b.3gp", "c.ogv", "d.mpeg", "e.wmv", "f.flv", "g.M2TS", "notes.txt", "thumb.jpg", ".hidden.avi")
+    for name in names:
+        (tmp_path / "walk" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "walk" / name).write_bytes(b"")
+    m, info = build(tmp_path)
+    assert [r.video_id for r in m.records] == ["a", "b", "c", "d", "e", "f", "g"]
+    assert info.skipped == ("walk/notes.txt", "walk/thumb.jpg")
 
 
 def test_folder_forced_on_ucf_tree(tmp_path):

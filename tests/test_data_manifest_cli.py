@@ -69,6 +69,10 @@ def test_check_exit_status(tmp_path, monkeypatch):
     assert res.exit_code == 1
     assert "problems: 2" in res.output and "v_YoYo_g07_c01.avi" in res.output and "check failed" in res.output
     assert not list(tmp_path.glob("*.tsv"))  # check never writes a manifest
+    (tmp_path / "clean" / "UCF-101" / "YoYo" / "README.txt").write_text("notes")
+    res = _run("check", tmp_path / "clean")  # reported, not a problem
+    assert res.exit_code == 0
+    assert "skipped:  1 files in class folders that are not videos by their extension (.txt 1)" in res.output
 
 
 def test_synth_then_info(tmp_path):

@@ -15,7 +15,7 @@ from flowprep import FlowStore, StoreError, quantize
 from flowprep.cli import main as cli
 from flowprep.decode import Resize, VideoReader
 from flowprep.flow import OpenCVFlow
-from tests.videos import moving_video, truncate
+from tests.videos import announce_frames, damage, moving_video, truncate
 
 SIZE = "48x36"
 
@@ -158,9 +158,13 @@ def test_shards_cover_the_dataset_once(tmp_path):
 
 
 def test_cuda_is_refused_clearly(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
     videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
     result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--device", "cuda", "--no-progress"])
-    assert result.exit_code == 1 and "--device cpu" in result.output
+    assert result.exit_code == 2 and "--device cpu" in result.output  # misuse, like click's own checks
 
 
 def test_missing_videos_dir_is_a_usage_error(tmp_path):
@@ -239,3 +243,246 @@ def test_hmdb51_names_with_odd_characters(tmp_path):
         assert odd in store.video_ids and len(store) == 9
         assert store.read_flow("Jim_Carrey_&_Ellen_chew_h_nm_np1_fr_goo_1", [1]).shape == (1, 24, 32, 2)
     assert run_cli("verify", out, "--no-progress").exit_code == 0
+
+
+def _extract(videos, out, *extra):
+    return run_cli("extract", "--videos", videos, "--out", out, "--size", SIZE, "--algo", "farneback",
+                   "--jobs", 1, "--no-progress", *extra)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--size", "340"], "size must look like 340x256"),
+    (["--size", "4x4"], "at least 8 pixels"),
+    (["--short-side", "0"], "at least 8 pixels"),  # used to fall back to 340x256 silently
+    (["--short-side", "128", "--size", "64x48"], "not both"),
+    (["--param", "nope=1"], "unknown farneback parameter 'nope'"),
+    (["--param", "levels=2.7"], "levels='2.7' is not an integer"),  # used to be truncated to 2
+    (["--param", "winsize=-5"], "winsize=-5 is out of range"),  # used to crash a worker (double free)
+    (["--bound", "0"], "--bound must be a positive, finite number"),
+    (["--bound", "nan"], "--bound must be a positive, finite number"),
+    (["--bound", "inf"], "--bound must be a positive, finite number"),
+    (["--jobs", "0"], "--jobs must be at least 1"),  # used to mean all cores
+    (["--jpeg-quality", "0"], "--jpeg-quality must be 1..100"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--shard", "3/2"], "1 <= I <= N"),
+    (["--gpus", "zero"], "comma-separated CUDA device numbers"),
+])
+def test_misuse_exits_2_before_touching_anything(tmp_path, args, message):
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(tmp_path / "f.h5"),
+                                      "--algo", "farneback", "--no-progress", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]  # no store, no parts, no lock file
+
+
+def test_no_videos_is_a_data_problem(tmp_path):
+    (tmp_path / "empty" / "Class0").mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(tmp_path / "empty"), "--out",
+                                      str(tmp_path / "f.h5"), "--no-progress"])
+    assert result.exit_code == 1 and "no videos found" in result.output
+
+
+def test_merge_refuses_its_own_inputs_as_out_and_incomplete_sets(tmp_path, monkeypatch):
+    videos = make_dataset(tmp_path / "videos", bad=False, classes=2, per_class=1, frames=3)
+    for i in (1, 2):
+        assert _extract(videos, tmp_path / "flows.h5", "--shard", f"{i}/2").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    before = Path("flows-1of2.h5").read_bytes()
+    result = CliRunner().invoke(cli, ["merge", "--out", "flows-1of2.h5", "flows-1of2.h5", "flows-2of2.h5"])
+    assert result.exit_code == 2 and "flows-1of2.h5 is one of the shard files" in result.output
+    assert Path("flows-1of2.h5").read_bytes() == before
+    result = CliRunner().invoke(cli, ["merge", "--out", "all.h5", "flows-1of2.h5", "./flows-1of2.h5"])
+    assert result.exit_code == 2 and "given twice" in result.output and not Path("all.h5").exists()
+    result = CliRunner().invoke(cli, ["merge", "--out", "all.h5", "flows-1of2.h5"])
+    assert result.exit_code == 1 and "shard 2/2" in result.output and "--partial" in result.output
+    result = CliRunner().invoke(cli, ["merge", "--out", "all.h5", "flows-1of2.h5", "--partial"])
+    assert result.exit_code == 0 and "warning: shard 2/2 not merged" in result.output
+    assert "MISSING    shard 2/2 (merged with --partial" in run_cli("info", "all.h5").output
+    # a master file is not an extraction output: clear error, the master file is left alone
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", "all.h5", "--size", SIZE,
+                                      "--algo", "farneback", "--no-progress"])
+    assert result.exit_code == 1 and "all.h5 is a master file written by `flowprep merge`" in result.output
+    with FlowStore("all.h5") as store:
+        assert len(store) == 1
+
+
+def test_unwritable_out_is_one_line_naming_the_path(tmp_path):
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(blocker / "f.h5"),
+                                      "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert f"cannot write {blocker / 'f.h5'}" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 2 and f"--out {tmp_path} is a folder" in result.output and videos.exists()
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", "/proc/flowprep/f.h5"])
+    assert result.exit_code == 1 and "cannot write /proc/flowprep/f.h5" in result.output  # even root cannot
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(ro / "f.h5")])
+        assert result.exit_code == 1 and f"cannot write {ro / 'f.h5'}" in result.output
+
+
+def test_second_writer_is_refused_at_once(tmp_path):
+    from flowprep.store import writer_lock
+
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
+    with writer_lock(tmp_path / "f.h5"):  # as if another extract were running
+        result = _extract(videos, tmp_path / "f.h5")
+    assert result.exit_code == 1
+    assert f"another flowprep extract (pid {os.getpid()}) is writing {tmp_path / 'f.h5'}" in result.output
+    assert _extract(videos, tmp_path / "f.h5").exit_code == 0  # the lock went with its holder
+
+
+def test_verify_and_info_on_damaged_metadata_name_the_file(tmp_path):
+    import h5py
+
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=2, frames=3)
+    out = tmp_path / "f.h5"
+    assert _extract(videos, out).exit_code == 0
+    with h5py.File(out, "r+") as f:
+        f["videos/v_0_9"] = h5py.SoftLink("/lost")  # a video entry that resolves to nothing
+    for command in ("verify", "info"):
+        result = run_cli(command, out)
+        assert result.exit_code == 1 and f"{out}: the store's HDF5 metadata is damaged" in result.output
+
+
+def test_show_refuses_bad_frame_counts_and_image_names(extracted, tmp_path):
+    _, out, _, _ = extracted
+    for frames in ("0", "-2"):
+        result = CliRunner().invoke(cli, ["show", str(out), "v_0_0", "--out", str(tmp_path / "a.png"),
+                                          "--frames", frames])
+        assert result.exit_code == 2 and "--frames" in result.output
+    result = CliRunner().invoke(cli, ["show", str(out), "v_0_0", "--out", str(tmp_path / "a.jpgx")])
+    assert result.exit_code == 2 and "cannot write '.jpgx' images" in result.output
+    assert run_cli("show", out, "v_0_0", "--out", tmp_path / "a.jpg", "--frames", 2).exit_code == 0
+
+
+def test_a_crashing_video_fails_alone_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A native crash (os.abort() through the test hook) in one worker: the others finish, the crasher is
+    retried alone, crashes again and is recorded with the signal; the next run is not blocked."""
+    from flowprep.pipeline import ABORT_HOOK
+
+    videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=2, frames=4)
+    out = tmp_path / "f.h5"
+    monkeypatch.setenv(ABORT_HOOK, "v_0_1")
+    result = run_cli("extract", "--videos", videos, "--out", out, "--size", SIZE, "--algo", "farneback",
+                     "--jobs", 2, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "done 3" in result.output and "failed 1" in result.output
+    assert "FAILED v_0_1:" in result.output and "crashed (signal 6, SIGABRT)" in result.output
+    assert str(videos / "Class0" / "v_0_1.avi") in result.output
+    assert not (tmp_path / "f.h5.parts").exists()
+    monkeypatch.delenv(ABORT_HOOK)
+    again = _extract(videos, out)
+    assert again.exit_code == 0 and "done 4 (3 from earlier runs)" in again.output
+
+
+def test_an_orphaned_worker_abandons_its_video(tmp_path):
+    """A worker whose parent is gone (the main process got SIGKILL) stops without writing anything."""
+    from flowprep.pipeline import ExtractConfig, extract_video
+
+    video = moving_video(tmp_path / "C" / "v.avi", n=5)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    cfg = ExtractConfig(videos=tmp_path, out=tmp_path / "f.h5", algo="farneback")
+    config = dict(cfg.recorded(), _relpaths={"v": "C/v.avi"}, _labels={}, _parent_pid=os.getppid() + 100000,
+                  _exit_when_orphaned=False)  # a worker would exit; this test runs it in the pytest process
+    result = extract_video(str(video), "v", str(parts), config, Resize(32, 24))
+    assert not result["ok"] and "abandoned" in result["reason"]
+    assert list(parts.iterdir()) == []  # no part, no failure record, no marker
+    config["_parent_pid"] = os.getppid()
+    assert extract_video(str(video), "v", str(parts), config, Resize(32, 24))["ok"]
+
+
+def test_resume_follows_the_dataset(tmp_path):
+    """Plain folder layout: a removed video leaves the store, a changed one is redone, new classes are refused."""
+    videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=2, frames=4)
+    out = tmp_path / "f.h5"
+    assert _extract(videos, out).exit_code == 0
+    (videos / "Class0" / "v_0_0.avi").unlink()
+    moving_video(videos / "Class1" / "v_1_1.avi", n=6, seed=5)  # replaced under the same name
+    result = _extract(videos, out, "--summary-json", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    assert "removed from the store: 1 video" in result.output and "extracted again: 1 video" in result.output
+    with FlowStore(out) as store:
+        assert store.video_ids == ["v_0_1", "v_1_0", "v_1_1"] == sorted(store.expected_ids)
+        assert [r.video_id for r in store.manifest.records] == store.video_ids
+        assert store.num_frames("v_1_1") == 6 and store.record("v_1_1")["source_bytes"] > 0
+    # nothing left to extract and the dataset unchanged: the store is not rewritten
+    stamp = out.stat().st_mtime_ns
+    assert _extract(videos, out).exit_code == 0 and out.stat().st_mtime_ns == stamp
+    # a class folder sorting first would shift every label: refused, store untouched
+    moving_video(videos / "AAFirst" / "v_a.avi", n=4)
+    refused = _extract(videos, out)
+    assert refused.exit_code == 1 and "other classes (added AAFirst)" in refused.output
+    assert "--overwrite" in refused.output and out.stat().st_mtime_ns == stamp
+    assert _extract(videos, out, "--overwrite").exit_code == 0
+    with FlowStore(out) as store:
+        assert store.record("v_1_0")["label"] == 2 == store.manifest.by_id("v_1_0").label
+
+
+def test_unfinished_work_for_other_classes_is_refused(tmp_path, monkeypatch):
+    import flowprep.pipeline as pipeline
+    from flowprep.decode import parse_size
+
+    videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=1, frames=3)
+    cfg = pipeline.ExtractConfig(videos=videos, out=tmp_path / "f.h5", algo="farneback", resize=parse_size(SIZE),
+                                 progress=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the run died before assembling its parts
+
+    monkeypatch.setattr(pipeline, "assemble", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.extract(cfg)
+    monkeypatch.undo()
+    assert len(list((tmp_path / "f.h5.parts").glob("*.h5"))) == 2
+    moving_video(videos / "Class2" / "v_2_0.avi", n=3)
+    with pytest.raises(StoreError, match="unfinished work for a dataset with other classes \\(added Class2\\)"):
+        pipeline.extract(cfg)
+    (videos / "Class2" / "v_2_0.avi").unlink()
+    (videos / "Class2").rmdir()
+    assert pipeline.extract(cfg).skipped == 2  # the parts are used again
+
+
+def test_short_videos_are_stored_and_shown_and_damaged_ones_fail(tmp_path):
+    """Two frames short of the AVI header is accepted (and shown); a cut at 90 % or a damaged middle is not."""
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=4)
+    announce_frames(moving_video(videos / "Class0" / "short.avi", n=20), 22)
+    truncate(moving_video(videos / "Class0" / "cut90.avi", n=40), 0.9)
+    damage(moving_video(videos / "Class0" / "garbage.avi", n=40))
+    out = tmp_path / "f.h5"
+    result = _extract(videos, out)
+    assert result.exit_code == 1 and "done 2" in result.output
+    cut = videos / "Class0" / "cut90.avi"
+    assert f"FAILED cut90: {cut}: truncated or corrupt: decoded 36 of the 40" in result.output
+    assert "FAILED garbage:" in result.output and "decoded 36 of the 40" in result.output
+    with FlowStore(out) as store:
+        rec = store.record("short")
+        assert (rec["num_frames"], rec["announced_frames"], rec["short_by"], rec["count_check"]) == (20, 22, 2, "exact")
+    info = run_cli("info", out)
+    assert "short      1 video(s) decoded fewer frames than their container announces" in info.output
+    assert "short (20 of 22)" in info.output
+    assert json.loads(run_cli("info", out, "--json").output)["short"] == [
+        {"video_id": "short", "decoded": 20, "announced": 22, "short_by": 2}]
+    verify = run_cli("verify", out, "--no-progress")
+    assert "NOTE short: decoded 20 of the 22 frames" in verify.output and verify.output.count("PROBLEM") == 2
+
+
+def test_decoder_warnings_stay_out_of_the_output(tmp_path):
+    """FFmpeg prints a line per damaged MJPEG packet; extract silences it (the failure reason says enough)."""
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
+    garbage = damage(moving_video(videos / "Class0" / "garbage.avi", n=40))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENCV_FFMPEG", "OPENCV_LOG"))}
+    decode = "import cv2, sys\nc = cv2.VideoCapture(sys.argv[1], cv2.CAP_FFMPEG)\nwhile c.read()[0]: pass"
+    direct = subprocess.run([sys.executable, "-c", decode, str(garbage)], capture_output=True, text=True, env=env)
+    assert "[mjpeg @" in direct.stderr  # the file does make FFmpeg talk
+    run = subprocess.run([sys.executable, "-m", "flowprep", "extract", "--videos", str(videos), "--out",
+                          str(tmp_path / "f.h5"), "--size", SIZE, "--algo", "farneback", "--jobs", "1",
+                          "--no-progress"], capture_output=True, text=True, env=env)
+    assert run.returncode == 1 and "FAILED garbage" in run.stdout
+    assert "mjpeg" not in run.stdout + run.stderr, run.stdout + run.stderr

@@ -1,12 +1,14 @@
 import os
+import re
 
 import numpy as np
 import pytest
 
 from flowprep import FlowprepError, VideoError, compute_flow
-from flowprep.decode import Resize, VideoReader, parse_size
+from flowprep.decode import MIN_DURATION_COVERED, Resize, VideoReader, parse_size, truncation_problem
+from flowprep.errors import OptionError
 from flowprep.flow import OpenCVFlow, resolve_params
-from tests.videos import moving_video, shifted_frames, truncate, write_video
+from tests.videos import announce_frames, damage, moving_video, shifted_frames, truncate, write_video
 
 
 @pytest.mark.parametrize("algo", ["tvl1", "farneback"])
@@ -36,10 +38,55 @@ def test_params_are_resolved_and_checked():
     assert p["warps"] == 3 and p["lambda_"] == 0.2 and p["tau"] == 0.25
     with pytest.raises(FlowprepError, match="unknown tvl1 parameter 'wraps'"):
         resolve_params("tvl1", {"wraps": 3})
-    with pytest.raises(FlowprepError, match="not a int"):
+    with pytest.raises(FlowprepError, match="not an integer"):
         resolve_params("farneback", {"levels": "many"})
     with pytest.raises(FlowprepError, match="unknown flow algorithm"):
         OpenCVFlow("horn")
+
+
+def test_int_params_refuse_fractions_and_floats_must_be_finite():
+    assert resolve_params("farneback", {"levels": "4", "winsize": 21.0})["levels"] == 4
+    for key, value in [("levels", "2.7"), ("levels", 2.7), ("winsize", "3.0"), ("iterations", True)]:
+        with pytest.raises(OptionError, match=f"{key}=.* is not an integer"):
+            resolve_params("farneback", {key: value})
+    with pytest.raises(OptionError, match="tau='nan' must be a finite number"):
+        resolve_params("tvl1", {"tau": "nan"})
+
+
+@pytest.mark.parametrize("algo,key,value,allowed", [
+    ("farneback", "winsize", -5, "at least 1"),  # double free in OpenCV: the QA's crashed worker
+    ("farneback", "winsize", 0, "at least 1"),  # NaN flow
+    ("farneback", "iterations", 0, "at least 1"),  # zero flow
+    ("farneback", "levels", -1, "0 or more"),
+    ("farneback", "pyr_scale", 1.0, "between 0 and 1"),  # cv2.error inside the worker
+    ("farneback", "poly_n", 0, "at least 1"),
+    ("farneback", "poly_sigma", 0, "positive"),
+    ("farneback", "flags", 4, "0 or 256"),  # OPTFLOW_USE_INITIAL_FLOW without an initial flow
+    ("tvl1", "theta", 0, "positive"),  # NaN flow
+    ("tvl1", "tau", -0.1, "positive"),
+    ("tvl1", "lambda_", 0, "positive"),
+    ("tvl1", "epsilon", 0, "positive"),
+    ("tvl1", "nscales", 0, "at least 1"),
+    ("tvl1", "warps", 0, "at least 1"),
+    ("tvl1", "inner_iterations", 0, "at least 1"),
+    ("tvl1", "outer_iterations", -1, "at least 1"),
+    ("tvl1", "scale_step", 1.5, "between 0 and 1"),
+    ("tvl1", "gamma", -1, "0 or more"),
+    ("tvl1", "median_filtering", 4, "0 or 1 (no filter), 3 or 5"),  # medianBlur on float flow: 3 and 5 only
+])
+def test_params_out_of_range_are_refused_before_opencv_sees_them(algo, key, value, allowed):
+    with pytest.raises(OptionError, match=f"{key}=.* out of range: must be {re.escape(allowed)}"):
+        resolve_params(algo, {key: value})
+
+
+@pytest.mark.parametrize("algo,params", [
+    ("farneback", {"winsize": 1, "levels": 0, "iterations": 1, "poly_n": 7, "pyr_scale": 0.8, "flags": 256}),
+    ("tvl1", {"median_filtering": 1, "nscales": 1, "warps": 1, "scale_step": 0.5, "gamma": 0.1}),
+])
+def test_params_at_the_edges_of_the_range_give_finite_flow(algo, params):
+    f0, f1 = shifted_frames(2, 48, 36, 1.0, 0.0)
+    flow = compute_flow(f0, f1, algo=algo, **params)
+    assert np.isfinite(flow).all()
 
 
 def test_cuda_without_a_gpu_fails_clearly():
@@ -97,3 +144,64 @@ def test_bad_files_raise_video_errors(tmp_path):
     cut = truncate(moving_video(tmp_path / "cut.avi", n=30), 0.5)
     with pytest.raises(VideoError, match="truncated"):
         list(VideoReader(cut))
+
+
+# (kind, announced, decoded, fps, last frame ms) measured with FFmpeg 7 (imageio-ffmpeg 0.8.1) on 3 s files
+COMPLETE = [
+    ("duration", 90, 70, 30.0, 2967.0),  # variable frame rate MKV: 78 % of the announced frames, all the time
+    ("duration", 50, 50, 25.0, 1960.0),  # WebM VP9
+    ("exact", 51, 50, 25.0, 2000.0),  # AVI with audio announcing one frame more than decodes
+    ("exact", 77, 75, 25.0, 2960.0),  # UCF101-like: two frames short is accepted
+    ("unchecked", 42, 42, 25.0, 1640.0),  # MPEG-PS cut at 70 %: its estimate follows the cut (cannot be seen)
+]
+TRUNCATED = [
+    ("duration", 75, 52, 25.0, 2040.0),  # MKV cut at 70 %
+    ("duration", 75, 59, 25.0, 2360.0),  # MKV cut at 80 %: as many frames as the complete VFR file has
+    ("duration", 75, 71, 25.0, 2800.0),  # MKV cut at 95 %
+    ("duration", 75, 70, 25.0, 2760.0),  # WebM cut at 95 %
+    ("exact", 75, 69, 25.0, 2720.0),  # MP4 (faststart) cut at 95 %
+    ("exact", 75, 71, 25.0, 2800.0),  # AVI cut at 95 %
+    ("exact", 75, 70, 25.0, 2760.0),  # MJPEG AVI with garbage in the middle: frames dropped, timestamps renumbered
+]
+
+
+@pytest.mark.parametrize("case", COMPLETE)
+def test_complete_videos_pass_the_truncation_check(case):
+    assert truncation_problem(*case) is None
+
+
+@pytest.mark.parametrize("case", TRUNCATED)
+def test_truncated_videos_fail_the_truncation_check(case):
+    assert "decoded" in truncation_problem(*case)
+
+
+def test_duration_threshold_has_margin_on_both_sides():
+    from flowprep.decode import duration_covered
+
+    complete = min(duration_covered(a, d, f, t) for k, a, d, f, t in COMPLETE if k == "duration")
+    cut = max(duration_covered(a, d, f, t) for k, a, d, f, t in TRUNCATED if k == "duration")
+    assert cut + 0.015 < MIN_DURATION_COVERED < complete - 0.025
+
+
+@pytest.mark.parametrize("fourcc,ext,share", [("MJPG", "avi", 0.9), ("FFV1", "mkv", 0.9)])
+def test_files_cut_near_the_end_are_truncated(tmp_path, fourcc, ext, share):
+    cut = truncate(moving_video(tmp_path / f"cut.{ext}", n=40, fourcc=fourcc), share)
+    with pytest.raises(VideoError, match="truncated or corrupt: decoded 36") as info:
+        list(VideoReader(cut))
+    assert str(cut) in str(info.value)
+
+
+def test_frames_dropped_mid_clip_are_caught(tmp_path):
+    # MJPEG AVI with random bytes in the middle: FFmpeg skips the broken frames and renumbers the rest
+    path = damage(moving_video(tmp_path / "garbage.avi", n=40), at=0.5, size=3000)
+    with pytest.raises(VideoError, match="decoded 36 of the 40 frames"):
+        list(VideoReader(path))
+
+
+def test_an_avi_announcing_two_frames_too_many_is_accepted_and_recorded(tmp_path):
+    path = announce_frames(moving_video(tmp_path / "v.avi", n=20), 22)
+    reader = VideoReader(path)
+    assert len(list(reader)) == 20
+    assert reader.count_record() == {"announced_frames": 22, "count_check": "exact", "short_by": 2}
+    with pytest.raises(VideoError, match="decoded 20 of the 23 frames"):
+        list(VideoReader(announce_frames(path, 23)))

@@ -42,3 +42,18 @@ def test_bad_bound_is_an_error():
 
 def test_clipped_fraction():
     assert clipped_fraction(np.array([0, 20, -25, 3.0]), 20) == 0.5
+
+
+@pytest.mark.parametrize("bound", [20.0, 15.0, 7.0, 3.3])
+def test_matches_the_exact_formula_at_every_rounding_boundary(bound):
+    """float32 flow values on and next to each boundary 255 (v + b) / (2b) + 0.5 = k, against exact rationals."""
+    from fractions import Fraction
+
+    k = np.arange(1, 256)
+    edges = ((k - 0.5) * 2 * bound / 255 - bound).astype(np.float32)
+    values = np.concatenate([np.nextafter(edges, np.float32(-np.inf)), edges, np.nextafter(edges, np.float32(np.inf)),
+                             np.float32([0.0, -1e-45, 1e-45, bound, -bound])])
+    b = Fraction(bound)
+    exact = [int(np.floor(255 * (min(max(Fraction(float(v)), -b), b) + b) / (2 * b) + Fraction(1, 2)))
+             for v in values]
+    assert quantize(values, bound).tolist() == exact

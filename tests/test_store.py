@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from flowprep import FlowStore, StoreError
-from flowprep.store import PartWriter, assemble, part_key, write_master
+from flowprep.errors import OptionError
+from flowprep.store import PartWriter, assemble, part_key, write_master, writer_lock
 
 CONFIG = {"algo": "tvl1", "params": {}, "bound": 20.0, "rounding": "r", "codec": "jpeg", "jpeg_quality": 95,
           "size": "32x24", "interpolation": "INTER_LINEAR", "implementation": "test"}
@@ -73,6 +74,9 @@ def test_write_assemble_read(tmp_path, manifest_text, codec):
         with pytest.raises(KeyError, match="not in the store"):
             store.read_rgb("zzz", [0])
         assert store.manifest.classes == ["C"]
+        # no indices: an empty array of the right shape with either codec
+        assert store.read_flow("a", []).shape == (0, 24, 32, 2) and store.read_rgb("a", []).shape == (0, 24, 32, 3)
+        assert store.read_flow("a", []).dtype == np.uint8
 
 
 def test_part_is_invisible_until_finished(tmp_path):
@@ -111,8 +115,91 @@ def test_shards_read_as_one_store(tmp_path, manifest_text):
         assert store.read_flow("c", [3]).shape == (1, 24, 32, 2)
     with FlowStore(shards) as store:
         assert len(store) == 3
-    with pytest.raises(StoreError, match="in both"):
+    with pytest.raises(OptionError, match="given twice"):
         write_master(tmp_path / "dup.h5", [shards[0], shards[0]])
+    with pytest.raises(OptionError, match="given twice"):  # the same file under another name
+        write_master(tmp_path / "dup.h5", [shards[0], tmp_path / "." / shards[0].name])
+    assert not (tmp_path / "dup.h5").exists()
+
+
+def _two_shards(tmp_path, manifest_text):
+    """Shards 1/2 (video a) and 2/2 (videos b, c), as `extract --shard` records them."""
+    shards = []
+    for i, vids in enumerate([["a"], ["b", "c"]]):
+        parts = tmp_path / f"p{i}"
+        parts.mkdir()
+        for j, v in enumerate(vids):
+            _write_part(parts, v, 4 + j, j)
+        shards.append(assemble(tmp_path / f"flows-{i + 1}of2.h5", sorted(parts.glob("*.h5")), None,
+                               dict(CONFIG, shard=f"{i + 1}/2"), manifest_text, vids, []))
+    return shards
+
+
+def test_merge_never_overwrites_a_shard(tmp_path, manifest_text):
+    shards = _two_shards(tmp_path, manifest_text)
+    before = shards[0].read_bytes()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # as typed: merge --out flows-1of2.h5 flows-1of2.h5 flows-2of2.h5
+    try:
+        with pytest.raises(OptionError, match="one of the shard files") as info:
+            write_master("flows-1of2.h5", ["flows-1of2.h5", "flows-2of2.h5"])
+    finally:
+        os.chdir(cwd)
+    assert "flows-1of2.h5" in str(info.value)
+    assert shards[0].read_bytes() == before and not (tmp_path / "flows-1of2.h5.tmp").exists()
+    with FlowStore(shards[0]) as store:
+        assert store.video_ids == ["a"]
+
+
+def test_merge_refuses_an_incomplete_shard_set_unless_partial(tmp_path, manifest_text):
+    shards = _two_shards(tmp_path, manifest_text)
+    with pytest.raises(StoreError, match="shard 2/2 of 2 is not among the files given.*--partial"):
+        write_master(tmp_path / "half.h5", shards[:1])
+    assert not (tmp_path / "half.h5").exists()
+    with FlowStore(write_master(tmp_path / "half.h5", shards[:1], partial=True)) as store:
+        assert store.video_ids == ["a"]
+    with pytest.raises(StoreError, match="both shard 1/2"):
+        import shutil
+
+        write_master(tmp_path / "x.h5", [shards[0], shutil.copy(shards[0], tmp_path / "copy.h5"), shards[1]])
+
+
+def test_part_file_and_damaged_metadata_are_named(tmp_path, manifest_text):
+    parts = tmp_path / "p"
+    parts.mkdir()
+    _write_part(parts, "a", 3, 0)
+    part = parts / f"{part_key('a')}.h5"
+    with pytest.raises(StoreError, match="part file of an unfinished extraction"):
+        FlowStore(part)
+    out = assemble(tmp_path / "s.h5", [part], None, CONFIG, manifest_text, ["a"], [])
+    with h5py.File(out, "r+") as f:
+        # what zeroed bytes in the QA's store did: a video entry that resolves to nothing
+        f["videos/b"] = h5py.SoftLink("/nowhere")
+    with pytest.raises(StoreError, match="metadata is damaged") as info:
+        FlowStore(out)
+    assert str(out) in str(info.value) and "--overwrite" in str(info.value)
+    with h5py.File(out, "r+") as f:
+        del f["videos/b"]
+        f["videos/a"].attrs["record"] = "{garbage"  # a record that is no longer JSON
+    with pytest.raises(StoreError, match="metadata is damaged.*JSONDecodeError"):
+        FlowStore(out)
+
+
+def test_writer_lock_refuses_a_second_writer(tmp_path):
+    store = tmp_path / "sub" / "flows.h5"
+    with writer_lock(store) as lock:
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(StoreError, match=f"another flowprep extract \\(pid {os.getpid()}\\) is writing"):
+            with writer_lock(store):
+                pass
+    assert not lock.exists()
+    with writer_lock(store):  # released: the next run gets it
+        pass
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot write .*file/flows.h5"):
+        with writer_lock(blocker / "flows.h5"):
+            pass
 
 
 def test_store_can_be_pickled_to_workers(tmp_path, manifest_text):

@@ -57,3 +57,29 @@ def truncate(path: str | Path, share: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * share)])
     return path
+
+
+def damage(path: str | Path, at: float = 0.5, size: int = 3000, seed: int = 1) -> Path:
+    """Overwrite ``size`` bytes at ``at`` of the file with seeded random bytes (a bad sector, a broken copy)."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * at)
+    data[start:start + size] = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def announce_frames(path: str | Path, count: int) -> Path:
+    """Make an AVI's video stream header (strh dwLength, what FFmpeg reports as the frame count) say ``count``."""
+    import struct
+
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    strh = data.find(b"strh")
+    if strh < 0:
+        raise ValueError(f"{path}: no AVI stream header")
+    # strh payload: fccType, fccHandler, dwFlags, wPriority+wLanguage, dwInitialFrames, dwScale, dwRate,
+    # dwStart (4 bytes each), then dwLength
+    struct.pack_into("<I", data, strh + 8 + 32, count)
+    path.write_bytes(bytes(data))
+    return path

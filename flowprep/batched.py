@@ -1,9 +1,12 @@
 """Batched extraction with the PyTorch flow backend: decode on CPU threads, flow for many pairs per call.
 
-Per device, one process runs:
-  decode threads (``decoders``)  -> a bounded queue of frame pairs, in order per video
+Per device, one process runs three overlapping stages:
+  decode threads (``decoders``)  -> a bounded queue of frame pairs, in order per video (RGB frames are
+                                    JPEG-encoded into each video's part file here)
   the batcher (this thread)      -> collects up to ``batch_size`` pairs from any videos, one flow call,
-                                    quantises on the device, appends fields to each video's part file
+                                    quantises on the device, hands the fields to the writer
+  the writer thread              -> JPEG-encodes the fields on a small thread pool and appends them to
+                                    each video's part file in order, then finishes videos
 With several GPUs, one such process per GPU takes every N-th video of the work list. Each video is still
 written by exactly one thread of one process into its own part file, so resume and failure handling are the
 same as on the CPU path.
@@ -14,6 +17,7 @@ import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,7 +25,7 @@ import numpy as np
 
 from flowprep.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
-from flowprep.store import PartWriter, write_failure
+from flowprep.store import PartWriter, encode_jpeg, write_failure
 
 _END = object()
 
@@ -134,6 +138,48 @@ def run_device(items: list[tuple[str, str, str]], parts_dir: str, config: dict[s
         if on_done:
             on_done(result)
 
+    # The writer stage: flow fields are JPEG-encoded (on a few threads) and appended, and videos finished,
+    # in the order the batcher hands them over, while the batcher already computes the next batch on the
+    # device. The queue is short so that the device never runs far ahead of the writing.
+    written: queue.Queue = queue.Queue(maxsize=2)
+    jpeg = config["codec"] == "jpeg"
+    quality = int(config.get("jpeg_quality") or 95)
+    encoders = ThreadPoolExecutor(max_workers=max(1, min(8, decoders))) if jpeg else None
+
+    def write(group: list, q: np.ndarray, clipped: np.ndarray, share: float) -> None:
+        keep = [(video, field_u8, n_clip) for (video, _, _), field_u8, n_clip in zip(group, q, clipped)
+                if not video.error]
+        data = (list(encoders.map(lambda k: encode_jpeg("flow", k[1], quality), keep)) if jpeg
+                else [k[1] for k in keep])
+        for (video, field_u8, n_clip), item in zip(keep, data):
+            if video.error:  # a write of this video failed earlier in this batch
+                continue
+            try:
+                if jpeg:
+                    video.writer.add_encoded("flow", item)
+                else:
+                    video.writer.add_flow(item)
+            except Exception as exc:
+                video.error = f"{video.path}: writing failed: {exc}"
+                continue
+            video.flows += 1
+            video.clipped += int(n_clip)
+            video.values += field_u8.size
+            video.flow_seconds += share
+
+    def writer() -> None:
+        while True:
+            job = written.get()
+            if job is None:
+                return
+            if job[0] == "fields":
+                write(*job[1:])
+            else:
+                finish(job[1])
+
+    writer_thread = threading.Thread(target=writer, daemon=True)
+    writer_thread.start()
+
     finished_threads = 0
     batch: list[tuple[_Video, np.ndarray, np.ndarray]] = []
     closing: list[_Video] = []  # videos whose end marker arrived while their pairs sit in ``batch``
@@ -151,38 +197,36 @@ def run_device(items: list[tuple[str, str, str]], parts_dir: str, config: dict[s
                 flow = torchflow.compute_flow_batch(prev, nxt, algo=algo, device=device, **params)  # (B, H, W, 2)
                 clipped = (flow.abs() >= bound).flatten(1).sum(1).cpu().numpy()
                 q = _quantize_torch(flow, bound).cpu().numpy()
-            share = (time.perf_counter() - t) / len(group)
-            for (video, _, _), field_u8, n_clip in zip(group, q, clipped):
-                if video.error:
-                    continue
-                video.writer.add_flow(field_u8)
-                video.flows += 1
-                video.clipped += int(n_clip)
-                video.values += field_u8.size
-                video.flow_seconds += share
+            written.put(("fields", group, q, clipped, (time.perf_counter() - t) / len(group)))
         for video in closing:
-            finish(video)
+            written.put(("finish", video))
         closing.clear()
 
-    while finished_threads < len(threads) or not pairs.empty():
-        try:
-            video, prev, nxt = pairs.get(timeout=0.1)
-        except queue.Empty:
-            finished_threads = sum(not t.is_alive() for t in threads)
-            if batch and pairs.empty():
-                flush()
-            continue
-        if prev is _END:
-            if any(b[0] is video for b in batch):
-                closing.append(video)
+    try:
+        while finished_threads < len(threads) or not pairs.empty():
+            try:
+                video, prev, nxt = pairs.get(timeout=0.1)
+            except queue.Empty:
+                finished_threads = sum(not t.is_alive() for t in threads)
+                if batch and pairs.empty():
+                    flush()
+                continue
+            if prev is _END:
+                if any(b[0] is video for b in batch):
+                    closing.append(video)
+                else:  # its fields may still wait in the writer's queue: finish it after them
+                    written.put(("finish", video))
             else:
-                finish(video)
-        else:
-            batch.append((video, prev, nxt))
-            if len(batch) >= batch_size:
-                flush()
-        finished_threads = sum(not t.is_alive() for t in threads)
-    flush()
+                batch.append((video, prev, nxt))
+                if len(batch) >= batch_size:
+                    flush()
+            finished_threads = sum(not t.is_alive() for t in threads)
+        flush()
+    finally:
+        written.put(None)
+        writer_thread.join()
+        if encoders is not None:
+            encoders.shutdown()
     return results
 
 

@@ -72,6 +72,16 @@ def _jpeg_encode(image: np.ndarray, quality: int) -> np.ndarray:
     return buf.reshape(-1)
 
 
+def encode_jpeg(kind: str, array: np.ndarray, quality: int) -> np.ndarray:
+    """The stored JPEG bytes of one RGB frame ((H, W, 3) uint8) or flow field ((H, W, 2) uint8, stored as
+    one gray image (H, 2W), x | y). Thread-safe (cv2 releases the GIL while it encodes)."""
+    if kind == "rgb":
+        image = array[..., ::-1]  # OpenCV encodes BGR
+    else:
+        image = np.concatenate([array[..., 0], array[..., 1]], axis=1)
+    return _jpeg_encode(np.ascontiguousarray(image), quality)
+
+
 class PartWriter:
     """Writes one video into its own part file, frame by frame; `finish` makes it durable and final."""
 
@@ -93,19 +103,23 @@ class PartWriter:
 
     def _add(self, kind: str, array: np.ndarray) -> None:
         if self.codec == "jpeg":
-            image = array if kind == "rgb" else np.concatenate([array[..., 0], array[..., 1]], axis=1)
-            if kind == "rgb":
-                image = image[..., ::-1]  # OpenCV encodes BGR
-            data = _jpeg_encode(np.ascontiguousarray(image), self.quality)
-            self._bytes[kind].append(data)
-        else:
-            data = np.ascontiguousarray(array)
-            if kind not in self._group:
-                self._group.create_dataset(kind, shape=(0, *data.shape), maxshape=(None, *data.shape),
-                                           dtype=np.uint8, chunks=(1, *data.shape))
-            ds = self._group[kind]
-            ds.resize(self._count[kind] + 1, axis=0)
-            ds[self._count[kind]] = data
+            self.add_encoded(kind, encode_jpeg(kind, array, self.quality))
+            return
+        data = np.ascontiguousarray(array)
+        if kind not in self._group:
+            self._group.create_dataset(kind, shape=(0, *data.shape), maxshape=(None, *data.shape),
+                                       dtype=np.uint8, chunks=(1, *data.shape))
+        ds = self._group[kind]
+        ds.resize(self._count[kind] + 1, axis=0)
+        ds[self._count[kind]] = data
+        self._crc[kind] = zlib.crc32(data.tobytes(), self._crc[kind])
+        self._count[kind] += 1
+
+    def add_encoded(self, kind: str, data: np.ndarray) -> None:
+        """Append one image already encoded by encode_jpeg (codec jpeg), so encoding can run elsewhere."""
+        if self.codec != "jpeg":
+            raise StoreError(f"add_encoded is for the jpeg codec; this part file uses {self.codec!r}")
+        self._bytes[kind].append(data)
         self._crc[kind] = zlib.crc32(data.tobytes(), self._crc[kind])
         self._count[kind] += 1
 

@@ -79,3 +79,29 @@ def test_device_quantisation_is_the_cpu_rule_exactly():
     values = np.concatenate([np.nextafter(edges, np.float32(-1e9)), edges, np.nextafter(edges, np.float32(1e9)),
                              np.float32([0.0, -1e-45, np.nan, 25.0, -np.inf])])
     assert np.array_equal(_quantize_torch(torch.from_numpy(values), 20.0).numpy(), quantize(values, 20.0))
+
+
+def test_torch_backend_jpeg_writer_keeps_every_field_in_order(two_stores, tmp_path):
+    """The writer stage encodes fields on a thread pool while the next batch is computed: each video's
+    fields must still be the raw store's fields, in order, through the same JPEG encoding."""
+    import cv2
+
+    from flowprep.store import encode_jpeg
+
+    videos = two_stores["torch"].parent / "videos"
+    out = tmp_path / "jpeg.h5"
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(out), "--size", "48x36",
+                                      "--algo", "farneback", "--codec", "jpeg", "--backend", "torch",
+                                      "--batch-size", "3", "--jobs", "2", "--no-progress"])
+    assert result.exit_code == 1 and "done 4" in result.output, result.output
+    with FlowStore(two_stores["torch"]) as raw, FlowStore(out) as jpg:
+        assert jpg.video_ids == raw.video_ids
+        for vid in raw.video_ids:
+            n = raw.num_flows(vid)
+            assert jpg.num_flows(vid) == n
+            fields = raw.read_flow(vid, range(n))
+            want = [cv2.imdecode(encode_jpeg("flow", f, 95), cv2.IMREAD_GRAYSCALE) for f in fields]
+            got = jpg.read_flow(vid, range(n))
+            for k in range(n):
+                assert np.array_equal(got[k, :, :, 0], want[k][:, :48]), (vid, k)
+                assert np.array_equal(got[k, :, :, 1], want[k][:, 48:]), (vid, k)

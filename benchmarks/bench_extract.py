@@ -72,75 +72,64 @@ def outside_share(store_path: Path) -> float:
     return (total - sum(r["flow_seconds"] for r in recs)) / total
 
 
-def read_times(store_path: Path, reads: int, seed: int = 0) -> tuple[float, float]:
-    """Median ms for a random 10-field flow stack and a random RGB frame, decode included."""
-    from flowprep import FlowStore
+def read_times(jpeg_store: Path, raw_store: Path, tmp: Path, reads: int, seed: int = 0) -> dict[str, float]:
+    """Median ms of random reads, decode included, every variant timed at the same positions in one loop:
 
-    rng = np.random.default_rng(seed)
-    stack, frame = [], []
-    with FlowStore(store_path) as store:
-        ids = store.video_ids
-        store.read_flow(ids[0], [0])  # open the file outside the timing, as a DataLoader worker would
-        for _ in range(reads):
-            vid = ids[rng.integers(len(ids))]
-            m = store.num_flows(vid)
-            s = int(rng.integers(0, max(m - 10, 0) + 1))
-            t = time.perf_counter()
-            store.read_flow(vid, np.arange(s, min(s + 10, m)))
-            stack.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            store.read_rgb(vid, [int(rng.integers(store.num_frames(vid)))])
-            frame.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(stack)), 1e3 * float(np.median(frame))
-
-
-def read_baselines(store_path: Path, tmp: Path, reads: int, seed: int = 0) -> dict[str, float]:
-    """Median ms of the same random 10-field stacks read without the store, in the same run:
-
-    decode_only: cv2.imdecode of the stack's JPEG bytes already in memory (the floor any JPEG store pays);
-    jpeg_files: the peers' layout, one gray JPEG file per component (flow_x_00001.jpg, flow_y_00001.jpg) read
-    with cv2.imread from the page cache; gray_340x256: one 340x256 gray JPEG decode, to compare this machine
-    with the ~0.1 ms of the reference figures.
+    stack_jpeg / stack_raw: a 10-field flow stack from the store per codec (read_flow, (n, H, W, 2));
+    planes_jpeg: the same with read_flow_planes ((n, 2, H, W), what the trainer reads); frame_jpeg / frame_raw: one RGB
+    frame; decode_only: cv2.imdecode of the same stack's JPEG bytes already in memory (the floor any JPEG
+    store pays); jpeg_files: the peers' layout, one gray JPEG file per component (flow_x_00001.jpg,
+    flow_y_00001.jpg) read with cv2.imread from the page cache; gray_340x256: one 340x256 gray JPEG decode,
+    to relate this machine to the ~0.1 ms of the reference figures.
     """
     import cv2
 
     from flowprep import FlowStore
 
     rng = np.random.default_rng(seed)
-    with FlowStore(store_path) as store:
-        ids = store.video_ids
+    times: dict[str, list[float]] = {k: [] for k in ("stack_jpeg", "stack_raw", "planes_jpeg", "frame_jpeg",
+                                                       "frame_raw",
+                                                       "decode_only", "jpeg_files", "gray_340x256")}
+    with FlowStore(jpeg_store) as jpg, FlowStore(raw_store) as raw:
+        ids = jpg.video_ids
+        quality = jpg.attrs["jpeg_quality"]
         files = tmp / "jpeg_files"
         blobs = {}
         for vid in ids:
-            flows = store.read_flow(vid, np.arange(store.num_flows(vid)))
-            raw = store.raw_bytes(vid, "flow")
-            offsets = store._dataset(vid, "flow")[1]
-            blobs[vid] = [raw[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-            for k, field in enumerate(flows):
+            data, offsets = jpg.raw_bytes(vid, "flow"), jpg._dataset(vid, "flow")[1]
+            blobs[vid] = [data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+            for k, field in enumerate(raw.read_flow(vid, np.arange(raw.num_flows(vid)))):
                 for c, axis in enumerate("xy"):
                     path = files / vid / f"flow_{axis}_{k + 1:05d}.jpg"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(path), field[..., c], [cv2.IMWRITE_JPEG_QUALITY, store.attrs["jpeg_quality"]])
+                    cv2.imwrite(str(path), field[..., c], [cv2.IMWRITE_JPEG_QUALITY, quality])
         gray = cv2.imdecode(blobs[ids[0]][0], cv2.IMREAD_GRAYSCALE)
         _, single = cv2.imencode(".jpg", np.ascontiguousarray(gray[:, : gray.shape[1] // 2]),
-                                 [cv2.IMWRITE_JPEG_QUALITY, store.attrs["jpeg_quality"]])
-        times = {"decode_only": [], "jpeg_files": [], "gray_340x256": []}
+                                 [cv2.IMWRITE_JPEG_QUALITY, quality])
+        for store in (jpg, raw):  # open the files outside the timing, as a DataLoader worker would
+            store.read_flow(ids[0], [0])
+            store.read_rgb(ids[0], [0])
+
+        def timed(name, fn):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+
         for _ in range(reads):
             vid = ids[rng.integers(len(ids))]
-            m = len(blobs[vid])
+            m = jpg.num_flows(vid)
             s = int(rng.integers(0, max(m - 10, 0) + 1))
-            t = time.perf_counter()
-            for piece in blobs[vid][s:s + 10]:
-                cv2.imdecode(piece, cv2.IMREAD_GRAYSCALE)
-            times["decode_only"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for k in range(s, min(s + 10, m)):
-                for axis in "xy":
-                    cv2.imread(str(files / vid / f"flow_{axis}_{k + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE)
-            times["jpeg_files"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            cv2.imdecode(single, cv2.IMREAD_GRAYSCALE)
-            times["gray_340x256"].append(time.perf_counter() - t)
+            idx = np.arange(s, min(s + 10, m))
+            frame = [int(rng.integers(jpg.num_frames(vid)))]
+            timed("stack_jpeg", lambda: jpg.read_flow(vid, idx))
+            timed("stack_raw", lambda: raw.read_flow(vid, idx))
+            timed("planes_jpeg", lambda: jpg.read_flow_planes(vid, idx))
+            timed("decode_only", lambda: [cv2.imdecode(blobs[vid][i], cv2.IMREAD_GRAYSCALE) for i in idx])
+            timed("jpeg_files", lambda: [cv2.imread(str(files / vid / f"flow_{a}_{i + 1:05d}.jpg"),
+                                                    cv2.IMREAD_GRAYSCALE) for i in idx for a in "xy"])
+            timed("frame_jpeg", lambda: jpg.read_rgb(vid, frame))
+            timed("frame_raw", lambda: raw.read_rgb(vid, frame))
+            timed("gray_340x256", lambda: cv2.imdecode(single, cv2.IMREAD_GRAYSCALE))
     return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 
@@ -158,6 +147,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--frames", type=int, default=7, help="frames per video (flows = frames - 1)")
     ap.add_argument("--reads", type=int, default=300)
+    ap.add_argument("--read-frames", type=int, default=21, help="frames of the 2 videos the reads use")
     ap.add_argument("--algos", default="tvl1,farneback")
     args = ap.parse_args()
     import cv2
@@ -188,28 +178,34 @@ def main() -> None:
             target = "<= 15%" if algo == "tvl1" else ""
             print(f"{algo:10s} {100 * outside_share(stores[(algo, 1)]):6.2f}%  {target}")
         algo = args.algos.split(",")[0]
-        raw = tmp / f"{algo}-raw.h5"
-        run_extract(tmp / "videos", raw, algo, 2, "raw", args.size)
-        print(f"\n3. random reads on one core ({algo} stores, median of {args.reads}, decode included)")
+        # the read benchmark needs stacks of 10: its own videos, long enough, extracted with both codecs
+        for i in range(2):
+            make_scene_video(tmp / "reads" / f"Class{i}" / f"v_r{i}.avi", args.read_frames, w, h, 100 + i)
+        read_stores = {}
+        for codec in ("jpeg", "raw"):
+            read_stores[codec] = tmp / f"reads-{codec}.h5"
+            run_extract(tmp / "reads", read_stores[codec], algo, 2, codec, args.size)
+        print(f"\n3. random reads on one core ({algo}, 2 videos x {args.read_frames} frames, median of "
+              f"{args.reads}, decode included)")
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         cv2.setNumThreads(1)
+        t = read_times(read_stores["jpeg"], read_stores["raw"], tmp, args.reads)
         print(f"{'codec':6s} {'10-field stack':>15s} {'1 RGB frame':>12s} {'bytes/flow field':>17s}")
-        stack = {}
-        for codec, path in (("jpeg", stores[(algo, 2)]), ("raw", raw)):
-            st, fr = read_times(path, args.reads)
-            stack[codec] = st
-            print(f"{codec:6s} {st:12.3f} ms {fr:9.3f} ms {flow_bytes_per_field(path):14.0f} B")
+        for codec in ("jpeg", "raw"):
+            print(f"{codec:6s} {t['stack_' + codec]:12.3f} ms {t['frame_' + codec]:9.3f} ms "
+                  f"{flow_bytes_per_field(read_stores[codec]):14.0f} B")
+        print(f"jpeg   {t['planes_jpeg']:12.3f} ms  as planes (read_flow_planes, the trainer's read)")
         print("targets: 10-field stack <= 2 ms (jpeg); <= 15 KB per flow field (jpeg) at 340x256")
-        base = read_baselines(stores[(algo, 2)], tmp, args.reads)
-        print(f"\n4. the jpeg stack read against baselines measured in this run (median of {args.reads})")
-        print(f"decode only (same JPEG bytes in memory, no store):   {base['decode_only']:7.3f} ms   "
-              f"store / decode-only = {stack['jpeg'] / base['decode_only']:.2f}x")
-        print(f"one JPEG file per component (peers' layout, cached): {base['jpeg_files']:7.3f} ms   "
-              f"store / files = {stack['jpeg'] / base['jpeg_files']:.2f}x")
+        print("\n4. the jpeg stack read against baselines timed at the same positions in the same loop")
+        print(f"decode only (same JPEG bytes in memory, no store):   {t['decode_only']:7.3f} ms   "
+              f"store / decode-only = {t['stack_jpeg'] / t['decode_only']:.2f}x (planes "
+              f"{t['planes_jpeg'] / t['decode_only']:.2f}x)")
+        print(f"one JPEG file per component (peers' layout, cached): {t['jpeg_files']:7.3f} ms   "
+              f"store / files = {t['stack_jpeg'] / t['jpeg_files']:.2f}x")
         ref = 0.1  # ms per 340x256 gray JPEG on one core, REFERENCE.md section 3
-        print(f"one 340x256 gray JPEG decode: {base['gray_340x256']:.3f} ms here (reference machine ~{ref} ms); "
-              f"stack scaled to the reference machine: {stack['jpeg'] * ref / base['gray_340x256']:.2f} ms")
-
+        print(f"one 340x256 gray JPEG decode: {t['gray_340x256']:.3f} ms here (reference machine ~{ref} ms); "
+              f"stack scaled to the reference machine: {t['stack_jpeg'] * ref / t['gray_340x256']:.2f} ms "
+              f"(planes {t['planes_jpeg'] * ref / t['gray_340x256']:.2f} ms)")
 
 if __name__ == "__main__":
     main()

@@ -77,6 +77,13 @@ def test_write_assemble_read(tmp_path, manifest_text, codec):
         # no indices: an empty array of the right shape with either codec
         assert store.read_flow("a", []).shape == (0, 24, 32, 2) and store.read_rgb("a", []).shape == (0, 24, 32, 3)
         assert store.read_flow("a", []).dtype == np.uint8
+        # planes: the same fields, channels first, in the order asked
+        planes = store.read_flow_planes("a", [3, 0, 3])
+        assert planes.shape == (3, 2, 24, 32) and planes.flags.c_contiguous
+        assert np.array_equal(planes, flow[[3, 0, 3]].transpose(0, 3, 1, 2))
+        assert store.read_flow_planes("a", []).shape == (0, 2, 24, 32)
+        with pytest.raises(IndexError, match="valid 0..4"):
+            store.read_flow_planes("a", [5])
 
 
 def test_part_is_invisible_until_finished(tmp_path):

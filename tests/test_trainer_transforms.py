@@ -72,6 +72,19 @@ def test_the_same_crop_for_every_field_resized_and_mirrored():
     assert np.array_equal(T.crop_resize_planes(rgb, (1, 2, 40, 40), 40), rgb[0, 1:41, 2:42].transpose(2, 0, 1))
 
 
+def test_channels_first_fields_give_the_same_sample():
+    """The training path reads flow as planes (FlowStore.read_flow_planes); the sample must be the one the
+    interleaved layout gives, for every crop kind, resize, flip and the clip layout."""
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (3, 48, 64, 2), dtype=np.uint8)
+    planes = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+    for box, size, flip, clip in [((4, 8, 32, 32), 32, False, False), ((0, 0, 48, 40), 24, True, False),
+                                  ((6, 10, 42, 36), 28, True, True), ((0, 16, 48, 48), 48, False, True)]:
+        a = T.crop_resize_planes(frames, box, size, flip, clip)
+        b = T.crop_resize_planes(planes, box, size, flip, clip, channels_first=True)
+        assert a.shape == b.shape and np.array_equal(a, b), (box, size, flip, clip)
+
+
 def _position_coded_flow(h=12, w=16):
     """(1, 2, H, W) uint8 flow stack (L = 1): x = 100 + column, y = 100 + row."""
     x = np.broadcast_to(100 + np.arange(w), (h, w))

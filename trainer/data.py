@@ -94,9 +94,11 @@ def _counts(store, vid: str, stream: str) -> int:
     return store.num_flows(vid) if stream == "temporal" else store.num_frames(vid)
 
 
-def _read(store, vid: str, stream: str, indices: np.ndarray) -> np.ndarray:
-    """(n, H, W, c) uint8 frames (c = 3) or flow fields (c = 2, x then y)."""
-    return store.read_flow(vid, indices) if stream == "temporal" else store.read_rgb(vid, indices)
+def _read(store, vid: str, stream: str, indices: np.ndarray, planes: bool = False) -> np.ndarray:
+    """(n, H, W, c) uint8 frames (c = 3) or flow fields (c = 2, x then y); flow as (n, 2, H, W) with planes."""
+    if stream != "temporal":
+        return store.read_rgb(vid, indices)
+    return store.read_flow_planes(vid, indices) if planes else store.read_flow(vid, indices)
 
 
 class TrainViews:
@@ -129,7 +131,9 @@ class TrainViews:
         for attempt in range(READ_RETRIES):
             start = int(rng.integers(max(1, count - self.length + 1)))
             try:
-                frames = _read(self.store, vid, self.stream, T.sample_indices(start, self.length, count))
+                # flow comes channels first: the store's x | y images are copied without interleaving
+                frames = _read(self.store, vid, self.stream, T.sample_indices(start, self.length, count),
+                               planes=True)
                 break
             except StoreError as exc:  # one undecodable image: try another position, say which
                 log.warning("skipping position %d of %s (attempt %d/%d): %s", start, vid, attempt + 1,
@@ -137,10 +141,11 @@ class TrainViews:
         else:
             raise DataError(f"{vid}: {READ_RETRIES} positions failed to decode; run `flowprep verify` "
                             f"and re-extract that video")
-        _, h, w, _ = frames.shape
+        planar = self.stream == "temporal"
+        h, w = frames.shape[2:] if planar else frames.shape[1:3]
         box = T.sample_crop_box(h, w, self.scales, self.corner, rng)
         flipped = bool(self.flip and rng.random() < 0.5)
-        sample = T.crop_resize_planes(frames, box, self.size, flipped, self.clip)
+        sample = T.crop_resize_planes(frames, box, self.size, flipped, self.clip, channels_first=planar)
         return torch.from_numpy(sample), flipped, self.labels[index % len(self.ids)]
 
 

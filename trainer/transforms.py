@@ -94,17 +94,30 @@ def sample_indices(start: int, length: int, available: int) -> np.ndarray:
 
 
 def crop_resize_planes(frames: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool = False,
-                       clip: bool = False) -> np.ndarray:
+                       clip: bool = False, channels_first: bool = False) -> np.ndarray:
     """The same crop of every frame or field, resized to size x size, optionally mirrored, as channel planes.
 
-    frames: (n, H, W, c) uint8 (c = 3 RGB, or 2 flow x then y). Returns (n*c, S, S) for 2D nets, channel
-    i*c + k = component k of field i (flow: x0, y0, x1, y1, ...), or (c, n, S, S) for clip nets.
+    frames: (n, H, W, c) uint8 (c = 3 RGB, or 2 flow x then y), or with ``channels_first`` (n, c, H, W) (as
+    FlowStore.read_flow_planes gives flow). Returns (n*c, S, S) for 2D nets, channel i*c + k = component k
+    of field i (flow: x0, y0, x1, y1, ...), or (c, n, S, S) for clip nets.
     Work is done per field with OpenCV (resize, flip, split into planes): no numpy transposes of small
     inner dimensions, which cost several times more than the resizing itself.
     """
     import cv2
 
     y, x, h, w = box
+    if channels_first:
+        n, c = frames.shape[:2]
+        out = np.empty((c, n, size, size) if clip else (n * c, size, size), np.uint8)
+        for i in range(n):
+            for k in range(c):
+                img = frames[i, k, y:y + h, x:x + w]
+                if h != size or w != size:
+                    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+                if flip:
+                    img = cv2.flip(np.ascontiguousarray(img), 1)
+                out[(k, i) if clip else i * c + k] = img
+        return out
     n, _, _, c = frames.shape
     out = np.empty((c, n, size, size) if clip else (n * c, size, size), np.uint8)
     for i in range(n):

@@ -1,4 +1,5 @@
-"""Atomic file writes, shared by every package that writes a small file (manifests, scores, reports).
+"""Atomic file writes, shared by every package that writes a small file (manifests, scores, reports), and
+the exclusive lock a long-running writer (an extraction, a training run) holds on its output.
 
 The data goes to a temporary file in the target's folder, is fsynced, and is renamed over the target, and
 the folder is fsynced: a reader sees the old file or the new one, never a half-written one.
@@ -49,3 +50,45 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_open(path, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+class LockHeld(OSError):
+    """Another process holds the lock; ``holder`` is the pid it wrote into the lock file (or "unknown")."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is locked by pid {holder}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an flock on the file ``path`` (created, with this pid in it, removed on exit).
+
+    The kernel drops the lock when its holder dies, even by SIGKILL, so a stale lock file never blocks a
+    later run. Raises LockHeld when another process holds it, OSError when the file cannot be created.
+    """
+    import fcntl
+
+    path = Path(path)
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockHeld(path, holder) from None
+        try:  # a holder that just finished removed the file: lock the one now at that path instead
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)

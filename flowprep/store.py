@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data_manifest.atomic import atomic_write, fsync_dir
+from data_manifest.atomic import LockHeld, atomic_write, exclusive_lock, fsync_dir
 from flowprep.errors import OptionError, StoreError
 
 FORMAT = "flowprep-store/1"
@@ -192,41 +192,22 @@ def part_result(parts_dir: str | os.PathLike, video_id: str) -> dict[str, Any] |
 def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
     """Hold the exclusive right to write ``store`` (and its parts folder); StoreError if another run has it.
 
-    The lock is an flock on ``<store>.lock``: the kernel drops it when the holder dies, even by SIGKILL, so a
-    stale lock file never blocks a later run. Also the first write of a run, so an --out that cannot be
-    written fails here, with the path named.
+    The lock is an flock on ``<store>.lock`` (data_manifest.atomic.exclusive_lock): the kernel drops it when
+    the holder dies, even by SIGKILL. Also the first write of a run, so an --out that cannot be written
+    fails here, with the path named.
     """
-    import fcntl
-
     store = Path(store)
     path = store.with_name(store.name + ".lock")
-    while True:
-        try:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with contextlib.ExitStack() as held:
+        try:  # only taking the lock is translated here, not what the caller does while holding it
+            held.enter_context(exclusive_lock(path))
+        except LockHeld as exc:
+            raise StoreError(f"another flowprep extract (pid {exc.holder}) is writing {store}; wait for it to "
+                             "finish or stop it, then re-run (a killed run resumes)") from None
         except OSError as exc:
             raise StoreError(f"cannot write {store}: {exc.strerror or exc} ({exc.filename or path}); "
                              "choose an --out in a folder you can write to") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(f"another flowprep extract (pid {holder}) is writing {store}; wait for it to "
-                             "finish or stop it, then re-run (a killed run resumes)") from None
-        try:  # a run that just finished removed the file: lock the one now at that path instead
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         yield path
-    finally:
-        path.unlink(missing_ok=True)
-        os.close(fd)
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -104,6 +104,16 @@ def check_meta(streams: Sequence[tuple[str, Scores]], subset: str, split: int | 
     return notes
 
 
+def _same_checkpoint(a: dict, b: dict) -> bool:
+    """Whether two score files' meta name the same checkpoint. Paths are compared by their last two parts
+    (run directory and file) with the epoch, so a runs folder moved to another machine still matches; files
+    that do not record a checkpoint (other tools) are not compared."""
+    if not a.get("checkpoint") or not b.get("checkpoint"):
+        return True
+    pa, pb = Path(str(a["checkpoint"])), Path(str(b["checkpoint"]))
+    return pa.parts[-3:] == pb.parts[-3:] and a.get("checkpoint_epoch") == b.get("checkpoint_epoch")
+
+
 def check_val_against_test(test: Sequence[tuple[str, Scores]], val: Sequence[tuple[str, Scores]]) -> list[str]:
     """Validation files must come from the test files' split; other view counts only give a note.
 
@@ -118,6 +128,15 @@ def check_val_against_test(test: Sequence[tuple[str, Scores]], val: Sequence[tup
             raise InputError(f"{s.path}: validation scores of {name} say split {k} but the test files say split "
                              f"{', '.join(sorted(test_splits))}; give the validation files of the same split "
                              "(--val NAME=PATH)")
+    test_by_name = dict(test)
+    for name, s in val:
+        if name in test_by_name and not _same_checkpoint(test_by_name[name].meta or {}, s.meta or {}):
+            t = test_by_name[name].meta
+            raise InputError(f"{name}: the validation scores ({s.path}) come from checkpoint "
+                             f"{s.meta.get('checkpoint')} (epoch {s.meta.get('checkpoint_epoch')}) but the test "
+                             f"scores ({test_by_name[name].path}) from {t.get('checkpoint')} (epoch "
+                             f"{t.get('checkpoint_epoch')}): weights learned on one model would be applied to "
+                             "another; re-run `trainer test STREAM --subset both` so both come from one checkpoint")
     notes = []
     views = {name: s.logits.shape[1:3] for name, s in test}
     for name, s in val:

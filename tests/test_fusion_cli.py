@@ -514,3 +514,26 @@ def test_console_lists_at_most_ten_dropped_ids(tmp_path):
     assert ", ".join(sorted(ids[:12])[:10]) + " and 2 more" in res.output
     md = (root / "fusion-split1" / "report.md").read_text()
     assert all(f"| {v} | temporal |" in md for v in ids[:12])
+
+
+def test_validation_and_test_scores_of_different_checkpoints_are_refused(runs, tmp_path):
+    """Learned weights must come from the model they are applied to: a val file written from another
+    checkpoint than the test file (e.g. `trainer test --checkpoint` of another run) is refused, while the same
+    checkpoint in a runs folder moved elsewhere still matches."""
+    root, data = runs
+    paths = {}
+    for subset, ckpt, epoch in (("test", "/cluster/a/runs/temporal-split1/checkpoint_best.pt", 12),
+                                ("val", "/laptop/runs/temporal-split1/checkpoint_best.pt", 12),
+                                ("val_other", "/laptop/runs_b/temporal-split1/checkpoint_best.pt", 2)):
+        ids, labels, logits = data[1][("temporal", subset.split("_")[0])]
+        paths[subset] = tmp_path / f"{subset}.npz"
+        write_scores(paths[subset], ids, labels, logits, CLASSES,
+                     {"stream": "temporal", "split": 1, "subset": subset.split("_")[0], "checkpoint": ckpt,
+                      "checkpoint_epoch": epoch})
+    moved = run("--scores", f"temporal={paths['test']}", "--val", f"temporal={paths['val']}",
+                "--out", tmp_path / "moved")
+    assert moved.exit_code == 0, moved.output
+    res = run("--scores", f"temporal={paths['test']}", "--val", f"temporal={paths['val_other']}",
+              "--out", tmp_path / "mixed")
+    refused(res, f"temporal: the validation scores ({paths['val_other']}) come from checkpoint "
+                 "/laptop/runs_b/temporal-split1/checkpoint_best.pt (epoch 2)", "--subset both")

@@ -245,6 +245,31 @@ def test_a_rerun_with_other_settings_is_refused(reference, synth_store, ref_conf
     assert "other settings (lr: 0.02 in the run, 0.5 now)" in result.output and "--fresh" in result.output
 
 
+def test_a_second_job_on_a_run_directory_and_a_foreign_checkpoint_are_refused(reference, synth_store, ref_config,
+                                                                              tmp_path):
+    import shutil
+
+    from data_manifest.atomic import exclusive_lock
+
+    run_dir, _ = reference
+    before = {name: (run_dir / name).read_bytes() for name in ("scores_test.npz", "checkpoint_last.pt")}
+    with exclusive_lock(run_dir / ".trainer.lock"):  # as if another trainer were writing there
+        for args in (["run", "temporal", "--config", str(ref_config)], ["test", "temporal"]):
+            busy = CliRunner().invoke(main, [*args, "--data", str(synth_store), "--out", str(run_dir.parent),
+                                             "--no-progress"])
+            assert busy.exit_code == 1, busy.output
+            assert "another trainer (pid " in busy.output and str(run_dir) in busy.output
+    other = tmp_path / "runs_b" / "temporal-split1"
+    other.mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoint_best.pt", other / "checkpoint_best.pt")
+    foreign = CliRunner().invoke(main, ["test", "temporal", "--data", str(synth_store), "--out",
+                                        str(run_dir.parent), "--checkpoint", str(other / "checkpoint_best.pt"),
+                                        "--no-progress"])
+    assert foreign.exit_code == 1, foreign.output
+    assert "is not a checkpoint of" in foreign.output and "--out DIR" in foreign.output
+    assert {name: (run_dir / name).read_bytes() for name in before} == before  # nothing was overwritten
+
+
 def test_missing_imagenet_weights_stop_before_training(synth_store, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     result = CliRunner().invoke(main, ["run", "temporal", "--data", str(synth_store), "--out", str(tmp_path),

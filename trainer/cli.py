@@ -56,7 +56,8 @@ def _common(f):
     f = click.option("--split", type=int, default=None, help="Split 1..3 of the train/test lists.  [default: 1]")(f)
     f = click.option("--data", default=None, help="Flow store from `flowprep extract`.  [default: flows.h5]")(f)
     f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Override one config key (repeatable), e.g. --set lr=0.001 --set arch=resnet18.")(f)
+                     help="Override one config key (repeatable): any key for run and config (e.g. --set "
+                     "lr=0.001 --set arch=resnet18), test-time keys for test (e.g. --set test_frames=19).")(f)
     return f
 
 
@@ -105,6 +106,9 @@ def run(stream, config, sets, data, split, out, resume, fresh, no_test, no_progr
 @click.option("--no-progress", is_flag=True)
 def test(stream, sets, data, split, out, checkpoint, subset, no_progress):
     """Test protocol: per video N frames or stacks x 10 crops; raw logits of every view -> scores_SUBSET.npz.
+
+    The scores go to OUT/STREAM-splitK; a --checkpoint of another run is refused there when that folder
+    holds checkpoints of its own (pass --out to give it a folder of its own).
 
     Only test-time keys can be --set (data, test_frames, test_crops, test_crop_scale, test_batch, workers,
     device, precision, channels_last, compile, missing_videos); the rest comes from the checkpoint.

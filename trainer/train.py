@@ -7,6 +7,7 @@ the same global batch. Learning-rate schedules count these iterations.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -27,6 +28,8 @@ from trainer.evaluation import (accuracy, autocast, evaluate, model_to_memory_fo
 from trainer.models import build_model, param_groups, saved_init, set_train_mode
 
 log = logging.getLogger("trainer")
+
+LOCK = ".trainer.lock"  # in the run directory, held by rank 0 while a job writes there
 
 
 def say(env: Env, message: str) -> None:
@@ -192,11 +195,34 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, fresh: bool =
     env = setup(cfg.device)
     clean = False
     try:
-        result = _run(cfg, env, resume, fresh, test, progress)
+        with _run_lock(cfg, env):
+            result = _run(cfg, env, resume, fresh, test, progress)
         clean = True
         return result
     finally:
         teardown(env, clean)
+
+
+@contextlib.contextmanager
+def _run_lock(cfg: TrainConfig, env: Env):
+    """Rank 0 holds an flock on RUN_DIR/.trainer.lock while the job writes there: a second `trainer run` or
+    `trainer test` on the same run directory fails at once instead of training over the first one's files.
+    The kernel drops the lock when its holder dies, even by SIGKILL, so a killed run can be re-run."""
+    from data_manifest.atomic import LockHeld, exclusive_lock
+
+    if not env.is_main:
+        yield
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(cfg.run_dir / LOCK))
+        except LockHeld as exc:
+            raise TrainerError(f"another trainer (pid {exc.holder}) is writing {cfg.run_dir}; wait for it to "
+                               "finish or stop it (a killed run resumes), or choose another --out") from None
+        except OSError as exc:
+            raise TrainerError(f"cannot write {cfg.run_dir}: {exc.strerror or exc}; choose an --out you can "
+                               "write to") from exc
+        yield
 
 
 def _resume_source(cfg: TrainConfig, env: Env, resume, fresh: bool) -> Path | None:
@@ -458,13 +484,29 @@ def test(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, which=("
     clean = False
     try:
         path = Path(checkpoint) if checkpoint else cfg.run_dir / ckpt.BEST
+        _check_foreign_checkpoint(cfg, path)
         if env.is_main:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        result = test_run(cfg, env, path, which=which, progress=progress)
+        with _run_lock(cfg, env):
+            result = test_run(cfg, env, path, which=which, progress=progress)
         clean = True
         return result
     finally:
         teardown(env, clean)
+
+
+def _check_foreign_checkpoint(cfg: TrainConfig, checkpoint: Path) -> None:
+    """Refuse to write the scores of another run's checkpoint into a run directory that has its own: they
+    would replace that run's scores, and fusion would then learn weights on one model's validation scores
+    and apply them to another's test scores."""
+    run_dir = cfg.run_dir.resolve()
+    if Path(checkpoint).resolve().parent == run_dir:
+        return
+    own = [name for name in (ckpt.BEST, ckpt.LAST) if (run_dir / name).exists()]
+    if own:
+        raise CheckpointError(f"{checkpoint} is not a checkpoint of {cfg.run_dir}, which holds its own "
+                              f"({', '.join(own)}): its scores would replace that run's; pass --out DIR to "
+                              "write them into a run directory of their own")
 
 
 def resolve_test_config(stream: str, checkpoint: Path, out: str, overrides: dict[str, Any],

@@ -92,3 +92,18 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock_or(path: str | os.PathLike, busy, unwritable) -> Iterator[Path]:
+    """exclusive_lock, with the two ways of not getting it turned into the caller's own errors: ``busy(pid)``
+    when another process holds it, ``unwritable(oserror)`` when the lock file cannot be made. Errors raised
+    while the lock is held pass through unchanged."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(path))
+        except LockHeld as exc:
+            raise busy(exc.holder) from None
+        except OSError as exc:
+            raise unwritable(exc) from exc
+        yield Path(path)

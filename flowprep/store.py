@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data_manifest.atomic import LockHeld, atomic_write, exclusive_lock, fsync_dir
+from data_manifest.atomic import atomic_write, exclusive_lock_or, fsync_dir
 from flowprep.errors import OptionError, StoreError
 
 FORMAT = "flowprep-store/1"
@@ -198,15 +198,11 @@ def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
     """
     store = Path(store)
     path = store.with_name(store.name + ".lock")
-    with contextlib.ExitStack() as held:
-        try:  # only taking the lock is translated here, not what the caller does while holding it
-            held.enter_context(exclusive_lock(path))
-        except LockHeld as exc:
-            raise StoreError(f"another flowprep extract (pid {exc.holder}) is writing {store}; wait for it to "
-                             "finish or stop it, then re-run (a killed run resumes)") from None
-        except OSError as exc:
-            raise StoreError(f"cannot write {store}: {exc.strerror or exc} ({exc.filename or path}); "
-                             "choose an --out in a folder you can write to") from exc
+    busy = lambda pid: StoreError(f"another flowprep extract (pid {pid}) is writing {store}; wait for it "  # noqa: E731
+                                  "to finish or stop it, then re-run (a killed run resumes)")
+    unwritable = lambda exc: StoreError(f"cannot write {store}: {exc.strerror or exc} ({exc.filename or path}); "  # noqa: E731
+                                        "choose an --out in a folder you can write to")
+    with exclusive_lock_or(path, busy, unwritable):
         yield path
 
 

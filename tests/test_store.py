@@ -108,14 +108,7 @@ def test_unfinished_store_is_refused(tmp_path):
 
 
 def test_shards_read_as_one_store(tmp_path, manifest_text):
-    shards = []
-    for i, vids in enumerate([["a"], ["b", "c"]]):
-        parts = tmp_path / f"p{i}"
-        parts.mkdir()
-        for j, v in enumerate(vids):
-            _write_part(parts, v, 4 + j, j)
-        shards.append(assemble(tmp_path / f"s{i}.h5", sorted(parts.glob("*.h5")), None, CONFIG, manifest_text,
-                               vids, []))
+    shards = _two_shards(tmp_path, manifest_text)
     master = write_master(tmp_path / "all.h5", shards)
     with FlowStore(master) as store:
         assert store.video_ids == ["a", "b", "c"]

@@ -208,20 +208,16 @@ def _run_lock(cfg: TrainConfig, env: Env):
     """Rank 0 holds an flock on RUN_DIR/.trainer.lock while the job writes there: a second `trainer run` or
     `trainer test` on the same run directory fails at once instead of training over the first one's files.
     The kernel drops the lock when its holder dies, even by SIGKILL, so a killed run can be re-run."""
-    from data_manifest.atomic import LockHeld, exclusive_lock
+    from data_manifest.atomic import exclusive_lock_or
 
     if not env.is_main:
         yield
         return
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(exclusive_lock(cfg.run_dir / LOCK))
-        except LockHeld as exc:
-            raise TrainerError(f"another trainer (pid {exc.holder}) is writing {cfg.run_dir}; wait for it to "
-                               "finish or stop it (a killed run resumes), or choose another --out") from None
-        except OSError as exc:
-            raise TrainerError(f"cannot write {cfg.run_dir}: {exc.strerror or exc}; choose an --out you can "
-                               "write to") from exc
+    busy = lambda pid: TrainerError(f"another trainer (pid {pid}) is writing {cfg.run_dir}; wait for it to "  # noqa: E731
+                                    "finish or stop it (a killed run resumes), or choose another --out")
+    unwritable = lambda exc: TrainerError(f"cannot write {cfg.run_dir}: {exc.strerror or exc}; choose an "  # noqa: E731
+                                          "--out you can write to")
+    with exclusive_lock_or(cfg.run_dir / LOCK, busy, unwritable):
         yield
 
 

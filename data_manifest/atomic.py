@@ -60,12 +60,33 @@ class LockHeld(OSError):
         self.path, self.holder = path, holder
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the inherited lock descriptors. An flock belongs to the open file, which a
+    fork shares, so a child that outlived its parent (a DataLoader worker after the parent's SIGKILL) would
+    otherwise keep the lock; closing the child's copy leaves the parent's lock as it is."""
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
     """Hold an flock on the file ``path`` (created, with this pid in it, removed on exit).
 
     The kernel drops the lock when its holder dies, even by SIGKILL, so a stale lock file never blocks a
-    later run. Raises LockHeld when another process holds it, OSError when the file cannot be created.
+    later run; forked children do not keep it (see _drop_inherited_locks), and the descriptor is not
+    inherited across exec. Raises LockHeld when another process holds it, OSError when the file cannot be
+    created.
     """
     import fcntl
 
@@ -85,12 +106,14 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
         except FileNotFoundError:
             pass
         os.close(fd)
+    _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield path
     finally:
         path.unlink(missing_ok=True)
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
 
 

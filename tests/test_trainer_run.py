@@ -253,7 +253,9 @@ def test_a_second_job_on_a_run_directory_and_a_foreign_checkpoint_are_refused(re
 
     run_dir, _ = reference
     before = {name: (run_dir / name).read_bytes() for name in ("scores_test.npz", "checkpoint_last.pt")}
-    with exclusive_lock(run_dir / ".trainer.lock"):  # as if another trainer were writing there
+    from trainer.train import lock_path
+
+    with exclusive_lock(lock_path(run_dir)):  # as if another trainer were writing there
         for args in (["run", "temporal", "--config", str(ref_config)], ["test", "temporal"]):
             busy = CliRunner().invoke(main, [*args, "--data", str(synth_store), "--out", str(run_dir.parent),
                                              "--no-progress"])

@@ -29,7 +29,7 @@ from trainer.models import build_model, param_groups, saved_init, set_train_mode
 
 log = logging.getLogger("trainer")
 
-LOCK = ".trainer.lock"  # in the run directory, held by rank 0 while a job writes there
+LOCK = ".{}.lock"  # beside the run directory (OUT/.STREAM-splitK.lock), held by rank 0 while a job writes it
 
 
 def say(env: Env, message: str) -> None:
@@ -203,11 +203,17 @@ def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, fresh: bool =
         teardown(env, clean)
 
 
+def lock_path(run_dir: Path) -> Path:
+    """The lock file of a run directory: OUT/.STREAM-splitK.lock."""
+    return run_dir.parent / LOCK.format(run_dir.name)
+
+
 @contextlib.contextmanager
 def _run_lock(cfg: TrainConfig, env: Env):
-    """Rank 0 holds an flock on RUN_DIR/.trainer.lock while the job writes there: a second `trainer run` or
-    `trainer test` on the same run directory fails at once instead of training over the first one's files.
-    The kernel drops the lock when its holder dies, even by SIGKILL, so a killed run can be re-run."""
+    """Rank 0 holds an flock on OUT/.STREAM-splitK.lock while the job writes the run directory: a second
+    `trainer run` or `trainer test` on it fails at once instead of training over the first one's files. The
+    kernel drops the lock when its holder dies, even by SIGKILL, so a killed run can be re-run. The lock
+    lives beside the run directory, so a run refused before it starts leaves no directory behind."""
     from data_manifest.atomic import exclusive_lock_or
 
     if not env.is_main:
@@ -217,7 +223,7 @@ def _run_lock(cfg: TrainConfig, env: Env):
                                     "finish or stop it (a killed run resumes), or choose another --out")
     unwritable = lambda exc: TrainerError(f"cannot write {cfg.run_dir}: {exc.strerror or exc}; choose an "  # noqa: E731
                                           "--out you can write to")
-    with exclusive_lock_or(cfg.run_dir / LOCK, busy, unwritable):
+    with exclusive_lock_or(lock_path(cfg.run_dir), busy, unwritable):
         yield
 
 

@@ -73,29 +73,25 @@ def _subdirs(d: Path) -> list[Path]:
         return []
 
 
+def _files(d: Path) -> tuple[list[str], list[str]]:
+    """Sorted names of the files in ``d``: (videos by their extension, the other visible files)."""
+    try:
+        with os.scandir(d) as it:
+            names = sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
+    except OSError:
+        return [], []
+    return [n for n in names if is_video_name(n)], [n for n in names if not is_video_name(n)]
+
+
 def _video_names(d: Path) -> list[str]:
-    try:
-        with os.scandir(d) as it:
-            return sorted(e.name for e in it if is_video_name(e.name) and e.is_file())
-    except OSError:
-        return []
-
-
-def _other_files(d: Path) -> list[str]:
-    """Names of the visible files in ``d`` that are not videos by their extension."""
-    try:
-        with os.scandir(d) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".") and not is_video_name(e.name)
-                          and e.is_file())
-    except OSError:
-        return []
+    return _files(d)[0]
 
 
 def _other_extension_hint(missing: list[str], disk: set[str]) -> str:
     """'; N of them exist with another extension (...)' when the split files name .avi and disk holds .mp4."""
-    by_stem = {PurePosixPath(r).with_suffix("").as_posix(): r for r in disk}
-    found = [(m, by_stem[PurePosixPath(m).with_suffix("").as_posix()]) for m in missing
-             if PurePosixPath(m).with_suffix("").as_posix() in by_stem]
+    stem = lambda rel: PurePosixPath(rel).with_suffix("").as_posix()  # noqa: E731
+    by_stem = {stem(r): r for r in disk}
+    found = [(m, by_stem[stem(m)]) for m in missing if stem(m) in by_stem]
     if not found:
         return ""
     named, disk_name = found[0]
@@ -245,8 +241,9 @@ def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.P
     elif dataset == "hmdb51":
         table = load_hmdb51(sdir)
     video_root = _find_video_root(root)
-    on_disk = {d.name: _video_names(d) for d in _subdirs(video_root)}
-    skipped = tuple(f"{d.name}/{n}" for d in _subdirs(video_root) for n in _other_files(d))
+    listing = {d.name: _files(d) for d in _subdirs(video_root)}  # one directory scan per class folder
+    on_disk = {name: videos for name, (videos, _) in listing.items()}
+    skipped = tuple(f"{name}/{n}" for name, (_, others) in listing.items() for n in others)
     problems: list[str] = []
     if table is None:
         classes = tuple(c for c in sorted(on_disk) if on_disk[c])

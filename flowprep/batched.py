@@ -13,7 +13,6 @@ same as on the CPU path.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -56,7 +55,7 @@ def _decode(video: _Video, resize: Resize, config: dict[str, Any], parts_dir: st
 
     prev = None
     try:
-        source = source_record(video.path) if os.path.isfile(video.path) else {}
+        source = source_record(video.path)
         reader = VideoReader(video.path, resize)
         video.info = reader.info
         video.writer = PartWriter(parts_dir, video.video_id, config)

@@ -208,8 +208,12 @@ def iter_frames(path: str | os.PathLike, resize: Resize | None = None) -> Iterat
 
 
 def source_record(path: str | os.PathLike) -> dict:
-    """Size and modification time of a source file, recorded so a resumed run can tell it was replaced."""
-    st = os.stat(path)
+    """Size and modification time of a source file, recorded so a resumed run can tell it was replaced;
+    empty when there is no such file (opening it then fails with the reason)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
     return {"source_bytes": st.st_size, "source_mtime": st.st_mtime}
 
 

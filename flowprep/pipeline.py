@@ -20,7 +20,7 @@ from flowprep.errors import OptionError, StoreError, VideoError
 from flowprep.flow import ALGORITHMS, BACKENDS, OpenCVFlow, resolve_device, resolve_params
 from flowprep.quantize import DEFAULT_BOUND, ROUNDING_RULE, quantize
 from flowprep.store import (CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION,
-                            PartWriter, assemble, incompatibilities, part_key, part_result, read_contents,
+                            PartWriter, assemble, incompatibilities, part_key, part_record, part_result, read_contents,
                             read_header, started_marker, write_failure, writer_lock)
 
 # Tests only: the id of a video whose worker process calls os.abort(), standing in for a native crash in
@@ -213,7 +213,7 @@ def extract_video(path: str, video_id: str, parts_dir: str, config: dict[str, An
             _abort_for_tests()
         flow_fn = OpenCVFlow(config["algo"], **config["params"])
         size = None
-        source = source_record(path) if os.path.isfile(path) else {}
+        source = source_record(path)
         reader = VideoReader(path, resize)
         writer = PartWriter(parts_dir, video_id, config)
         for rgb in reader:
@@ -321,21 +321,16 @@ def _prepare_out(cfg: ExtractConfig, recorded: dict[str, Any], classes: list[str
                              "dataset's class folders")
     try:
         parts.mkdir(exist_ok=True)
-        cfg_file, classes_file = parts / "config.json", parts / "classes.json"
-        if cfg_file.exists():
-            diff = incompatibilities(json.loads(cfg_file.read_text()), recorded)
-            if diff:
-                raise StoreError(f"{parts} holds unfinished work made with other settings ({'; '.join(diff)}); "
-                                 "pass --overwrite to start over")
-        else:
-            cfg_file.write_text(json.dumps(recorded, indent=1, sort_keys=True))
-        if classes_file.exists():
-            change = _class_change(json.loads(classes_file.read_text()), classes)
-            if change:
-                raise StoreError(f"{parts} holds unfinished work for a dataset with other classes ({change}), "
-                                 "so its labels no longer match; pass --overwrite to start over")
-        else:
-            classes_file.write_text(json.dumps(classes))
+        # what the unfinished work was made with: its settings and its dataset's classes must still hold
+        for name, now, differ, what in (
+                ("config.json", recorded, lambda a, b: "; ".join(incompatibilities(a, b)), "made with other settings"),
+                ("classes.json", classes, _class_change, "for a dataset with other classes")):
+            file = parts / name
+            if not file.exists():
+                file.write_text(json.dumps(now, indent=1, sort_keys=True))
+            elif change := differ(json.loads(file.read_text()), now):
+                raise StoreError(f"{parts} holds unfinished work {what} ({change}); pass --overwrite to start "
+                                 "over")
         for tmp in parts.glob("*.tmp"):  # files of a killed run, never renamed, never counted
             tmp.unlink(missing_ok=True)
         for marker in parts.glob("*.started"):  # a killed run's; a crash is dealt with by the run that saw it
@@ -359,17 +354,6 @@ def _unchanged(record: dict[str, Any], entry, root: Path) -> bool:
         return (root / entry.path).stat().st_size == record["source_bytes"]
     except OSError:
         return False
-
-
-def _part_record(part: Path, video_id: str) -> dict[str, Any] | None:
-    """The record of a finished part file, or None when it cannot be read (it is then redone)."""
-    import h5py
-
-    try:
-        with h5py.File(part, "r") as f:
-            return json.loads(f["videos"][video_id].attrs["record"])
-    except Exception:  # a damaged part is not worth a stopped run: the video is extracted again
-        return None
 
 
 def _quiet_decoders() -> None:
@@ -421,7 +405,7 @@ def _extract_locked(cfg: ExtractConfig, manifest, expected: list[str], recorded:
         part = parts / f"{part_key(vid)}.h5"
         if not part.exists():
             continue
-        rec = _part_record(part, vid)
+        rec = part_record(parts, vid)
         if vid in keep or rec is None or not _unchanged(rec, by_id[vid], cfg.videos):
             part.unlink()  # already in the store (killed after assembly, before clean-up), damaged, or stale
         else:

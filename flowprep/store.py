@@ -173,14 +173,24 @@ def started_marker(parts_dir: str | os.PathLike, video_id: str) -> Path:
     return Path(parts_dir) / f"{part_key(video_id)}.started"
 
 
-def part_result(parts_dir: str | os.PathLike, video_id: str) -> dict[str, Any] | None:
-    """What the parts folder says about a video: {"ok", "frames", "flows", "reason"}, or None if nothing."""
+def part_record(parts_dir: str | os.PathLike, video_id: str) -> dict[str, Any] | None:
+    """The record of a video's finished part file, or None when there is none or it cannot be read."""
     import h5py
 
     part = Path(parts_dir) / f"{part_key(video_id)}.h5"
-    if part.exists():
+    if not part.exists():
+        return None
+    try:
         with h5py.File(part, "r") as f:
-            rec = json.loads(_str(f["videos"][video_id].attrs["record"]))
+            return json.loads(_str(f["videos"][video_id].attrs["record"]))
+    except Exception:  # a damaged part is not worth a stopped run: the caller redoes the video
+        return None
+
+
+def part_result(parts_dir: str | os.PathLike, video_id: str) -> dict[str, Any] | None:
+    """What the parts folder says about a video: {"ok", "frames", "flows", "reason"}, or None if nothing."""
+    rec = part_record(parts_dir, video_id)
+    if rec is not None:
         return {"ok": True, "frames": rec["num_frames"], "flows": rec["num_flows"], "reason": ""}
     failed = Path(parts_dir) / f"{part_key(video_id)}.failed.json"
     if failed.exists():
@@ -216,15 +226,20 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return attrs
 
 
+def _contents(f) -> dict[str, Any]:
+    """What an open store file holds besides the data: manifest text, expected ids, failures, records."""
+    failures = [json.loads(line) for line in _str(f["failures"][()]).splitlines() if line.strip()]
+    return {"manifest": _str(f["manifest"][()]), "expected_ids": [_str(v) for v in f["expected_ids"][()]],
+            "failures": failures,
+            "records": {vid: json.loads(_str(g.attrs["record"])) for vid, g in f["videos"].items()}}
+
+
 def read_contents(path: str | os.PathLike) -> dict[str, Any]:
-    """What a finished store file holds besides the data: manifest text, expected ids, failures, records."""
+    """_contents of the store file ``path``."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        failures = [json.loads(line) for line in _str(f["failures"][()]).splitlines() if line.strip()]
-        return {"manifest": _str(f["manifest"][()]), "expected_ids": [_str(v) for v in f["expected_ids"][()]],
-                "failures": failures,
-                "records": {vid: json.loads(_str(g.attrs["record"])) for vid, g in f["videos"].items()}}
+        return _contents(f)
 
 
 def incompatibilities(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -417,16 +432,16 @@ class FlowStore:
         """Config, manifest, expected ids, failures and records of the open store file number ``i``."""
         file = self.files[i]
         configs.append(json.loads(_str(f.attrs["config"])))
+        contents = _contents(f)
         if i == 0:
-            self._manifest_text = _str(f["manifest"][()])
-        self.expected_ids += [_str(v) for v in f["expected_ids"][()]]
-        text = _str(f["failures"][()])
-        self.failures += [json.loads(line) for line in text.splitlines() if line.strip()]
-        for vid, group in f["videos"].items():
+            self._manifest_text = contents["manifest"]
+        self.expected_ids += contents["expected_ids"]
+        self.failures += contents["failures"]
+        for vid, record in contents["records"].items():
             if vid in self._where:
                 raise StoreError(f"video {vid!r} is in both {self.files[self._where[vid]]} and {file}")
             self._where[vid] = i
-            self._records[vid] = json.loads(_str(group.attrs["record"]))
+            self._records[vid] = record
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> "FlowStore":
@@ -548,12 +563,10 @@ class FlowStore:
                                  "does not decode; run `flowprep verify` and re-extract that video")
             if kind == "rgb":
                 cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
-            elif planes:  # stored side by side (H, 2W): x | y; row copies, no interleaving
-                out[k, 0] = img[:, :w]
-                out[k, 1] = img[:, w:]
-            else:
-                out[k, :, :, 0] = img[:, :w]
-                out[k, :, :, 1] = img[:, w:]
+            else:  # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
+                field = out[k] if planes else out[k].transpose(2, 0, 1)  # (2, H, W) view
+                field[0] = img[:, :w]
+                field[1] = img[:, w:]
         return out
 
     def read_rgb(self, video_id: str, indices) -> np.ndarray:

@@ -105,9 +105,9 @@ def check_meta(streams: Sequence[tuple[str, Scores]], subset: str, split: int | 
 
 
 def _same_checkpoint(a: dict, b: dict) -> bool:
-    """Whether two score files' meta name the same checkpoint. Paths are compared by their last two parts
-    (run directory and file) with the epoch, so a runs folder moved to another machine still matches; files
-    that do not record a checkpoint (other tools) are not compared."""
+    """Whether two score files' meta name the same checkpoint. Paths are compared by their last three parts
+    (runs folder, run directory, file) with the epoch, so a runs folder moved to another machine still
+    matches; files that do not record a checkpoint (other tools) are not compared."""
     if not a.get("checkpoint") or not b.get("checkpoint"):
         return True
     pa, pb = Path(str(a["checkpoint"])), Path(str(b["checkpoint"]))

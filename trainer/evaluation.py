@@ -57,18 +57,13 @@ def autocast(env: Env, precision: str):
     return torch.autocast(env.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def memory_format(cfg: TrainConfig, env: Env):
-    """channels_last (channels_last_3d for clip models) on CUDA when cfg.channels_last, else None."""
+def model_to_memory_format(model, cfg: TrainConfig, env: Env):
+    """The model in channels_last (channels_last_3d for clip models) on CUDA when cfg.channels_last."""
     import torch
 
     if cfg.channels_last and env.cuda:
-        return torch.channels_last_3d if cfg.is_clip else torch.channels_last
-    return None
-
-
-def model_to_memory_format(model, cfg: TrainConfig, env: Env):
-    fmt = memory_format(cfg, env)
-    return model if fmt is None else model.to(memory_format=fmt)
+        return model.to(memory_format=torch.channels_last_3d if cfg.is_clip else torch.channels_last)
+    return model
 
 
 def to_memory_format(x, cfg: TrainConfig, env: Env):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,10 +164,8 @@ def _check(path: Path, ids: np.ndarray, labels: np.ndarray, logits: np.ndarray, 
     if names.shape != (c,):
         raise ScoreFileError(f"{path}: {c} classes in logits but class_names of shape {names.shape}")
     for key, values in (("video ids", ids), ("class names", names)):
-        if len(set(values.tolist())) != len(values):
-            seen, dup = set(), []
-            for x in values.tolist():
-                (dup.append(x) if x in seen else seen.add(x))
+        dup = [x for x, n in Counter(values.tolist()).items() if n > 1]
+        if dup:
             raise ScoreFileError(f"{path}: duplicate {key} {dup[:5]}; each must appear once")
     if v and (labels.min() < 0 or labels.max() >= c):
         raise ScoreFileError(f"{path}: labels must lie in [0, {c}), got {labels.min()}..{labels.max()}")

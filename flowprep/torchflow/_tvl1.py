@@ -197,10 +197,10 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
     l_t, taut, theta32 = _f32(lambda_ * theta), _f32(tau / theta), _f32(theta)
     i1x, i1y = centered_gradient(i1)
     stack = torch.stack([i1, i1x, i1y], dim=1)  # (B, 3, H, W)
-    u1, u2 = u[0].contiguous().clone(), u[1].contiguous().clone()
+    u1, u2 = (c.clone(memory_format=torch.contiguous_format) for c in u[:2])
     spare1, spare2 = torch.empty_like(u1), torch.empty_like(u2)  # median5 writes here, then they swap
     p = tuple(torch.zeros_like(i0) for _ in range(4))  # dual variables live across warps
-    partial = torch.zeros(b, -(-h * w // _tvl1_fused.BLOCK), dtype=torch.float64, device=i0.device)
+    partials = torch.zeros(b, -(-h * w // _tvl1_fused.BLOCK), dtype=torch.float64, device=i0.device)
     active = torch.ones(b, dtype=torch.int32, device=i0.device)
     table = ops.cubic_table(i0.device)
     ix, iy, grad, rho_c = (torch.empty_like(i0) for _ in range(4))  # the warp's constants
@@ -225,9 +225,9 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
                         counts["medians"] += active
                 if stats is not None:
                     counts["iterations"] += active
-                run.primal(ix, iy, grad, rho_c, u1, u2, p, active, partial, l_t, theta32)
+                run.primal(ix, iy, grad, rho_c, u1, u2, p, active, partials, l_t, theta32)
                 run.dual(u1, u2, p, active, taut)
-                run.converged(partial, active, scaled_eps)
+                run.converged(partials, active, scaled_eps)
                 n_done += 1
             if finished:
                 break

@@ -24,6 +24,7 @@ import numpy as np
 
 from flowprep.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
+from flowprep.quantize import quantize
 from flowprep.store import PartWriter, encode_jpeg, write_failure
 
 _END = object()
@@ -76,14 +77,6 @@ def _decode(video: _Video, resize: Resize, config: dict[str, Any], parts_dir: st
     except Exception as exc:  # one broken video must not end the run
         video.error = f"{video.path}: {type(exc).__name__}: {exc}"
     out.put((video, _END, None))
-
-
-def _quantize_torch(flow, bound: float):
-    """Same rule and arithmetic as flowprep.quantize (float64), on the device: (B, H, W, 2) float -> uint8."""
-    import torch
-
-    v = torch.nan_to_num(flow.double(), nan=0.0).clamp(-bound, bound)
-    return (torch.floor(v * 255.0 / (2.0 * bound)) + 128.0).clamp(0, 255).to(torch.uint8)
 
 
 def run_device(items: list[tuple[str, str, str]], parts_dir: str, config: dict[str, Any], resize: Resize,
@@ -195,7 +188,7 @@ def run_device(items: list[tuple[str, str, str]], parts_dir: str, config: dict[s
             with torch.inference_mode():
                 flow = torchflow.compute_flow_batch(prev, nxt, algo=algo, device=device, **params)  # (B, H, W, 2)
                 clipped = (flow.abs() >= bound).flatten(1).sum(1).cpu().numpy()
-                q = _quantize_torch(flow, bound).cpu().numpy()
+                q = quantize(flow, bound).cpu().numpy()
             written.put(("fields", group, q, clipped, (time.perf_counter() - t) / len(group)))
         for video in closing:
             written.put(("finish", video))

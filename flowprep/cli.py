@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from flowprep.errors import FlowprepError, OptionError
+from flowprep.params import ALGORITHMS
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -57,7 +58,7 @@ def main() -> None:
               help="Dataset folder: <Class>/<video> files, with UCF101 or HMDB51 split files if present.")
 @click.option("--out", default="flows.h5", show_default=True, type=click.Path(path_type=Path),
               help="Store file to write (with --shard, one file per shard beside it).")
-@click.option("--algo", type=click.Choice(["tvl1", "farneback"]), default="tvl1", show_default=True)
+@click.option("--algo", type=click.Choice(list(ALGORITHMS)), default="tvl1", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Flow parameter override, e.g. --param warps=3 (see `flowprep params`).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
@@ -203,13 +204,13 @@ def merge(shards, out, partial):
 
 
 @main.command()
-@click.option("--algo", type=click.Choice(["tvl1", "farneback"]), default="tvl1")
+@click.option("--algo", type=click.Choice(list(ALGORITHMS)), default="tvl1", show_default=True)
 def params(algo):
     """The flow parameters of an algorithm, their defaults and the values --param accepts."""
-    from flowprep.flow import DEFAULTS, PARAM_RULES
+    from flowprep.params import describe
 
-    for key, value in DEFAULTS[algo].items():
-        click.echo(f"{key}={value}".ljust(24) + f"# {type(value).__name__}, {PARAM_RULES[algo][key][1]}")
+    for line in describe(algo):
+        click.echo(line)
 
 
 if __name__ == "__main__":

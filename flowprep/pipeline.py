@@ -17,7 +17,8 @@ import numpy as np
 from flowprep import __version__
 from flowprep.decode import INTERPOLATION, Resize, VideoReader, source_record
 from flowprep.errors import OptionError, StoreError, VideoError
-from flowprep.flow import ALGORITHMS, BACKENDS, OpenCVFlow, resolve_device, resolve_params
+from flowprep.flow import OpenCVFlow, resolve_device
+from flowprep.params import ALGORITHMS, BACKENDS, resolve_params
 from flowprep.quantize import DEFAULT_BOUND, ROUNDING_RULE, quantize
 from flowprep.store import (CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION,
                             PartWriter, assemble, incompatibilities, part_key, part_record, part_result, read_contents,
@@ -28,6 +29,7 @@ from flowprep.store import (CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LA
 ABORT_HOOK = "FLOWPREP_TEST_ABORT_VIDEO"
 # FFmpeg prints a line per damaged packet into the progress bar; a failed video's reason is recorded anyway.
 # Set these variables yourself to see the decoder's messages again (e.g. OPENCV_FFMPEG_LOGLEVEL=24).
+OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
 QUIET_DECODER_ENV = {"OPENCV_FFMPEG_LOGLEVEL": "-8", "OPENCV_LOG_LEVEL": "ERROR"}
 
 
@@ -65,7 +67,7 @@ class ExtractConfig:
         """Check every option before any file is touched; OptionError names the option and what it allows."""
         if self.algo not in ALGORITHMS:
             raise OptionError(f"unknown --algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
-        resolve_params(self.algo, self.params)
+        resolve_params(self.algo, self.params, backend=self.resolved_backend)
         if self.codec not in CODECS:
             raise OptionError(f"unknown --codec {self.codec!r}; choose one of {', '.join(CODECS)}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -121,7 +123,7 @@ class ExtractConfig:
     def implementation(self) -> str:
         """Which code computed the flow: it is part of what must agree on resume and merge."""
         if self.resolved_backend == "opencv":
-            return f"opencv-{'DualTVL1' if self.algo == 'tvl1' else 'calcOpticalFlowFarneback'}-cpu"
+            return f"opencv-{OPENCV_NAMES[self.algo]}-cpu"
         return f"flowprep-torch-{self.algo}-{self.resolved_device}"
 
     def recorded(self) -> dict[str, Any]:

@@ -20,12 +20,21 @@ def _check_bound(bound: float) -> float:
     return bound
 
 
-def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """float flow (any shape, pixels) -> uint8 of the same shape; NaN maps to 128 (zero motion)."""
+def quantize(flow, bound: float = DEFAULT_BOUND):
+    """float flow (any shape, pixels) -> uint8 of the same shape; NaN maps to 128 (zero motion).
+
+    ``flow`` is a numpy array (result: numpy) or a torch tensor (result: a uint8 tensor on its device, so
+    the device path quantises where the flow was computed); the arithmetic is the same float64 for both.
+    """
     bound = _check_bound(bound)
     # In float32 the product rounds to 24 bits and about one value in 1e5 lands one step off the formula.
     # float64 holds v * 255 exactly for float32 flow, and 255 (v + b) / (2b) + 0.5 = 255 v / (2b) + 128 keeps
     # tiny negative values below 128 (adding b first would round them up). Costs ~0.6 ms per 340x256 field.
+    if type(flow).__module__.startswith("torch"):
+        import torch
+
+        v = torch.nan_to_num(flow.double(), nan=0.0).clamp(-bound, bound)
+        return (torch.floor(v * 255.0 / (2.0 * bound)) + 128.0).clamp(0, 255).to(torch.uint8)
     v = np.nan_to_num(np.asarray(flow, dtype=np.float64), nan=0.0)
     v = np.clip(v, -bound, bound)
     q = np.floor(v * 255.0 / (2.0 * bound)) + 128.0

@@ -72,13 +72,12 @@ def test_device_quantisation_is_the_cpu_rule_exactly():
     import torch
 
     from flowprep import quantize
-    from flowprep.batched import _quantize_torch
 
     k = np.arange(1, 256)
     edges = ((k - 0.5) * 40 / 255 - 20).astype(np.float32)  # the rounding boundaries for bound 20
     values = np.concatenate([np.nextafter(edges, np.float32(-1e9)), edges, np.nextafter(edges, np.float32(1e9)),
                              np.float32([0.0, -1e-45, np.nan, 25.0, -np.inf])])
-    assert np.array_equal(_quantize_torch(torch.from_numpy(values), 20.0).numpy(), quantize(values, 20.0))
+    assert np.array_equal(quantize(torch.from_numpy(values), 20.0).numpy(), quantize(values, 20.0))
 
 
 def test_torch_backend_jpeg_writer_keeps_every_field_in_order(two_stores, tmp_path):

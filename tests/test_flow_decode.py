@@ -7,7 +7,8 @@ import pytest
 from flowprep import FlowprepError, VideoError, compute_flow
 from flowprep.decode import MIN_DURATION_COVERED, Resize, VideoReader, parse_size, truncation_problem
 from flowprep.errors import OptionError
-from flowprep.flow import OpenCVFlow, resolve_params
+from flowprep.flow import OpenCVFlow
+from flowprep.params import resolve_params
 from tests.videos import announce_frames, damage, moving_video, shifted_frames, truncate, write_video
 
 
@@ -205,3 +206,46 @@ def test_an_avi_announcing_two_frames_too_many_is_accepted_and_recorded(tmp_path
     assert reader.count_record() == {"announced_frames": 22, "count_check": "exact", "short_by": 2}
     with pytest.raises(VideoError, match="decoded 20 of the 23 frames"):
         list(VideoReader(announce_frames(path, 23)))
+
+
+@pytest.mark.parametrize("preset,cv_preset", [("ultrafast", 0), ("fast", 1), ("medium", 2)])
+def test_dis_equals_opencv_called_directly(preset, cv_preset):
+    import cv2
+
+    f0, f1 = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in shifted_frames(2, 96, 72, 1.5, -0.5))
+    ref = cv2.DISOpticalFlow_create(cv_preset).calc(f0, f1, None)
+    assert np.array_equal(compute_flow(f0, f1, algo="dis", preset=preset), ref)
+    if preset == "medium":  # the default preset
+        assert np.array_equal(compute_flow(f0, f1, algo="dis"), ref)
+
+
+def test_dis_parameters_override_their_preset_and_are_checked():
+    import cv2
+
+    p = resolve_params("dis", {"preset": "ultrafast", "patch_stride": "2", "use_spatial_propagation": "false"})
+    assert (p["finest_scale"], p["gradient_descent_iterations"], p["patch_stride"]) == (2, 12, 2)
+    assert p["use_spatial_propagation"] is False and p["preset"] == "ultrafast"
+    f0, f1 = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in shifted_frames(2, 96, 72, 1.0, 1.0))
+    dis = cv2.DISOpticalFlow_create(0)
+    dis.setPatchStride(2)
+    dis.setUseSpatialPropagation(False)
+    assert np.array_equal(OpenCVFlow("dis", **p)(f0, f1), dis.calc(f0, f1, None))
+    # values that crash OpenCV's DIS (abort or SIGFPE) are refused before it sees them
+    for bad, message in [({"patch_size": 1}, "patch_size=1 is out of range"),
+                         ({"patch_stride": 0}, "patch_stride=0 is out of range"),
+                         ({"patch_stride": 9}, "patch_stride must not exceed patch_size"),
+                         ({"finest_scale": -1}, "finest_scale=-1 is out of range"),
+                         ({"variational_refinement_epsilon": 0}, "variational_refinement_epsilon=0.0 is out"),
+                         ({"preset": "slow"}, "choose one of ultrafast, fast, medium"),
+                         ({"use_mean_normalization": "maybe"}, "is not true or false")]:
+        with pytest.raises(OptionError, match=re.escape(message)):
+            resolve_params("dis", bad)
+
+
+def test_a_backend_restriction_is_checked_with_the_table():
+    assert resolve_params("tvl1", {"median_filtering": 3}, backend="opencv")["median_filtering"] == 3
+    with pytest.raises(OptionError, match="median_filtering=3 is out of range: must be 0 or 1 .* or 5 with "
+                                          "--backend torch"):
+        resolve_params("tvl1", {"median_filtering": 3}, backend="torch")
+    with pytest.raises(OptionError, match="dis runs with --backend opencv, not torch"):
+        resolve_params("dis", {}, backend="torch")

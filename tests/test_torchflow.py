@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowprep import torchflow
+from flowprep import quantize, torchflow
 from flowprep.flow import OpenCVFlow
 from flowprep.torchflow import ops, parity
 
@@ -118,7 +118,7 @@ def test_compare_flows_by_hand():
     assert got["within_0.5"] == pytest.approx(3 / 4)  # 0.5 counts, the clipped pixel does not
     # quantised: 0 -> 128, 0.5 -> floor(130.6875 + 0.5) = 131, 0.2 -> floor(128.775 + 0.5) = 129,
     # 25 -> 255, -25 -> 0: 4 of 8 values are identical, 5 of 8 within one level
-    assert parity.quantize20(np.float32([0.0, 0.5, 0.2, 25.0, -25.0])).tolist() == [128, 131, 129, 255, 0]
+    assert quantize(np.float32([0.0, 0.5, 0.2, 25.0, -25.0])).tolist() == [128, 131, 129, 255, 0]
     assert got["u8_equal"] == pytest.approx(4 / 8)
     assert got["u8_within1"] == pytest.approx(5 / 8)
 
@@ -235,7 +235,8 @@ def test_api_shapes_devices_and_inputs():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda p, n: torchflow.compute_flow_batch(p, n, algo="dis"), "unknown flow algorithm"),
+    (lambda p, n: torchflow.compute_flow_batch(p, n, algo="horn"), "unknown flow algorithm"),
+    (lambda p, n: torchflow.compute_flow_batch(p, n, algo="dis"), "dis runs with --backend opencv"),
     (lambda p, n: torchflow.tvl1(p, n[:, :-1]), "differ in shape"),
     (lambda p, n: torchflow.tvl1(p, n, iterations=3), "unknown tvl1 parameter"),
     (lambda p, n: torchflow.tvl1(p, n, median_filtering=3), "median_filtering"),

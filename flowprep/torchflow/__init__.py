@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowprep.errors import FlowprepError
-from flowprep.flow import FARNEBACK_DEFAULTS, PARAM_RULES, TVL1_DEFAULTS
+from flowprep.errors import FlowprepError, OptionError
+from flowprep.params import FARNEBACK, TVL1, resolve_params
 
 __all__ = ["compute_flow_batch", "tvl1", "farneback", "TorchFlowError", "TVL1_PARAMS", "FARNEBACK_PARAMS"]
 
-# Accepted parameters and OpenCV's defaults: the ones flowprep.flow defines and resolves.
-TVL1_PARAMS: dict[str, Any] = TVL1_DEFAULTS
-FARNEBACK_PARAMS: dict[str, Any] = FARNEBACK_DEFAULTS
+# Accepted parameters and OpenCV's defaults: those of flowprep.params, the one parameter table.
+TVL1_PARAMS: dict[str, Any] = TVL1.defaults()
+FARNEBACK_PARAMS: dict[str, Any] = FARNEBACK.defaults()
 # Execution options of TV-L1 that do not change the result on CPU (see tvl1()).
 TVL1_OPTIONS = ("sync_every", "compile", "lazy_sync", "fused")
 _FUSED_FAILED: list[str] = []  # why the fused kernels could not run here, once they failed (auto mode only)
@@ -73,21 +73,15 @@ def _pair(prev: Any, nxt: Any, device: Any) -> tuple[torch.Tensor, torch.Tensor,
     return p, n, p_int
 
 
-def _check_params(params: dict[str, Any], known: dict[str, Any], options: tuple[str, ...], algo: str
-                  ) -> dict[str, Any]:
-    params = dict(params)
-    if "lambda" in params:
-        params["lambda_"] = params.pop("lambda")
-    unknown = sorted(set(params) - set(known) - set(options))
-    if unknown:
-        raise TorchFlowError(f"unknown {algo} parameter(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(known))}")
-    for key, value in params.items():  # the ranges flowprep.flow allows for OpenCV hold here too
-        if key in PARAM_RULES[algo]:
-            ok, allowed = PARAM_RULES[algo][key]
-            if not ok(value):
-                raise TorchFlowError(f"{algo} parameter {key}={value!r} is out of range: must be {allowed}")
-    return params
+def _check_params(params: dict[str, Any], options: tuple[str, ...], algo: str) -> dict[str, Any]:
+    """Execution ``options`` as given, and the flow parameters resolved by flowprep.params for the torch
+    backend (the same table, ranges and restrictions as `flowprep extract`)."""
+    given = {k: v for k, v in params.items() if k not in options}
+    try:
+        resolved = resolve_params(algo, given, backend="torch")
+    except OptionError as exc:
+        raise TorchFlowError(str(exc)) from None
+    return resolved | {k: v for k, v in params.items() if k in options}
 
 
 def tvl1(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any) -> torch.Tensor:
@@ -105,9 +99,7 @@ def tvl1(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any)
     of ~50 (on CPU only under Triton's interpreter, TRITON_INTERPRET=1, for tests). If the kernels fail to compile in the default mode, a warning says why
     and the eager path runs instead.
     """
-    params = _check_params(params, TVL1_PARAMS, TVL1_OPTIONS, "tvl1")
-    if params.get("median_filtering", 5) == 3:
-        raise TorchFlowError("median_filtering=3: only 5 (OpenCV's default) or 0/1 (off) are implemented")
+    params = _check_params(params, TVL1_OPTIONS, "tvl1")
     from flowprep.torchflow._tvl1 import tvl1_flow
 
     p, n, integer = _pair(prev, nxt, device)
@@ -164,7 +156,7 @@ def farneback(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params:
     params: pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags (0 or
     OPTFLOW_FARNEBACK_GAUSSIAN = 256); defaults in FARNEBACK_PARAMS.
     """
-    params = _check_params(params, FARNEBACK_PARAMS, (), "farneback")
+    params = _check_params(params, (), "farneback")
     from flowprep.torchflow._farneback import farneback_flow
 
     p, n, _ = _pair(prev, nxt, device)
@@ -182,4 +174,8 @@ def compute_flow_batch(prev: Any, nxt: Any, algo: str = "tvl1", device: str | to
         return tvl1(prev, nxt, device=device, **params)
     if algo == "farneback":
         return farneback(prev, nxt, device=device, **params)
-    raise TorchFlowError(f"unknown flow algorithm {algo!r}; choose tvl1 or farneback")
+    try:
+        resolve_params(algo, {}, backend="torch")  # names the algorithm's backends, or the known algorithms
+    except OptionError as exc:
+        raise TorchFlowError(str(exc)) from None
+    raise TorchFlowError(f"{algo} has no PyTorch implementation")

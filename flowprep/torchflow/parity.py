@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flowprep.quantize import quantize
+
 
 def _scene(x: np.ndarray, y: np.ndarray, rng_state: dict) -> np.ndarray:
     """Intensity of the scene at continuous coordinates (any shape), 0..255 float64."""
@@ -68,12 +70,6 @@ def synthetic_pair(height: int, width: int, seed: int = 0, shift: tuple[float, f
     return out[0], out[1], flow
 
 
-def quantize20(flow: np.ndarray, bound: float = 20.0) -> np.ndarray:
-    """The project's quantisation: floor(255 * (clip(v, -b, b) + b) / (2b) + 0.5) as uint8."""
-    v = np.clip(np.asarray(flow, dtype=np.float32), -bound, bound)
-    return np.floor((v + bound) * np.float32(255.0 / (2.0 * bound)) + np.float32(0.5)).astype(np.uint8)
-
-
 def compare_flows(a: np.ndarray, b: np.ndarray, bound: float = 20.0, margin: int = 0) -> dict[str, float]:
     """Parity figures between two (..., H, W, 2) flows.
 
@@ -87,8 +83,8 @@ def compare_flows(a: np.ndarray, b: np.ndarray, bound: float = 20.0, margin: int
         a = a[..., margin:-margin, margin:-margin, :]
         b = b[..., margin:-margin, margin:-margin, :]
     epe = np.sqrt(((a - b) ** 2).sum(-1))
-    qa = quantize20(a, bound).astype(np.int16)
-    qb = quantize20(b, bound).astype(np.int16)
+    qa = quantize(a, bound).astype(np.int16)
+    qb = quantize(b, bound).astype(np.int16)
     dq = np.abs(qa - qb)
     return {"epe": float(epe.mean()), "within_0.1": float((epe <= 0.1).mean()),
             "within_0.5": float((epe <= 0.5).mean()), "u8_equal": float((dq == 0).mean()),

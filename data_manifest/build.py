@@ -87,6 +87,26 @@ def _video_names(d: Path) -> list[str]:
     return _files(d)[0]
 
 
+def _links_leaving(root: Path, video_root: Path, listing: dict[str, tuple[list[str], list[str]]]) -> list[str]:
+    """"<Class>[/<video>] -> target" of the class folders and videos that are symbolic links resolving
+    outside ``root`` (a link inside it is as good as a file there)."""
+    top = root.resolve()
+
+    def leaves(path: Path) -> str | None:
+        if not path.is_symlink():
+            return None
+        target = path.resolve()
+        return None if target == top or top in target.parents else str(target)
+
+    found = []
+    for name, (videos, _) in listing.items():
+        if target := leaves(video_root / name):
+            found.append(f"{name} -> {target}")
+            continue  # the videos inside a linked folder leave with it
+        found += [f"{name}/{v} -> {t}" for v in videos if (t := leaves(video_root / name / v))]
+    return found
+
+
 def _other_extension_hint(missing: list[str], disk: set[str]) -> str:
     """'; N of them exist with another extension (...)' when the split files name .avi and disk holds .mp4."""
     stem = lambda rel: PurePosixPath(rel).with_suffix("").as_posix()  # noqa: E731
@@ -227,7 +247,7 @@ def _cross_check(table: SplitTable, on_disk: dict[str, list[str]], video_root: P
 
 
 def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.PathLike | None = None,
-          *, allow_missing: bool = False) -> tuple[Manifest, BuildInfo]:
+          *, allow_missing: bool = False, follow_symlinks: bool = False) -> tuple[Manifest, BuildInfo]:
     """build_manifest, also returning where the videos and split files were found."""
     if dataset not in DATASETS:
         raise ManifestError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -245,6 +265,13 @@ def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.P
     on_disk = {name: videos for name, (videos, _) in listing.items()}
     skipped = tuple(f"{name}/{n}" for name, (_, others) in listing.items() for n in others)
     problems: list[str] = []
+    if links := _links_leaving(root, video_root, listing):
+        if not follow_symlinks:
+            raise ManifestError(f"{len(links)} class folders or videos in {video_root} are symbolic links leaving "
+                                f"the dataset folder ({_shown(links)}); pass --follow-symlinks (follow_symlinks="
+                                "True) to use them, or copy them in")
+        problems.append(f"{len(links)} class folders or videos are symbolic links leaving the dataset folder, "
+                        f"followed (--follow-symlinks): {_shown(links)}")
     if table is None:
         classes = tuple(c for c in sorted(on_disk) if on_disk[c])
         empty = sorted(c for c in on_disk if not on_disk[c])
@@ -272,11 +299,13 @@ def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.P
 
 
 def build_manifest(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.PathLike | None = None,
-                   *, allow_missing: bool = False) -> Manifest:
+                   *, allow_missing: bool = False, follow_symlinks: bool = False) -> Manifest:
     """Scan a dataset folder and its split files into a Manifest; raises ManifestError naming the file and fix.
 
     dataset: 'auto' (classInd.txt -> ucf101, *_test_split1.txt -> hmdb51, else folder) | 'ucf101' | 'hmdb51' |
     'folder' (<Class>/<video>, no splits). Videos named by split files but absent are an error unless
-    allow_missing, which leaves them out; other findings go to manifest.problems.
+    allow_missing, which leaves them out; other findings go to manifest.problems. Class folders and videos
+    that are symbolic links resolving outside ``root`` are an error unless follow_symlinks, which uses them
+    and lists them in manifest.problems (a link within ``root`` is used silently).
     """
-    return build(root, dataset, splits_dir, allow_missing=allow_missing)[0]
+    return build(root, dataset, splits_dir, allow_missing=allow_missing, follow_symlinks=follow_symlinks)[0]

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 from flowprep.errors import FlowprepError, OptionError, StoreError, VideoError  # noqa: E402
 from flowprep.flow import compute_flow, compute_flow_batch  # noqa: E402
 from flowprep.quantize import dequantize, quantize  # noqa: E402
-from flowprep.store import FlowStore  # noqa: E402
+from flowprep.store_reader import FlowStore  # noqa: E402
 
 __all__ = ["compute_flow", "compute_flow_batch", "quantize", "dequantize", "FlowStore", "FlowprepError",
            "OptionError", "StoreError", "VideoError", "__version__"]

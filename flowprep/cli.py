@@ -23,6 +23,27 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
+def quiet_decoders() -> None:
+    """Keep FFmpeg's per-packet warnings off this command's output (flowprep.decode.QUIET_DECODER_ENV): the
+    reason of a damaged video is recorded anyway. A setting the user made is kept."""
+    import cv2
+
+    from flowprep.decode import QUIET_DECODER_ENV
+
+    for key, value in QUIET_DECODER_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ["OPENCV_LOG_LEVEL"] == QUIET_DECODER_ENV["OPENCV_LOG_LEVEL"]:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # cv2 may be imported already
+
+
+def _interrupted(out: Path) -> click.ClickException:
+    """Ctrl-C: say what is kept and how to go on (exit status 130, as for SIGINT)."""
+    exc = click.ClickException(f"interrupted: the videos finished so far are kept in {out.name}.parts/; "
+                               "re-run the same command to resume where it stopped")
+    exc.exit_code = 130
+    return exc
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(p) for p in text.split("/"))
@@ -82,12 +103,16 @@ def main() -> None:
 @click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Folder with the split files, if not inside --videos.")
 @click.option("--allow-missing", is_flag=True, help="Extract what is on disk when split files name absent videos.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Use class folders and videos that are symbolic links leaving --videos (listed in the "
+                   "manifest's notes); without it they are refused.")
 @click.option("--overwrite", is_flag=True, help="Discard the existing store and unfinished work; start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
 def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, short_side, bound, codec,
-            jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, overwrite, no_progress, summary_json):
+            jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, follow_symlinks, overwrite, no_progress,
+            summary_json):
     """Extract RGB frames and flow of every video into one store. Re-run the same command to resume.
 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
@@ -113,10 +138,13 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
                             jobs=jobs if jobs is not None else os.cpu_count() or 1, shard=_parse_shard(shard),
                             dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
-                            overwrite=overwrite, progress=not no_progress)
+                            follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress)
+        quiet_decoders()
         summary = run_extract(cfg)
     except (FlowprepError, ManifestError) as exc:
         raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
     click.echo(summary_text(summary))
     if summary_json:
         summary_json.write_text(to_json(summary))
@@ -189,7 +217,8 @@ def merge(shards, out, partial):
     Every shard of the series (1/N .. N/N) must be given, each once, unless --partial. Exit status 1 when
     the shards do not fit together (other settings, overlap, missing shards), 2 on misuse.
     """
-    from flowprep.store import FlowStore, write_master
+    from flowprep.store_reader import FlowStore
+    from flowprep.store_writer import write_master
 
     try:
         path = write_master(out, shards, partial=partial)

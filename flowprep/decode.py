@@ -7,12 +7,20 @@ from typing import Iterator
 
 import numpy as np
 
+from flowprep.containers import container_cut
 from flowprep.errors import OptionError, VideoError
 
 DEFAULT_SIZE = (340, 256)  # (width, height), the two-stream convention
+MAX_SIDE = 8192  # frame sides accepted for --size / --short-side: 8K UHD video is 7680x4320
+# FFmpeg prints a line per damaged packet; a failed video's reason is recorded anyway. Worker processes run
+# with these variables, and `flowprep extract` sets them for itself; set them yourself to see the decoder's
+# messages again (e.g. OPENCV_FFMPEG_LOGLEVEL=24).
+QUIET_DECODER_ENV = {"OPENCV_FFMPEG_LOGLEVEL": "-8", "OPENCV_LOG_LEVEL": "ERROR"}
 INTERPOLATION = "INTER_LINEAR"  # cv2 flag used for resizing, recorded in every store
-# Truncation check: how far the frame count a container announces can be trusted depends on where it comes
-# from (measured on FFmpeg-made files cut at 50-95 %, damaged in the middle, and variable-frame-rate ones):
+# Truncation checks. First, at opening, the container's own chunk sizes (flowprep.containers: AVI, MP4/MOV,
+# MKV/WebM): a file shorter than they declare is cut, even inside its last frame or its index. Then, after
+# decoding, the frame count: how far the count a container announces can be trusted depends on where it
+# comes from (measured on FFmpeg-made files cut at 50-95 %, damaged in the middle, and variable-frame-rate ones):
 # - "exact": AVI (dwLength) and MP4/MOV/3GP (sample table) hold the real count. Real UCF101 AVIs announce
 #   1-2 frames more than decode, so a shortfall of max(2 frames, 1 %) is accepted; files cut at 95 % or
 #   with frames dropped mid-clip decode 4-6 of 75 frames fewer and are refused.
@@ -83,8 +91,9 @@ class Resize:
 
     def __post_init__(self):
         for v in (self.width, self.height, self.short_side):
-            if v is not None and v < 8:
-                raise OptionError(f"frame sides must be at least 8 pixels, got {v}")
+            if v is not None and not 8 <= v <= MAX_SIDE:
+                raise OptionError(f"frame sides must be 8 to {MAX_SIDE} pixels (8K UHD video is 7680x4320), "
+                                  f"got {v}")
         if self.short_side is None and (not self.width or not self.height):
             raise OptionError("give either a size WxH or a short side")
 
@@ -93,9 +102,10 @@ class Resize:
         if self.short_side is None:
             return int(self.width), int(self.height)
         s = self.short_side
+        long_side = lambda a, b: min(MAX_SIDE, max(8, int(round(a * s / b))))  # noqa: E731
         if src_w <= src_h:
-            return s, max(8, int(round(src_h * s / src_w)))
-        return max(8, int(round(src_w * s / src_h))), s
+            return s, long_side(src_h, src_w)
+        return long_side(src_w, src_h), s
 
     def describe(self) -> str:
         return f"short_side={self.short_side}" if self.short_side else f"{self.width}x{self.height}"
@@ -131,6 +141,9 @@ def open_video(path: str | os.PathLike):
         raise VideoError(f"{path}: empty file (0 bytes); re-download or remove it")
     if not os.access(path, os.R_OK):
         raise VideoError(f"{path}: not readable (permission denied); fix its permissions")
+    cut = container_cut(path)
+    if cut:
+        raise VideoError(f"{path}: truncated: {cut}; re-download or re-encode it")
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()

@@ -10,7 +10,7 @@ import numpy as np
 from flowprep.decode import EXACT_SLACK_FRAMES, EXACT_SLACK_SHARE, count_check_kind
 from flowprep.errors import OptionError, StoreError
 from flowprep.quantize import dequantize
-from flowprep.store import FlowStore
+from flowprep.store_reader import FlowStore
 
 SHOWN_SHORT = 10  # short videos named in `info` text before "... and N more"
 
@@ -82,32 +82,44 @@ def info_text(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+VERIFY_CHUNK = 64  # images decoded at a time by verify: memory stays bounded for long videos
+
+
 def verify(path: str | Path, progress: bool = False) -> list[str]:
-    """Re-read every record: checksums, counts, decodability. Returns the problems found (empty = good)."""
-    from tqdm import tqdm
+    """Re-read every record: checksums, counts, offsets, decodability. Returns the problems found (empty =
+    good); a store whose metadata cannot be read raises StoreError."""
+    from data_manifest.progress import Progress
 
     problems: list[str] = []
-    with FlowStore(path) as store:
+    with FlowStore(path, check_crc=False) as store:  # the checksums are compared here, to name every problem
         missing = set(store.expected_ids) - set(store.video_ids) - {f["video_id"] for f in store.failures}
         problems += [f"{vid}: expected but neither stored nor recorded as failed" for vid in sorted(missing)]
         problems += [f"{f['video_id']}: failed at extraction: {f['reason']}" for f in store.failures]
-        for vid in tqdm(store.video_ids, unit="video", disable=not progress):
-            rec = store.record(vid)
-            try:
-                n, m = store.num_frames(vid), store.num_flows(vid)
-                if m != n - 1:
-                    problems.append(f"{vid}: {n} frames but {m} flow fields (expected {n - 1})")
-                for kind, count in (("rgb", n), ("flow", m)):
-                    crc = zlib.crc32(store.raw_bytes(vid, kind).tobytes())
-                    if crc != rec[f"{kind}_crc32"]:
-                        problems.append(f"{vid}: {kind} checksum mismatch (stored data damaged)")
-                    data = store.read_rgb(vid, range(n)) if kind == "rgb" else store.read_flow(vid, range(m))
-                    if data.shape[0] != count or data.shape[1:3] != (rec["height"], rec["width"]):
-                        problems.append(f"{vid}: {kind} shape {data.shape} does not match the record "
-                                        f"({count} x {rec['height']} x {rec['width']})")
-            except (StoreError, OSError, KeyError, ValueError, AttributeError, RuntimeError, TypeError) as exc:
-                # h5py reports damaged objects as any of these
-                problems.append(f"{vid}: unreadable ({type(exc).__name__}: {exc}); re-extract it")
+        with Progress(len(store.video_ids), unit="video", desc="verify", enabled=progress) as bar:
+            for vid in store.video_ids:
+                problems += _video_problems(store, vid)
+                bar.update()
+    return problems
+
+
+def _video_problems(store: FlowStore, vid: str) -> list[str]:
+    """What is wrong with one stored video: checksums (whole and per image), shapes, images that do not
+    decode; a damaged dataset is one problem naming the field."""
+    rec = store.record(vid)
+    problems = []
+    try:
+        for kind, count in (("rgb", store.num_frames(vid)), ("flow", store.num_flows(vid))):
+            if zlib.crc32(store.raw_bytes(vid, kind).tobytes()) != rec[f"{kind}_crc32"]:
+                problems.append(f"{vid}: {kind} checksum mismatch (stored data damaged)")
+            damaged = store.damaged_images(vid, kind) or []
+            problems += [f"{vid}: {kind} image {i} does not match its checksum" for i in damaged]
+            read = store.read_rgb if kind == "rgb" else store.read_flow
+            for lo in range(0, count, VERIFY_CHUNK):
+                idx = [i for i in range(lo, min(count, lo + VERIFY_CHUNK)) if i not in damaged]
+                read(vid, idx)  # every image must decode to the recorded size (StoreError otherwise)
+    except (StoreError, OSError, KeyError, ValueError, AttributeError, RuntimeError, TypeError) as exc:
+        # a damaged dataset, or h5py reporting a damaged object as any of these
+        problems.append(f"{vid}: unreadable ({type(exc).__name__}: {exc}); re-extract it")
     return problems
 
 

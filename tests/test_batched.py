@@ -49,23 +49,23 @@ def test_resume_refuses_a_backend_switch(two_stores, tmp_path):
 
 
 def test_several_devices_split_the_work(tmp_path):
-    """The one-process-per-device path, exercised with two CPU 'devices'."""
-    from flowprep.batched import run_devices
+    """The one-process-per-device path, exercised with two CPU 'devices': every outcome comes back to the
+    calling process, which alone writes."""
     from flowprep.decode import Resize
+    from flowprep.device import run_devices
     from flowprep.pipeline import ExtractConfig
+    from flowprep.work import EncodedVideo, VideoTask
 
     videos = make_dataset(tmp_path / "videos", bad=False, classes=2, per_class=2, frames=4)
-    cfg = ExtractConfig(videos=videos, out=tmp_path / "x.h5", algo="farneback", backend="torch")
-    config = dict(cfg.recorded(), _labels={})
-    items = [(p.stem, str(p), p.relative_to(videos).as_posix()) for p in sorted(videos.rglob("*.avi"))]
-    parts = tmp_path / "parts"
-    parts.mkdir()
+    settings = ExtractConfig(videos=videos, out=tmp_path / "x.h5", algo="farneback", backend="torch",
+                             resize=Resize(32, 24)).settings()
+    tasks = [VideoTask(p.stem, str(p), p.relative_to(videos).as_posix(), p.parent.name, 0)
+             for p in sorted(videos.rglob("*.avi"))]
     seen = []
-    results = run_devices(items, str(parts), config, Resize(32, 24), ["cpu", "cpu"], batch_size=2, decoders=1,
-                          progress=lambda ok, frames: seen.append((ok, frames)))
-    assert sorted(r["video_id"] for r in results) == sorted(i[0] for i in items)
-    assert all(r["ok"] and r["flows"] == 3 for r in results) and seen == [(True, 4)] * 4
-    assert len(list(parts.glob("*.h5"))) == 4
+    run_devices(tasks, settings, ["cpu", "cpu"], batch_size=2, decoders=1, on_outcome=seen.append)
+    assert sorted(o.video_id for o in seen) == sorted(t.video_id for t in tasks)
+    assert all(isinstance(o, EncodedVideo) and o.record["num_flows"] == 3 for o in seen)
+    assert not list(tmp_path.glob("**/*.h5"))  # the device processes wrote nothing themselves
 
 
 def test_device_quantisation_is_the_cpu_rule_exactly():
@@ -85,7 +85,7 @@ def test_torch_backend_jpeg_writer_keeps_every_field_in_order(two_stores, tmp_pa
     fields must still be the raw store's fields, in order, through the same JPEG encoding."""
     import cv2
 
-    from flowprep.store import encode_jpeg
+    from flowprep.store_format import encode_jpeg
 
     videos = two_stores["torch"].parent / "videos"
     out = tmp_path / "jpeg.h5"

@@ -252,8 +252,9 @@ def _extract(videos, out, *extra):
 
 @pytest.mark.parametrize("args,message", [
     (["--size", "340"], "size must look like 340x256"),
-    (["--size", "4x4"], "at least 8 pixels"),
-    (["--short-side", "0"], "at least 8 pixels"),  # used to fall back to 340x256 silently
+    (["--size", "4x4"], "frame sides must be 8 to 8192 pixels"),
+    (["--size", "100000x100000"], "frame sides must be 8 to 8192 pixels"),  # used to fill a store with failures
+    (["--short-side", "0"], "frame sides must be 8 to 8192 pixels"),  # used to fall back to 340x256 silently
     (["--short-side", "128", "--size", "64x48"], "not both"),
     (["--param", "nope=1"], "unknown farneback parameter 'nope'"),
     (["--param", "levels=2.7"], "levels='2.7' is not an integer"),  # used to be truncated to 2
@@ -266,6 +267,11 @@ def _extract(videos, out, *extra):
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--shard", "3/2"], "1 <= I <= N"),
     (["--gpus", "zero"], "comma-separated CUDA device numbers"),
+    # the torch backend has no 3x3 median: refused by the parameter table, not mid-run
+    (["--algo", "tvl1", "--backend", "torch", "--param", "median_filtering=3"],
+     "median_filtering=3 is out of range: must be 0 or 1 (no filter) or 5 with --backend torch"),
+    (["--algo", "dis", "--backend", "torch"], "dis runs with --backend opencv, not torch"),
+    (["--algo", "dis", "--param", "patch_stride=0"], "patch_stride=0 is out of range"),  # would crash OpenCV
 ])
 def test_misuse_exits_2_before_touching_anything(tmp_path, args, message):
     videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
@@ -327,7 +333,7 @@ def test_unwritable_out_is_one_line_naming_the_path(tmp_path):
 
 
 def test_second_writer_is_refused_at_once(tmp_path):
-    from flowprep.store import writer_lock
+    from flowprep.store_writer import writer_lock
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
     with writer_lock(tmp_path / "f.h5"):  # as if another extract were running
@@ -361,41 +367,70 @@ def test_show_refuses_bad_frame_counts_and_image_names(extracted, tmp_path):
     assert run_cli("show", out, "v_0_0", "--out", tmp_path / "a.jpg", "--frames", 2).exit_code == 0
 
 
-def test_a_crashing_video_fails_alone_and_the_run_goes_on(tmp_path, monkeypatch):
-    """A native crash (os.abort() through the test hook) in one worker: the others finish, the crasher is
-    retried alone, crashes again and is recorded with the signal; the next run is not blocked."""
-    from flowprep.pipeline import ABORT_HOOK
+def _abort_on_v_0_1(task, settings):
+    """The per-video work, except that video v_0_1 dies by SIGABRT, as a native crash in FFmpeg would."""
+    from flowprep.work import extract_video
+
+    if task.video_id == "v_0_1":
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file
+        os.abort()
+    return extract_video(task, settings)
+
+
+def test_a_crashing_video_fails_alone_and_the_run_goes_on(tmp_path):
+    """A native crash in one worker breaks the pool: the others finish, the videos in flight are retried
+    one process each, the crasher crashes again and is recorded with the signal; the next run resumes."""
+    from flowprep.decode import parse_size
+    from flowprep.local import run_pool
+    from flowprep.pipeline import ExtractConfig, extract
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=2, frames=4)
-    out = tmp_path / "f.h5"
-    monkeypatch.setenv(ABORT_HOOK, "v_0_1")
-    result = run_cli("extract", "--videos", videos, "--out", out, "--size", SIZE, "--algo", "farneback",
-                     "--jobs", 2, "--no-progress")
-    assert result.exit_code == 1, result.output
-    assert "done 3" in result.output and "failed 1" in result.output
-    assert "FAILED v_0_1:" in result.output and "crashed (signal 6, SIGABRT)" in result.output
-    assert str(videos / "Class0" / "v_0_1.avi") in result.output
+    cfg = ExtractConfig(videos=videos, out=tmp_path / "f.h5", algo="farneback", resize=parse_size(SIZE), jobs=2,
+                        progress=False)
+    summary = extract(cfg, executor=lambda tasks, settings, on_outcome: run_pool(
+        tasks, settings, 2, on_outcome, work=_abort_on_v_0_1))
+    assert summary.done == 3 and [f["video_id"] for f in summary.failed] == ["v_0_1"]
+    reason = summary.failed[0]["reason"]
+    assert "crashed (signal 6, SIGABRT)" in reason and str(videos / "Class0" / "v_0_1.avi") in reason
     assert not (tmp_path / "f.h5.parts").exists()
-    monkeypatch.delenv(ABORT_HOOK)
-    again = _extract(videos, out)
+    again = _extract(videos, tmp_path / "f.h5")
     assert again.exit_code == 0 and "done 4 (3 from earlier runs)" in again.output
 
 
-def test_an_orphaned_worker_abandons_its_video(tmp_path):
-    """A worker whose parent is gone (the main process got SIGKILL) stops without writing anything."""
-    from flowprep.pipeline import ExtractConfig, extract_video
+def _children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
-    video = moving_video(tmp_path / "C" / "v.avi", n=5)
-    parts = tmp_path / "parts"
-    parts.mkdir()
-    cfg = ExtractConfig(videos=tmp_path, out=tmp_path / "f.h5", algo="farneback")
-    config = dict(cfg.recorded(), _relpaths={"v": "C/v.avi"}, _labels={}, _parent_pid=os.getppid() + 100000,
-                  _exit_when_orphaned=False)  # a worker would exit; this test runs it in the pytest process
-    result = extract_video(str(video), "v", str(parts), config, Resize(32, 24))
-    assert not result["ok"] and "abandoned" in result["reason"]
-    assert list(parts.iterdir()) == []  # no part, no failure record, no marker
-    config["_parent_pid"] = os.getppid()
-    assert extract_video(str(video), "v", str(parts), config, Resize(32, 24))["ok"]
+
+def test_workers_end_when_the_extract_process_is_killed(tmp_path):
+    """SIGKILL of the main process alone: its pool workers notice and end within seconds (they write
+    nothing, so nothing is lost), instead of waiting forever for work."""
+    videos = make_dataset(tmp_path / "videos", bad=False, classes=2, per_class=4, frames=8)
+    parts = tmp_path / "flows.h5.parts"
+    proc = subprocess.Popen([sys.executable, "-m", "flowprep", "extract", "--videos", str(videos), "--out",
+                             str(tmp_path / "flows.h5"), "--size", "96x72", "--jobs", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*.h5")):
+        time.sleep(0.05)
+    workers = [p for p in _children(proc.pid) if b"LokyProcess" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{p}").exists() for p in workers)
 
 
 def test_resume_follows_the_dataset(tmp_path):
@@ -459,7 +494,7 @@ def test_short_videos_are_stored_and_shown_and_damaged_ones_fail(tmp_path):
     result = _extract(videos, out)
     assert result.exit_code == 1 and "done 2" in result.output
     cut = videos / "Class0" / "cut90.avi"
-    assert f"FAILED cut90: {cut}: truncated or corrupt: decoded 36 of the 40" in result.output
+    assert f"FAILED cut90: {cut}: truncated: its RIFF chunk at byte 0 declares" in result.output  # the container
     assert "FAILED garbage:" in result.output and "decoded 36 of the 40" in result.output
     with FlowStore(out) as store:
         rec = store.record("short")

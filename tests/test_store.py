@@ -8,7 +8,9 @@ import pytest
 
 from flowprep import FlowStore, StoreError
 from flowprep.errors import OptionError
-from flowprep.store import PartWriter, assemble, part_key, write_master, writer_lock
+from flowprep.parts import Parts
+from flowprep.store_writer import assemble, write_master, writer_lock
+from flowprep.work import VideoEncoder, VideoTask
 
 CONFIG = {"algo": "tvl1", "params": {}, "bound": 20.0, "rounding": "r", "codec": "jpeg", "jpeg_quality": 95,
           "size": "32x24", "interpolation": "INTER_LINEAR", "implementation": "test"}
@@ -25,14 +27,23 @@ def _frames(n, seed):
     return rgb, flow
 
 
-def _write_part(parts, vid, n, seed, codec="jpeg"):
+def _encoded(vid, n, seed, codec="jpeg"):
+    """An EncodedVideo of n synthetic frames, and the frames and fields it holds."""
     rgb, flow = _frames(n, seed)
-    w = PartWriter(parts, vid, dict(CONFIG, codec=codec))
+    encoder = VideoEncoder(VideoTask(vid, f"C/{vid}.avi", f"C/{vid}.avi", "C", 0), codec, 95)
     for f in rgb:
-        w.add_rgb(f)
+        encoder.add_rgb(f)
     for f in flow:
-        w.add_flow(f)
-    w.finish({"width": 32, "height": 24, "path": f"C/{vid}.avi"})
+        encoder.add_flow(f, 0)
+    return encoder.finish({"width": 32, "height": 24}), rgb, flow
+
+
+def _write_part(parts, vid, n, seed, codec="jpeg"):
+    """Write video ``vid`` as a part file into the folder ``parts``; returns its frames and fields."""
+    video, rgb, flow = _encoded(vid, n, seed, codec)
+    writer = Parts(parts / "s.h5", dict(CONFIG, codec=codec))
+    writer.folder = parts
+    writer.write(video)
     return rgb, flow
 
 
@@ -86,12 +97,41 @@ def test_write_assemble_read(tmp_path, manifest_text, codec):
             store.read_flow_planes("a", [5])
 
 
-def test_part_is_invisible_until_finished(tmp_path):
-    w = PartWriter(tmp_path, "a", CONFIG)
-    w.add_rgb(np.zeros((24, 32, 3), np.uint8))
-    assert not (tmp_path / f"{part_key('a')}.h5").exists()
-    w.abort()
+def test_a_part_write_that_fails_leaves_nothing(tmp_path, monkeypatch):
+    import flowprep.parts
+
+    def broken(group, video, codec):
+        group.create_dataset("rgb_jpeg", data=np.zeros(10, np.uint8))  # something was written...
+        raise OSError(5, "Input/output error")  # ...when the disk failed
+
+    monkeypatch.setattr(flowprep.parts, "write_video", broken)
+    with pytest.raises(StoreError, match=r"writing .*\.tmp failed .*Input/output error"):
+        _write_part(tmp_path, "a", 3, 0)
+    assert list(tmp_path.iterdir()) == []  # no part, no temporary file
+
+
+def test_a_full_disk_in_a_part_write_is_named_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    import flowprep.parts
+    from flowprep.parts import DiskFull
+
+    monkeypatch.setattr(flowprep.parts, "finish_file", lambda f, tmp, final: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(DiskFull, match="no space left on device writing .*\\.tmp; free space"):
+        _write_part(tmp_path, "a", 3, 0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_part_attributes_do_not_grow_with_the_run(tmp_path):
+    """A part holds the store's settings and its own video's record only, whatever the run's size."""
+    _write_part(tmp_path, "a", 3, 0)
+    (part,) = tmp_path.glob("*.h5")
+    with h5py.File(part, "r") as f:
+        assert json.loads(f.attrs["config"]) == CONFIG and list(f["videos"]) == ["a"]
+        record = json.loads(f["videos/a"].attrs["record"])
+        size = sum(len(str(v)) for v in f.attrs.values()) + len(f["videos/a"].attrs["record"])
+    assert record["path"] == "C/a.avi" and size < 2000
 
 
 def test_unfinished_store_is_refused(tmp_path):
@@ -168,7 +208,7 @@ def test_part_file_and_damaged_metadata_are_named(tmp_path, manifest_text):
     parts = tmp_path / "p"
     parts.mkdir()
     _write_part(parts, "a", 3, 0)
-    part = parts / f"{part_key('a')}.h5"
+    (part,) = parts.glob("*.h5")
     with pytest.raises(StoreError, match="part file of an unfinished extraction"):
         FlowStore(part)
     out = assemble(tmp_path / "s.h5", [part], None, CONFIG, manifest_text, ["a"], [])
@@ -181,7 +221,7 @@ def test_part_file_and_damaged_metadata_are_named(tmp_path, manifest_text):
     with h5py.File(out, "r+") as f:
         del f["videos/b"]
         f["videos/a"].attrs["record"] = "{garbage"  # a record that is no longer JSON
-    with pytest.raises(StoreError, match="metadata is damaged.*JSONDecodeError"):
+    with pytest.raises(StoreError, match="video 'a': its record is not valid JSON"):
         FlowStore(out)
 
 

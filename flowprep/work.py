@@ -1,0 +1,203 @@
+"""The per-video contract every executor shares: a `VideoTask` in, an `EncodedVideo` (or a `Failure`) out.
+
+The CPU pool runs `extract_video` in worker processes; the device batcher and any other executor use the
+same pieces (`DecodedVideo` for decoding, `VideoEncoder` for the stored images and the record), so every
+path writes the same record. Nothing here touches the output files: the one process that owns the store
+writes what comes back (flowprep.parts).
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
+
+import numpy as np
+
+from flowprep.decode import Resize, VideoReader, source_record
+from flowprep.errors import VideoError
+from flowprep.store_format import encode_jpeg
+
+MIN_FRAMES = 2  # one flow field needs two frames
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One video to extract: where to read it and what the store records about its place in the dataset."""
+
+    video_id: str
+    path: str  # the file to read (absolute, or relative to the working folder)
+    relpath: str  # POSIX path relative to the dataset root, as the manifest and the record hold it
+    class_name: str
+    label: int
+
+
+@dataclass
+class EncodedVideo:
+    """One finished video, ready to be written: its record and its stored images in order.
+
+    rgb, flow: per image, the JPEG bytes ((n,) uint8; codec jpeg) or the pixels ((H, W, 3) / (H, W, 2)
+    uint8; codec raw). rgb_crcs, flow_crcs: (frames,), (flows,) uint32 CRC-32 of each image as stored.
+    """
+
+    video_id: str
+    record: dict[str, Any]
+    rgb: list[np.ndarray]
+    flow: list[np.ndarray]
+    rgb_crcs: np.ndarray
+    flow_crcs: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.rgb) + sum(a.nbytes for a in self.flow)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A video that could not be extracted, with the reason (it names the file)."""
+
+    video_id: str
+    path: str  # relpath
+    reason: str
+
+
+Outcome = Union[EncodedVideo, Failure]
+
+
+class DecodedVideo:
+    """A task's frames as (rgb, gray) pairs: (H, W, 3) uint8 RGB resized, and its (H, W) uint8 gray.
+
+    Opening raises VideoError (missing, empty, not a video); so does iteration (frames change size,
+    truncated file). After the last frame, `source_fields()` gives what the record says about the source.
+    """
+
+    def __init__(self, task: VideoTask, resize: Resize):
+        self.task = task
+        self.source = source_record(task.path)  # size before opening, so a change during the run shows
+        self.reader = VideoReader(task.path, resize)
+        self.size: tuple[int, int] | None = None  # (H, W) of the frames
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        import cv2
+
+        for rgb in self.reader:
+            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            self.size = gray.shape
+            yield rgb, gray
+
+    def source_fields(self) -> dict[str, Any]:
+        """fps, source size, the frame-count check and the source file's size and time; VideoError when
+        fewer than MIN_FRAMES frames decoded."""
+        frames = self.reader.count
+        if frames < MIN_FRAMES:
+            raise VideoError(f"{self.task.path}: decoded {frames} frame(s); at least {MIN_FRAMES} are needed "
+                             "for one flow field (empty, damaged or not a video)")
+        info = self.reader.info
+        return {"fps": info.fps, "source_width": info.width, "source_height": info.height,
+                **self.reader.count_record(), **self.source, "width": self.size[1], "height": self.size[0]}
+
+
+class VideoEncoder:
+    """Collects one video's stored images (encoded for the codec) with their checksums and the clipped
+    share, and builds its record: the one record builder of every path."""
+
+    def __init__(self, task: VideoTask, codec: str, jpeg_quality: int):
+        self.task = task
+        self.codec, self.quality = codec, int(jpeg_quality)
+        self.images: dict[str, list[np.ndarray]] = {"rgb": [], "flow": []}
+        self.crcs: dict[str, list[int]] = {"rgb": [], "flow": []}
+        self.clipped = 0  # flow values at the bound
+        self.values = 0
+        self.start = time.perf_counter()
+        self.flow_seconds = 0.0
+
+    def encode(self, kind: str, array: np.ndarray) -> np.ndarray:
+        """What is stored for one image of ``kind``: its JPEG bytes, or its pixels (codec raw)."""
+        if self.codec == "jpeg":
+            return encode_jpeg(kind, array, self.quality)
+        return np.ascontiguousarray(array, dtype=np.uint8)
+
+    def add(self, kind: str, stored: np.ndarray) -> None:
+        """Append one image already in its stored form (see encode), so encoding can run elsewhere."""
+        self.images[kind].append(stored)
+        self.crcs[kind].append(zlib.crc32(stored.tobytes()))
+
+    def add_rgb(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame."""
+        self.add("rgb", self.encode("rgb", frame))
+
+    def add_flow(self, field: np.ndarray, clipped: int) -> None:
+        """Append one (H, W, 2) uint8 quantised field, x then y; ``clipped``: its values at the bound."""
+        self.add("flow", self.encode("flow", field))
+        self.count_clipped(clipped, field.size)
+
+    def count_clipped(self, clipped: int, values: int) -> None:
+        self.clipped += int(clipped)
+        self.values += int(values)
+
+    def finish(self, source_fields: dict[str, Any]) -> EncodedVideo:
+        """The finished video: the record (dataset place, source, counts, checksums, timing) and images."""
+        crc = {k: 0 for k in self.crcs}
+        for kind in crc:  # the whole video's CRC-32 is the running CRC over its images' stored bytes
+            for image in self.images[kind]:
+                crc[kind] = zlib.crc32(image.tobytes(), crc[kind])
+        t = self.task
+        record = {"path": t.relpath, "class_name": t.class_name, "label": t.label, **source_fields,
+                  "clipped_fraction": self.clipped / max(self.values, 1),
+                  "seconds": time.perf_counter() - self.start, "flow_seconds": self.flow_seconds,
+                  "video_id": t.video_id, "num_frames": len(self.images["rgb"]),
+                  "num_flows": len(self.images["flow"]), "rgb_crc32": crc["rgb"], "flow_crc32": crc["flow"]}
+        return EncodedVideo(t.video_id, record, self.images["rgb"], self.images["flow"],
+                            np.asarray(self.crcs["rgb"], np.uint32), np.asarray(self.crcs["flow"], np.uint32))
+
+
+def extract_video(task: VideoTask, settings) -> Outcome:
+    """Decode, compute flow (OpenCV, one core), quantise and encode one video. Never raises for bad input:
+    a video that cannot be used comes back as a Failure with the reason.
+
+    settings: flowprep.settings.RunSettings (the algorithm must have an OpenCV backend).
+    """
+    import cv2
+
+    from flowprep.flow import OpenCVFlow
+    from flowprep.quantize import quantize
+
+    cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
+    try:
+        flow_fn = OpenCVFlow(settings.algo, **settings.params)
+        encoder = VideoEncoder(task, settings.codec, settings.jpeg_quality)
+        video = DecodedVideo(task, settings.resize)
+        prev = None
+        for rgb, gray in video:
+            encoder.add_rgb(rgb)
+            if prev is not None:
+                t = time.perf_counter()
+                flow = flow_fn(prev, gray)
+                encoder.flow_seconds += time.perf_counter() - t
+                encoder.add_flow(quantize(flow, settings.bound), np.count_nonzero(np.abs(flow) >= settings.bound))
+            prev = gray
+        return encoder.finish(video.source_fields())
+    except VideoError as exc:
+        return Failure(task.video_id, task.relpath, str(exc))
+    except Exception as exc:  # an unexpected failure of one video must not end the dataset run
+        return Failure(task.video_id, task.relpath, f"{task.path}: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Tally:
+    """Counts of a run's outcomes, for the summary and the progress display."""
+
+    written: list[str] = field(default_factory=list)  # ids of the videos written as parts
+    failed: list[Failure] = field(default_factory=list)
+    frames: int = 0
+    flows: int = 0
+    flow_seconds: float = 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Failure):
+            self.failed.append(outcome)
+            return
+        self.written.append(outcome.video_id)
+        self.frames += outcome.record["num_frames"]
+        self.flows += outcome.record["num_flows"]
+        self.flow_seconds += outcome.record["flow_seconds"]

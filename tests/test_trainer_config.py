@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from trainer.cli import main
-from trainer.config import (ConfigError, build_config, load_config, parse_set, read_config_file,
+from trainer.config import (ConfigError, TrainConfig, build_config, load_config, parse_set, read_config_file,
                             shipped_configs)
 
 
@@ -58,6 +58,27 @@ def test_bad_values_are_rejected_with_the_key(item, message):
 def test_impossible_settings_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("temporal", overrides=overrides)
+
+
+def test_every_way_of_making_a_config_is_validated_and_coerced():
+    """The checks live in TrainConfig itself: dataclasses.replace and the constructor cannot bypass them."""
+    import dataclasses
+
+    cfg = load_config("temporal")
+    with pytest.raises(ConfigError, match=r"^lr must be a positive number, got -1.0$"):
+        dataclasses.replace(cfg, lr=-1)
+    with pytest.raises(ConfigError, match=r"^batch_size must be an integer, got '8'$"):
+        TrainConfig(batch_size="8")
+    with pytest.raises(ConfigError, match=r"^replace\(\): test_crops must be one of 1, 5, 10, got 3$"):
+        cfg.replace(test_crops=3)
+    with pytest.raises(ConfigError, match=r"^lr_steps are iterations .* below max_iters 30000"):
+        dataclasses.replace(cfg, lr_steps=(40000,))
+    # values are coerced by the field's type, whichever way they come in: TOML lists become tuples, ints floats
+    again = dataclasses.replace(cfg, scales=[1, 0.5], lr_steps=[5000], dropout=0)
+    assert (again.scales, again.lr_steps, again.dropout) == ((1.0, 0.5), (5000,), (0.0,))
+    assert [type(x) for x in again.scales + again.dropout] == [float, float, float]
+    assert TrainConfig() == cfg  # the constructor fills the presets too
+    assert TrainConfig(arch="vgg16", stream="spatial").dropout == (0.9, 0.9)
 
 
 def test_config_for_the_other_stream_is_refused(tmp_path):

@@ -184,7 +184,7 @@ def evaluate(model, store, video_ids: list[str], labels: dict[str, int], cfg: Tr
     was_training = model.training
     model.eval()
     scored = video_logits(model, VideoFrames(store, mine, labels, cfg, cfg.val_frames), cfg, env,
-                          progress and env.is_main, desc="val")
+                          progress and env.is_main, desc="validation")
     model.train(was_training)
     loss = c1 = c5 = 0.0
     for label, row in zip(scored.labels, scored.logits):

@@ -540,7 +540,8 @@ def test_run(cfg: TrainConfig, env: Env, checkpoint: Path, store=None, subsets: 
         ids = subsets.val if subset == "val" else subsets.test
         if not ids:
             continue
-        scores = score_subset(model, store, ids, subsets.labels, cfg, env, progress, desc=f"test {subset}")
+        scores = score_subset(model, store, ids, subsets.labels, cfg, env, progress,
+                              desc=f"test protocol ({subset})")
         if scores is not None:  # rank 0
             results[subset] = _write_and_report(scores, subset, subsets, cfg, env, provenance)
     barrier(env)

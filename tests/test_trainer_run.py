@@ -298,6 +298,36 @@ def test_spatial_and_clip_streams_run_end_to_end(synth_store, tmp_path, stream, 
     assert scores.logits.shape == shape and scores.meta["stream"] == stream
 
 
+def test_run_and_fusion_outputs_get_the_umask_permissions(synth_store, tmp_path):
+    """Under umask 027 every file written is 0640 (group-readable on shared storage), not mkstemp's 0600."""
+    import stat
+
+    from fusion.cli import main as fusion_main
+
+    args = ["run", "spatial", "--data", str(synth_store), "--out", str(tmp_path / "runs"), "--no-progress"]
+    for item in ("arch=resnet18", "pretrained=none", "input_size=32", "batch_size=4", "schedule=step",
+                 "epochs=1", "lr=0.01", "workers=0", "val_frames=1", "test_frames=2", "test_crops=1"):
+        args += ["--set", item]
+    old = os.umask(0o027)
+    try:
+        trained = CliRunner().invoke(main, args)
+        fused = CliRunner().invoke(fusion_main, ["report", "--spatial", str(tmp_path / "runs" / "spatial-split1" /
+                                                                           "scores_test.npz"),
+                                                 "--out", str(tmp_path / "fusion"), "--bootstrap", "20"])
+    finally:
+        os.umask(old)
+    assert trained.exit_code == 0, trained.output
+    assert fused.exit_code == 0, fused.output
+    run_dir = tmp_path / "runs" / "spatial-split1"
+    written = sorted(run_dir.iterdir()) + sorted((tmp_path / "fusion").iterdir())
+    assert {p.name for p in written} >= {"checkpoint_last.pt", "checkpoint_best.pt", "config.toml", "log.csv",
+                                        "curves.png", "scores_test.npz", "scores_val.npz", "report.md",
+                                        "report.json", "per_class.csv", "confusion.png"}
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert set(modes.values()) == {"0o640"}, modes
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o750
+
+
 @pytest.mark.slow
 def test_demo_temporal_stream_learns_the_motion_classes(tmp_path):
     """The shipped demo config on a 6-class synthetic set: temporal well above chance (1/6)."""

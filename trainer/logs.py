@@ -4,9 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from data_manifest.atomic import atomic_write
 
 COLUMNS = ("epoch", "iteration", "lr", "loss", "top1", "top5", "val_loss", "val_top1", "val_top5",
            "batch_time", "data_time", "data_wait", "samples_per_s", "epoch_time")
@@ -43,9 +44,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     w.writeheader()
     for row in rows:
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -83,7 +82,7 @@ def plot_curves(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, png.getvalue())

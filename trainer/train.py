@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_manifest.atomic import atomic_write
 from trainer import checkpoint as ckpt
 from trainer import logs
 from trainer.config import RUNTIME_KEYS, TrainConfig, config_from_dict
@@ -438,8 +439,7 @@ def _position(state: dict[str, Any] | None, source: Path | None, plan: Plan, cfg
 def _announce(t: Training, pos: Position, store, subsets: Subsets, cfg: TrainConfig, env: Env) -> None:
     """Write config.toml; print what is trained on what, how the batch is split, and the rows so far."""
     if env.is_main:
-        (cfg.run_dir / "config.toml").write_text(cfg.to_toml(resolved={"bn": t.init["bn"],
-                                                                        "precision": t.precision}))
+        atomic_write(cfg.run_dir / "config.toml", cfg.to_toml(resolved={"bn": t.init["bn"], "precision": t.precision}))
     plan = t.plan
     say(env, f"{cfg.stream} stream, split {cfg.split}: {len(subsets.train)} train / {len(subsets.val)} hold-out /"
              f" {len(subsets.test)} test videos, {len(subsets.classes)} classes, {cfg.arch} ({cfg.in_channels} "

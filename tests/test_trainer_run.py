@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 
 from trainer.cli import main
+from trainer.errors import ConfigError
 from trainer.scores import read_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -486,3 +487,37 @@ def test_missing_videos_stop_a_run_or_are_left_out_and_short_videos_are_counted(
     assert f"(1 undecodable left out: {ids['test'][0]})" in skipped.output
     scores = read_scores(tmp_path / "temporal-split1" / "scores_test.npz")
     assert scores.num_videos == 6 and sorted(scores.meta["missing_video_ids"]) == sorted(ids["test"][:2])
+
+
+def test_a_sample_length_no_video_can_fill_is_refused_before_the_network_is_built(synth_store, tmp_path,
+                                                                                    monkeypatch):
+    from flowprep import FlowStore
+
+    import trainer.train
+    from trainer.config import load_config
+    from trainer.data import check_sample_length
+
+    store = FlowStore(synth_store)
+    ids = [v for subset in _subset_ids(synth_store).values() for v in subset]
+    longest = max(ids, key=store.num_flows)
+    most = store.num_flows(longest)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr(trainer.train, "build_model", no_network)
+    result = CliRunner().invoke(main, ["run", "temporal", "--data", str(synth_store), "--out", str(tmp_path),
+                                       "--set", "flow_length=100000", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"flow_length = 100000: no video of split 1 in {synth_store} has the 100000 flow fields" in result.output
+    assert f"the longest, {longest}, has {most} flow fields" in result.output
+    assert f"--set flow_length={most}" in result.output
+    assert not (tmp_path / "temporal-split1").exists()
+    # the boundary: a length the longest video fills passes; clips count frames (spatial) the same way
+    check_sample_length(store, ids, load_config("temporal", overrides={"flow_length": most}))
+    with pytest.raises(ConfigError, match=f"flow_length = {most + 1}: .* has {most} flow fields"):
+        check_sample_length(store, ids, load_config("temporal", overrides={"flow_length": most + 1}))
+    frames = max(store.num_frames(v) for v in ids)
+    clip = load_config("spatial", overrides={"arch": "r3d_18", "clip_length": frames + 1})
+    with pytest.raises(ConfigError, match=f"clip_length = {frames + 1}: .* has {frames} frames. Set clip_length"):
+        check_sample_length(store, ids, clip)

@@ -85,6 +85,28 @@ def split_subsets(store, cfg: TrainConfig, use: tuple[str, ...] = ("train", "val
     return Subsets(classes=m.classes, labels=labels, missing=missing, **subsets)
 
 
+def check_sample_length(store, video_ids: list[str], cfg: TrainConfig) -> None:
+    """Refuse a sample length (``flow_length``, ``clip_length``) that no video of ``video_ids`` can fill.
+
+    A few short videos are padded (their last field repeated) and counted in a note; but when every video
+    is shorter, every sample is mostly padding, and an absurd length (``flow_length = 100000``) would first
+    build a network with 200,000 input channels and be killed for memory. ConfigError (exit 2).
+    """
+    if cfg.length <= 1 or not video_ids:
+        return
+    counts = {v: _counts(store, v, cfg.stream) for v in video_ids}
+    longest = max(counts, key=counts.get)
+    if counts[longest] >= cfg.length:
+        return
+    key = "clip_length" if cfg.is_clip else "flow_length"
+    what = "flow fields" if cfg.stream == "temporal" else "frames"
+    most = counts[longest]
+    raise ConfigError(f"{key} = {cfg.length}: no video of split {cfg.split} in {cfg.data} has the {cfg.length} "
+                      f"{what} one sample takes; the longest, {longest}, has {most} {what}"
+                      f"{' (a video of n frames has n - 1)' if cfg.stream == 'temporal' else ''}. Set {key} to "
+                      f"at most {most} (--set {key}={most}; the paper's stacks are 10), or extract longer videos")
+
+
 def short_videos(store, video_ids: list[str], cfg: TrainConfig) -> list[str]:
     """Videos with fewer frames (spatial) or flow fields (temporal) than one sample needs (cfg.length)."""
     return [v for v in video_ids if _counts(store, v, cfg.stream) < cfg.length]

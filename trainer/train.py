@@ -21,7 +21,8 @@ from data_manifest.atomic import atomic_write
 from trainer import checkpoint as ckpt
 from trainer import logs
 from trainer.config import RUNTIME_KEYS, TrainConfig, config_from_dict
-from trainer.data import Subsets, TrainViews, open_store, short_videos, split_subsets, train_loader
+from trainer.data import (Subsets, TrainViews, check_sample_length, open_store, short_videos, split_subsets,
+                          train_loader)
 from trainer.distributed import Env, all_sum, barrier, broadcast_object, no_sync, setup, teardown
 from trainer.errors import CheckpointError, ConfigError, TrainerError
 from trainer.evaluation import (SubsetScores, accuracy, autocast, evaluate, model_to_memory_format,
@@ -335,6 +336,7 @@ def _run(cfg: TrainConfig, env: Env, resume, fresh: bool, test: bool, progress: 
         raise ConfigError("--fresh and --resume contradict each other; give one of them")
     store = open_store(cfg.data)
     subsets = split_subsets(store, cfg)
+    check_sample_length(store, subsets.train + subsets.val + subsets.test, cfg)  # before the network is built
     source = _resume_source(cfg, env, resume, fresh)
     state = _load_everywhere(source, env, for_resume=True) if source is not None else None
     if state is not None:

@@ -84,7 +84,7 @@ def _subset_ids(store) -> dict[str, list[str]]:
     from flowprep import FlowStore
 
     m = FlowStore(store).manifest
-    return {"train": m.ids(1, "train-val"), "val": m.ids(1, "val"), "test": m.ids(1, "test")}
+    return {"train": m.ids(1, "train-minus-val"), "val": m.ids(1, "val"), "test": m.ids(1, "test")}
 
 
 def _damaged_copy(src, dst: Path, delete=(), corrupt=(), shorten=()) -> Path:
@@ -163,7 +163,7 @@ def test_score_files_cover_every_video_exactly_once(reference, synth_store):
     assert test.video_ids == manifest.ids(1, "test")
     assert val.video_ids == manifest.ids(1, "val")
     assert not set(val.video_ids) & set(test.video_ids)
-    assert not set(val.video_ids) & set(manifest.ids(1, "train-val"))  # selection data is not trained on
+    assert not set(val.video_ids) & set(manifest.ids(1, "train-minus-val"))  # selection data is not trained on
     assert test.labels.tolist() == [manifest.by_id(v).label for v in test.video_ids]
     assert test.logits.shape == (8, 2, 10, 4) and test.class_names == manifest.classes
     meta = test.meta

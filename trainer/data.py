@@ -56,7 +56,7 @@ def split_subsets(store, cfg: TrainConfig, use: tuple[str, ...] = ("train", "val
     m = store.manifest
     try:
         if cfg.val_fraction > 0:
-            train = m.ids(cfg.split, "train-val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
+            train = m.ids(cfg.split, "train-minus-val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
             val = m.ids(cfg.split, "val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
         else:
             train, val = m.ids(cfg.split, "train"), []

@@ -257,3 +257,4 @@ def test_bare_unwraps_ddp_and_compile_in_either_order():
     assert _bare(net) is net
     assert _bare(torch.compile(FakeDDP(net))) is net  # what run() builds: compile(DDP(net))
     assert _bare(FakeDDP(torch.compile(net))) is net
+

@@ -514,7 +514,8 @@ def _checkpoint(t: Training, pos: Position, val: dict[str, float], subsets: Subs
         common, kind="last", optimizer=t.optimizer.state_dict(), lr_scheduler=t.scheduler.state_dict(),
         scaler=t.scaler.state_dict() if t.scaler.is_enabled() else {}, history=pos.history))
     try:
-        logs.plot_curves(cfg.run_dir / "curves.png", pos.history, f"{cfg.stream} split {cfg.split} ({cfg.arch})")
+        logs.plot_curves(cfg.run_dir / "curves.png", pos.history, f"{cfg.stream} stream, split {cfg.split}, "
+                         f"{cfg.arch}", classes=len(subsets.classes))
     except Exception as exc:  # a plotting problem must not stop training
         log.warning("could not draw curves.png: %s", exc)
 

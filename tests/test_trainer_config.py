@@ -131,7 +131,7 @@ def test_resolved_config_round_trips_through_toml():
 
 def test_shipped_configs_load_and_carry_the_paper_numbers():
     shipped = shipped_configs()
-    for name in ("demo", "ucf101_vgg16_spatial", "ucf101_vgg16_temporal", "ucf101_resnet101_spatial",
+    for name in ("demo", "small_dataset", "ucf101_vgg16_spatial", "ucf101_vgg16_temporal", "ucf101_resnet101_spatial",
                  "ucf101_resnet101_temporal", "hmdb51_vgg16_spatial", "hmdb51_vgg16_temporal",
                  "hmdb51_resnet101_spatial", "hmdb51_resnet101_temporal"):
         assert name in shipped, name
@@ -171,6 +171,39 @@ def test_plan_keeps_the_effective_batch_on_any_number_of_processes():
         make_plan(cfg.replace(micro_batch=24), 2, 10_000)
     with pytest.raises(ConfigError, match="larger than one epoch"):
         make_plan(cfg, 1, 100)
+
+
+def test_a_batch_larger_than_the_data_names_the_small_data_config_and_a_batch_that_fits():
+    from trainer.train import SMALL_DATA_BATCH, SMALL_DATA_CONFIG, make_plan
+
+    paper = load_config("spatial", overrides={"samples_per_video": 2})
+    with pytest.raises(ConfigError) as err:
+        make_plan(paper, 1, 120)  # 60 videos x 2 samples
+    message = str(err.value)
+    assert message.startswith("batch_size 256 is larger than one epoch: 120 training samples (60 videos x "
+                              "samples_per_video 2) on 1 process(es) make no full batch")
+    assert f"--config {SMALL_DATA_CONFIG} (batch {SMALL_DATA_BATCH}" in message
+    # 64 = the largest power of two <= 120 (one step); 8 <= 120 / 8 gives 15 steps per epoch
+    assert "--set batch_size=N with N at most 64 (one step per epoch), e.g. --set batch_size=8 (15 steps" in message
+    two = str(pytest.raises(ConfigError, make_plan, paper, 2, 120).value)
+    assert "at most 64 (one step per epoch), e.g. --set batch_size=8 (15 steps" in two  # 4 of 60 per process
+    assert make_plan(paper.replace(batch_size=64), 1, 120).iters_per_epoch == 1  # the bound is right
+    assert make_plan(paper.replace(batch_size=8), 1, 120).iters_per_epoch == 15
+    small = load_config("temporal", SMALL_DATA_CONFIG)
+    assert small.batch_size == SMALL_DATA_BATCH
+    tiny = str(pytest.raises(ConfigError, make_plan, small, 1, 20).value)
+    assert "--config" not in tiny and "at most 16" in tiny  # already the small-data config: only the batch
+
+
+def test_the_small_dataset_config_is_cpu_sized_and_keeps_the_papers_practices():
+    for stream in ("spatial", "temporal"):
+        cfg = load_config(stream, "small_dataset")
+        assert (cfg.arch, cfg.input_size, cfg.batch_size, cfg.schedule, cfg.pretrained) == \
+            ("resnet18", 112, 32, "cosine", "auto")
+        assert (cfg.scales, cfg.corner_crop, cfg.flip, cfg.test_frames, cfg.test_crops) == \
+            ((1.0, 0.875, 0.75, 0.65625), True, True, 25, 10)
+    assert load_config("temporal", "small_dataset").in_channels == 20
+    assert (load_config("spatial", "small_dataset").lr, load_config("temporal", "small_dataset").lr) == (0.001, 0.005)
 
 
 def test_lr_schedules():

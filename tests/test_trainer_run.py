@@ -273,6 +273,16 @@ def test_a_second_job_on_a_run_directory_and_a_foreign_checkpoint_are_refused(re
     assert {name: (run_dir / name).read_bytes() for name in before} == before  # nothing was overwritten
 
 
+def test_a_bare_run_on_a_small_store_names_the_small_data_config(synth_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no weights: "auto" warns, random init
+    result = CliRunner().invoke(main, ["run", "spatial", "--data", str(synth_store), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    error = result.output[result.output.index("Error:"):]
+    assert "batch_size 256 is larger than one epoch: 8 training samples (8 videos x samples_per_video 1)" in error
+    assert "--config small_dataset" in error and "--set batch_size=N with N at most 8" in error
+    assert not (tmp_path / "spatial-split1").exists()
+
+
 def test_missing_imagenet_weights_stop_before_training(synth_store, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     result = CliRunner().invoke(main, ["run", "temporal", "--data", str(synth_store), "--out", str(tmp_path),

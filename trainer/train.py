@@ -31,6 +31,8 @@ from trainer.models import build_model, param_groups, saved_init, set_train_mode
 
 log = logging.getLogger("trainer")
 
+# The shipped config named when the batch is larger than the data, and its batch size.
+SMALL_DATA_CONFIG, SMALL_DATA_BATCH = "small_dataset", 32
 LOCK = ".{}.lock"  # beside the run directory (OUT/.STREAM-splitK.lock), held by rank 0 while a job writes it
 
 
@@ -62,13 +64,35 @@ def make_plan(cfg: TrainConfig, world: int, samples: int) -> Plan:
     per_rank = samples // world
     iters = per_rank // (micro * accum)
     if iters < 1:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than one epoch ({samples} training samples = "
-                          f"videos x samples_per_video); lower batch_size or raise samples_per_video")
+        raise ConfigError(_batch_too_large(cfg, world, samples))
     if cfg.schedule == "iter-step":
         epochs = math.ceil(cfg.max_iters / iters)
     else:
         epochs = cfg.epochs
     return Plan(micro_batch=micro, accum=accum, iters_per_epoch=iters, epochs=epochs, max_iters=cfg.max_iters)
+
+
+def _pow2_at_most(n: int) -> int:
+    """The largest power of two <= n (0 for n < 1): a batch size that divides by any power-of-two process count."""
+    return 1 << (n.bit_length() - 1) if n >= 1 else 0
+
+
+def _batch_too_large(cfg: TrainConfig, world: int, samples: int) -> str:
+    """The error for a batch larger than an epoch: the numbers, and the config and --set that fit."""
+    per_process = samples // world
+    config = (f"use the shipped config made for it, --config {SMALL_DATA_CONFIG} (batch {SMALL_DATA_BATCH}, "
+              f"resnet18 at 112 px, CPU-friendly), or " if cfg.batch_size > SMALL_DATA_BATCH else "")
+    if per_process:
+        most = world * _pow2_at_most(per_process)
+        some = world * max(1, _pow2_at_most(per_process // 8))  # about 8 or more steps per epoch
+        fix = (f"--set batch_size=N with N at most {most} (one step per epoch), e.g. --set batch_size={some} "
+               f"({samples // some} steps per epoch)")
+    else:
+        fix = "fewer processes (each needs at least one sample per step)"
+    return (f"batch_size {cfg.batch_size} is larger than one epoch: {samples} training samples "
+            f"({samples // cfg.samples_per_video} videos x samples_per_video {cfg.samples_per_video}) on {world} "
+            f"process(es) make no full batch. The paper's batch of 256 is for UCF101-sized data (9,537 train "
+            f"videos); for a small dataset {config}{fix}; or raise samples_per_video")
 
 
 def lr_factor(cfg: TrainConfig, plan: Plan):

@@ -266,7 +266,8 @@ def test_val_every_iters_preset_follows_the_schedule():
 
 
 def test_resnet101_recipes_use_the_batch_of_their_iteration_schedule():
-    """The paper's schedules (10k / 30k iterations) are counted in batches of 256 (REFERENCE sec. 1 (ii))."""
+    """The paper's schedules (10k / 30k iterations) are counted in batches of 256 (Wang et al. 2015,
+    "Towards Good Practices for Very Deep Two-Stream ConvNets", arXiv:1507.02159)."""
     for name in ("ucf101_resnet101_spatial", "ucf101_resnet101_temporal", "hmdb51_resnet101_spatial",
                  "hmdb51_resnet101_temporal"):
         data, _ = read_config_file(name)

@@ -48,7 +48,7 @@ PRESET_LR = {"spatial": 0.001, "temporal": 0.005}
 PRESET_LR_STEPS = {"spatial": (4000, 8000), "temporal": (10000, 20000)}
 PRESET_MAX_ITERS = {"spatial": 10000, "temporal": 30000}
 # Dropout before the new classifier: VGG fc6/fc7 0.9/0.9 spatial, 0.9/0.8 temporal (paper); one dropout of
-# 0.8 spatial / 0.7 temporal for the other backbones (ResNet / BN-Inception practice of TSN-style peers).
+# 0.8 spatial / 0.7 temporal for the other backbones (TSN, Wang et al. 2016, arXiv:1608.00859, BN-Inception).
 PRESET_DROPOUT_VGG = {"spatial": (0.9, 0.9), "temporal": (0.9, 0.8)}
 PRESET_DROPOUT = {"spatial": (0.8,), "temporal": (0.7,)}
 # Validation + checkpoint interval of the iteration schedules: at least this many iterations between two.

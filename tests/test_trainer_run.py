@@ -150,6 +150,9 @@ def test_run_writes_the_documented_outputs(reference, ref_config):
     last = torch.load(run_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "config"} <= set(last)
     assert last["epoch"] == 3 and last["config"]["flow_length"] == 3
+    best = torch.load(run_dir / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    assert {"model", "config", "epoch", "best", "init"} <= set(best)  # as README and docs/trainer.md say:
+    assert not {"optimizer", "lr_scheduler", "scaler", "history"} & set(best)  # no optimizer state in it
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "top-1" in stdout and "chance 25.0%" in stdout
 

@@ -17,7 +17,8 @@ from tests.test_fusion_cli import make_split
 REPO = Path(__file__).resolve().parents[1]
 # A command line with the plain-line interval at 0 s, so that a run of a few seconds prints progress lines
 # (the default, 30 s, would print none); the command itself is unchanged.
-EVERY_LINE = "import sys, data_manifest.progress as p; p.LOG_EVERY_S = 0.0; sys.argv[0] = {name!r}; from {cli} import main; main()"
+EVERY_LINE = ("import sys, data_manifest.progress as p; p.LOG_EVERY_S = 0.0; sys.argv[0] = {name!r}; "
+              "from {cli} import main; main()")
 
 TINY = """\
 arch = "resnet18"
@@ -127,7 +128,8 @@ def test_ctrl_c_hints_name_what_a_rerun_would_do(tmp_path, monkeypatch):
     args = ["run", "temporal", "--out", str(tmp_path)]
     fresh_start = CliRunner().invoke(trainer_main, args)
     assert fresh_start.exit_code == 130
-    assert "no checkpoint had been written yet" in fresh_start.output and "starts the training again" in fresh_start.output
+    assert "no checkpoint had been written yet" in fresh_start.output
+    assert "starts the training again" in fresh_start.output
     (tmp_path / "temporal-split1").mkdir()
     (tmp_path / "temporal-split1" / "checkpoint_last.pt").write_bytes(b"")
     for extra, how in (([], "re-run the same command to continue"),

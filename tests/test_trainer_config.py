@@ -292,3 +292,18 @@ def test_bare_unwraps_ddp_and_compile_in_either_order():
     assert _bare(torch.compile(FakeDDP(net))) is net  # what run() builds: compile(DDP(net))
     assert _bare(FakeDDP(torch.compile(net))) is net
 
+
+
+def test_select_best_takes_higher_top1_then_lower_loss_and_never_a_non_finite_loss():
+    from trainer.train import Position, select_best
+
+    start = Position().best  # no checkpoint yet: any finite validation wins
+    first = select_best(start, {"val_top1": 50.0, "val_loss": 1.2, "val_top5": 90.0}, 1)
+    assert first == {"epoch": 1, "val_top1": 50.0, "val_loss": 1.2, "selected_by": "hold-out top-1, then hold-out loss"}
+    assert select_best(first, {"val_top1": 40.0, "val_loss": 0.1}, 2) is None  # lower top-1 loses, whatever the loss
+    assert select_best(first, {"val_top1": 50.0, "val_loss": 1.3}, 2) is None  # tie on top-1, higher loss
+    assert select_best(first, {"val_top1": 50.0, "val_loss": 1.1}, 2)["epoch"] == 2  # tie, lower loss
+    assert select_best(first, {"val_top1": 60.0, "val_loss": float("nan")}, 2) is None
+    assert select_best(start, {"val_top1": 100.0, "val_loss": float("inf")}, 1) is None
+    assert select_best(first, {}, 3) == {"epoch": 3, "val_top1": None, "val_loss": None,
+                                         "selected_by": "last epoch (no hold-out)"}

@@ -33,8 +33,6 @@ def make_store(folder: Path, size: str) -> Path:
 
 
 def bench_stream(store_path: str, stream: str, args) -> dict:
-    import torch
-
     from trainer.config import load_config
     from trainer.data import open_store, split_subsets
     from trainer.distributed import setup

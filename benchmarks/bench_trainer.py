@@ -33,53 +33,40 @@ def make_store(folder: Path, size: str) -> Path:
 
 
 def bench_stream(store_path: str, stream: str, args) -> dict:
-    import torch
-
     from trainer.config import load_config
-    from trainer.data import TrainViews, open_store, split_subsets, train_loader
+    from trainer.data import open_store, split_subsets
     from trainer.distributed import setup
-    from trainer.evaluation import model_to_memory_format, resolve_precision, score_subset
-    from trainer.models import build_model, param_groups
-    from trainer.train import lr_factor, make_plan, train_one_epoch
+    from trainer.evaluation import score_subset
+    from trainer.train import build_training, train_one_epoch
 
     cfg = load_config(stream, overrides={
         "data": store_path, "arch": args.arch, "pretrained": "none", "input_size": args.input,
         "batch_size": args.batch, "micro_batch": args.micro or 0, "workers": args.workers, "device": args.device,
-        "schedule": "cosine", "epochs": 1, "samples_per_video": 1000, "val_fraction": 0.0,
+        "schedule": "cosine", "epochs": 1, "samples_per_video": 1000, "val_fraction": 0.0, "lr": 1e-3,
         "test_frames": args.test_frames, "test_batch": args.test_batch, "compile": args.compile,
         "precision": args.precision})
     env = setup(cfg.device)
     store = open_store(cfg.data)
     subsets = split_subsets(store, cfg)
-    torch.manual_seed(0)
-    model, init = build_model(cfg, len(subsets.classes))
-    # as the trainer does: channels_last, or channels_last_3d for the clip models
-    model = model_to_memory_format(model.to(env.device), cfg, env)
-    dataset = TrainViews(store, subsets.train, subsets.labels, cfg)
-    plan = make_plan(cfg, 1, len(dataset))
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=1e-3, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, plan))
-    precision = resolve_precision(env, cfg.precision)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-    net = torch.compile(model) if cfg.compile else model
-    loader, sampler = train_loader(dataset, plan.micro_batch, 1, 0, 0, cfg.workers, pin=env.cuda)
+    # as `trainer run` builds it: channels_last (channels_last_3d for clips), bf16 autocast on CUDA, ...
+    training = build_training(cfg, env, store, subsets, state=None)
     # warm-up (allocator, cuDNN autotuning, worker start), then the measured iterations
-    plan.max_iters = args.warmup
-    train_one_epoch(net, loader, sampler, optimizer, scheduler, scaler, cfg, env, plan, 0, 0, False, init["bn"])
-    plan.max_iters = args.iters
-    row, _ = train_one_epoch(net, loader, sampler, optimizer, scheduler, scaler, cfg, env, plan, 1, 0, False,
-                             init["bn"])
-    del loader
+    training.plan.max_iters = args.warmup
+    train_one_epoch(training, cfg, env, 0, 0, progress=False)
+    training.plan.max_iters = args.iters
+    row, _ = train_one_epoch(training, cfg, env, 1, 0, progress=False)
+    net = training.model
+    del training.loader
     test_ids = subsets.test[:args.test_videos] if args.test_videos else subsets.test
     t0 = time.perf_counter()
-    logits, speed = score_subset(net, store, test_ids, subsets.labels, cfg, env)
+    scores = score_subset(net, store, test_ids, subsets.labels, cfg, env)
     wall = time.perf_counter() - t0
-    views = logits.shape[0] * logits.shape[1] * logits.shape[2]
+    views = scores.logits.shape[0] * scores.logits.shape[1] * scores.logits.shape[2]
     return {"stream": stream, "arch": cfg.arch, "device": str(env.device), "input": cfg.input_size,
-            "batch": cfg.batch_size, "precision": precision, "workers": cfg.workers,
+            "batch": cfg.batch_size, "precision": training.precision, "workers": cfg.workers,
             "train_samples_per_s": row["samples_per_s"], "step_s": row["batch_time"],
             "data_wait": row["data_wait"], "test_views": views, "test_views_per_s": views / wall,
-            "test_data_wait": speed["data_wait"],
+            "test_data_wait": scores.data_wait,
             "ucf101_test_projected_min": UCF101_SPLIT1_VIEWS / (views / wall) / 60.0}
 
 

@@ -8,17 +8,40 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Iterator
 
 
+# Permissions asked for when a file is created; the kernel takes the process umask off (0644 under umask
+# 022, 0640 under 027), as for any file the user creates. tempfile.mkstemp would ask for 0600: outputs on
+# shared storage (checkpoints, score files, reports) could then not be read by colleagues.
+_NEW_FILE_MODE = 0o666
+_TEMP_NAME_TRIES = 100
+
+
+def _create_temp_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty file ``.<name>.<random>.tmp`` in ``path``'s folder, opened for writing (O_EXCL: never an
+    existing one), with the umask's permissions. Returns (descriptor, path)."""
+    for _ in range(_TEMP_NAME_TRIES):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            return os.open(tmp, flags, _NEW_FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name after {_TEMP_NAME_TRIES} tries")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator[IO]:
-    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``, else it is removed."""
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``, else it is removed.
+
+    The file gets the permissions of any new file of this process (0666 less the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp_beside(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -26,7 +49,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 

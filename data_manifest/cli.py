@@ -19,13 +19,20 @@ from data_manifest.synth import (CLASS_NAMES, DEFAULT_CLASSES, DEFAULT_FPS, DEFA
 _SUBSET_LABELS = ((SPLIT_TRAIN, "train"), (SPLIT_TEST, "test"), (SPLIT_UNUSED, "unused"), (SPLIT_NONE, "unlisted"))
 
 
+EXIT_INTERRUPTED = 130  # after Ctrl-C (SIGINT): 128 + 2, as a shell reports it
+
+
 @contextlib.contextmanager
-def _domain_errors() -> Iterator[None]:
-    """Turn the library's ManifestError into a one-line CLI error (exit 1)."""
+def _domain_errors(interrupted: str = "nothing was written; re-run the same command") -> Iterator[None]:
+    """Turn the library's ManifestError into a one-line CLI error (exit 1), and Ctrl-C into a line saying
+    what was kept (``interrupted``) instead of click's bare "Aborted!" (exit 130)."""
     try:
         yield
     except ManifestError as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {interrupted}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -80,7 +87,8 @@ def main() -> None:
 def synth(out_dir: Path, classes: int, videos_per_class: int, seed: int, frames: int, size: tuple[int, int],
           fps: float) -> None:
     """Write a synthetic dataset (classes differ only by motion) in UCF101 layout."""
-    with _domain_errors():
+    with _domain_errors(f"{out_dir} holds part of a synthetic dataset; re-run the same command to write it "
+                        "whole (it replaces the part)"):
         out = make_synthetic(out_dir, classes=classes, videos_per_class=videos_per_class, seed=seed, size=size,
                              frames=frames, fps=fps)
         m, info = build(out)
@@ -103,7 +111,8 @@ def _dataset_options(f):
 @click.option("--allow-missing", is_flag=True, help="Leave out videos named by split files but absent on disk.")
 def build_cmd(root: Path, dataset: str, splits_dir: Path | None, out: Path | None, allow_missing: bool) -> None:
     """Scan ROOT and its split files, print a summary and write the manifest."""
-    with _domain_errors():
+    with _domain_errors("the manifest is written whole or not at all, so nothing was written; re-run the same "
+                        "command"):
         m, info = build(root, dataset, splits_dir, allow_missing=allow_missing)
         out = out or Path(f"{root.resolve().name}.manifest.tsv")
         m.write(out)

@@ -32,9 +32,20 @@ SPLIT_UNUSED = "unused"
 SPLIT_NONE = "-"
 SPLIT_VALUES = (SPLIT_TRAIN, SPLIT_TEST, SPLIT_UNUSED, SPLIT_NONE)
 SUBSET_VAL = "val"
-SUBSET_TRAIN_VAL = "train-val"
+SUBSET_TRAIN_MINUS_VAL = "train-minus-val"  # the train list without the validation hold-out
 SUBSET_ALL = "all"
-SUBSETS = (SPLIT_TRAIN, SPLIT_TEST, SPLIT_UNUSED, SUBSET_VAL, SUBSET_TRAIN_VAL, SUBSET_ALL)
+SUBSETS = (SPLIT_TRAIN, SPLIT_TEST, SPLIT_UNUSED, SUBSET_VAL, SUBSET_TRAIN_MINUS_VAL, SUBSET_ALL)
+# Names refused with an explanation rather than read one way or the other: "train-val" was this package's
+# old name for train minus val, while the common "trainval" (e.g. PASCAL VOC's split) means train plus val.
+_TRAINVAL = "the common name 'trainval' means train plus val, here the whole train list (subset='train')"
+RENAMED_SUBSETS = {
+    "train-val": (f"subset 'train-val' was renamed '{SUBSET_TRAIN_MINUS_VAL}': it is the train list minus the "
+                  f"validation hold-out, while {_TRAINVAL}; the old name is refused rather than silently read "
+                  f"either way. Use '{SUBSET_TRAIN_MINUS_VAL}' to fit while 'val' selects the model, or "
+                  f"'train' for the final fit on all of it"),
+    "trainval": (f"unknown subset 'trainval': {_TRAINVAL}; '{SUBSET_TRAIN_MINUS_VAL}' is the train list "
+                 f"without the validation hold-out"),
+}
 
 FORMAT = "twostream-manifest/1"
 FIXED_COLUMNS = ("video_id", "path", "class", "label", "group")
@@ -196,8 +207,11 @@ class Manifest:
         """Video ids of one subset of split k, in path order.
 
         subset: 'train' | 'test' | 'unused' as listed; 'val' (held out of the train list by group, see
-        data_manifest.holdout) | 'train-val' (train minus val) | 'all' (every video, split ignored).
+        data_manifest.holdout) | 'train-minus-val' (the train list without val) | 'all' (every video, split
+        ignored). The old name 'train-val' is refused, naming the new one.
         """
+        if subset in RENAMED_SUBSETS:
+            raise ManifestError(RENAMED_SUBSETS[subset])
         if subset not in SUBSETS:
             raise ManifestError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
         if subset == SUBSET_ALL:

@@ -1,8 +1,10 @@
 """Progress of long work, readable on a terminal and in a log file.
 
 On a terminal: a tqdm bar (rate, ETA) redrawn in place. When the stream is not a terminal (redirected to a
-file, a pipe, a batch system's log): no carriage returns, one plain line every ``every`` seconds and one at
-the end, e.g. ``extract: 12/71 videos (17%), 0.42 videos/s, ETA 2m20s, failed=1``.
+file, a pipe, a batch system's log): no carriage returns, one plain line every ``every`` seconds (default
+LOG_EVERY_S) and one at the end, e.g. ``extract: 12/71 videos (17%), 0.42 videos/s, ETA 2m20s, failed=1``.
+With ``leave=False`` the bar is erased when it closes and no closing line is written: for loops whose
+caller prints its own summary (a training epoch, followed by its row of the table).
 """
 from __future__ import annotations
 
@@ -38,11 +40,13 @@ class Progress:
     """
 
     def __init__(self, total: int, unit: str = "item", desc: str = "", enabled: bool = True,
-                 file: TextIO | None = None, every: float = LOG_EVERY_S, terminal: bool | None = None):
+                 file: TextIO | None = None, every: float | None = None, terminal: bool | None = None,
+                 leave: bool = True):
         self.total, self.unit, self.desc = int(total), unit, desc
         self.file = file if file is not None else sys.stderr
         self.enabled = enabled
-        self.every = every
+        self.every = LOG_EVERY_S if every is None else every  # read at each call: a caller may change it
+        self.leave = leave
         self.count = 0
         self.postfix: dict[str, Any] = {}
         self.start = time.perf_counter()
@@ -53,7 +57,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, unit=unit, desc=desc or None, dynamic_ncols=True, file=self.file,
-                             leave=True)
+                             leave=leave)
 
     def __enter__(self) -> "Progress":
         return self
@@ -105,5 +109,5 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and self.total:
+        elif self.enabled and self.total and self.leave:
             self._write(self.line())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from fusion.aggregate import AGGREGATIONS, DEFAULT_AGGREGATION
 from fusion.errors import FusionError
 from fusion.evaluate import DEFAULT_BOOTSTRAP, DEFAULT_SEED, Options, evaluate
 
+EXIT_INTERRUPTED = 130  # after Ctrl-C (SIGINT): 128 + 2, as a shell reports it
 _NUMBER = re.compile(r"^(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -135,6 +137,12 @@ def report(split, runs, spatial, temporal, scores, val, aggregation, weights, al
         _report_one(test_paths, val_named, k, hint, options, out_dir)
     except FusionError as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        # instead of click's bare "Aborted!": say that nothing is half-written and what to do
+        click.echo("\ninterrupted: report files are written whole or not at all, so none is half-written; "
+                   "re-run the same command to make the report (it starts over, reading the same score files)",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _val_paths(test_paths, val_named) -> tuple[list | None, list[str]]:

@@ -1,8 +1,10 @@
-"""data_manifest.atomic: the exclusive lock that extractions and training runs hold on their outputs."""
+"""data_manifest.atomic: atomic writes (permissions from the umask, never a half file) and the exclusive lock
+that extractions and training runs hold on their outputs."""
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -56,3 +58,53 @@ def test_a_killed_holder_frees_the_lock_even_while_its_forked_child_lives(tmp_pa
         assert time.perf_counter() - t < 1
     finally:
         holder.kill()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path, umask, mode):
+    """Not mkstemp's 0600: colleagues on shared storage must be able to read checkpoints and reports."""
+    from data_manifest import Manifest  # the manifest writer goes through atomic_write too
+    from data_manifest.atomic import atomic_open, atomic_write
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "report.md", "first")
+        atomic_write(tmp_path / "report.md", "replaced")  # replacing a file gives the umask's mode too
+        with atomic_open(tmp_path / "sub" / "scores.npz", "wb") as f:
+            f.write(b"PK")
+        Manifest("folder", ["A"], [], []).write(tmp_path / "m.manifest.tsv")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("what open() gives, for comparison")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "report.md", tmp_path / "sub" / "scores.npz", tmp_path / "m.manifest.tsv", plain):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    assert (tmp_path / "report.md").read_text() == "replaced"
+
+
+def test_a_temporary_name_in_use_is_never_written_over(tmp_path, monkeypatch):
+    import data_manifest.atomic as atomic
+
+    names = iter(["0000aaaa", "0000bbbb"])
+    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(names))
+    other = tmp_path / ".out.txt.0000aaaa.tmp"  # another writer's temporary file, mid-write
+    other.write_text("theirs")
+    atomic.atomic_write(tmp_path / "out.txt", "mine")
+    assert other.read_text() == "theirs" and (tmp_path / "out.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.txt.0000aaaa.tmp", "out.txt"]
+    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: "0000aaaa")  # every name taken
+    with pytest.raises(FileExistsError, match="no free temporary name"):
+        atomic.atomic_write(tmp_path / "out.txt", "again")
+    assert (tmp_path / "out.txt").read_text() == "mine"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from data_manifest.atomic import atomic_open
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(target, "wb") as f:
+            f.write(b"half of the new one")
+            raise KeyboardInterrupt  # Ctrl-C mid-write
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

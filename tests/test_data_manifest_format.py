@@ -197,7 +197,7 @@ def _expected_val_groups(train_groups, split, fraction=0.1, seed=0):
 @pytest.mark.parametrize("split", [1, 2, 3])
 def test_holdout_by_group_from_train_only(ucf, split):
     train, test = set(ucf.ids(split, "train")), set(ucf.ids(split, "test"))
-    val, rest = ucf.ids(split, "val"), ucf.ids(split, "train-val")
+    val, rest = ucf.ids(split, "val"), ucf.ids(split, "train-minus-val")
     assert set(val) | set(rest) == train and not set(val) & set(rest)
     assert not set(val) & test
     train_groups = {ucf.by_id(v).group for v in train}
@@ -210,6 +210,20 @@ def test_holdout_by_group_from_train_only(ucf, split):
     assert not val_groups & {ucf.by_id(v).group for v in rest}
 
 
+def test_the_old_subset_name_train_val_is_refused_naming_the_new_one(ucf):
+    """'train-val' meant train minus val, the opposite of the common 'trainval': neither name is read silently."""
+    with pytest.raises(ManifestError) as old:
+        ucf.ids(1, "train-val")
+    message = str(old.value)
+    assert message.startswith("subset 'train-val' was renamed 'train-minus-val': it is the train list minus the "
+                              "validation hold-out")
+    assert "'trainval' means train plus val" in message and "subset='train'" in message
+    with pytest.raises(ManifestError, match=r"unknown subset 'trainval': .*subset='train'"):
+        ucf.ids(1, "trainval")
+    with pytest.raises(ManifestError, match=r"unknown subset 'tran'; choose one of .*train-minus-val"):
+        ucf.ids(1, "tran")
+
+
 def test_holdout_is_deterministic_and_seeded(ucf, tmp_path):
     again = Manifest.from_text(ucf.to_text())
     assert again.ids(1, "val") == ucf.ids(1, "val")
@@ -219,12 +233,12 @@ def test_holdout_is_deterministic_and_seeded(ucf, tmp_path):
     bigger = ucf.ids(1, "val", val_fraction=0.5)
     assert len({ucf.by_id(v).group for v in bigger}) == 3
     # however large the fraction, one train group stays for training
-    assert len({ucf.by_id(v).group for v in ucf.ids(1, "train-val", val_fraction=0.99)}) == 1
+    assert len({ucf.by_id(v).group for v in ucf.ids(1, "train-minus-val", val_fraction=0.99)}) == 1
 
 
 def test_holdout_without_groups_is_per_class(hmdb, tmp_path):
     # the default fake HMDB51 has one train video per class and split: holding one out would empty the class
-    assert hmdb.ids(1, "val") == [] and hmdb.ids(1, "train-val") == hmdb.ids(1, "train")
+    assert hmdb.ids(1, "val") == [] and hmdb.ids(1, "train-minus-val") == hmdb.ids(1, "train")
     videos = {c: tuple(f"{c}_clip!_{i}.avi" for i in range(6)) for c in ("jump", "run")}
     make_fake_hmdb51(tmp_path / "six", videos=videos)
     m = build_manifest(tmp_path / "six")
@@ -242,7 +256,7 @@ def test_holdout_hash_fallback_rule():
         ids = [f"v{c}_{i}" for i in range(10)]
         want = sorted(ids, key=lambda v: hashlib.sha256(f"3/1/{v}".encode()).hexdigest())[:2]
         assert sorted(v for v in val if v.startswith(f"v{c}_")) == sorted(want)
-    assert set(m.ids(1, "train-val", val_fraction=0.2, seed=3)) == {r.video_id for r in recs} - set(val)
+    assert set(m.ids(1, "train-minus-val", val_fraction=0.2, seed=3)) == {r.video_id for r in recs} - set(val)
     single_group = Manifest("folder", ["C0"], [_rec(f"x{i}", "C0", 0, 5, ("train",)) for i in range(4)])
     assert len(single_group.ids(1, "val", val_fraction=0.5)) == 2  # one group: falls back to per video
     assert SPLIT_NONE == "-"

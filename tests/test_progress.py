@@ -1,6 +1,7 @@
 """data_manifest.progress: plain periodic lines when the output is not a terminal, a bar when it is."""
 import io
 
+from data_manifest import progress
 from data_manifest.progress import Progress, format_seconds
 
 
@@ -40,3 +41,17 @@ def test_disabled_prints_nothing_and_a_terminal_gets_a_bar():
     with Progress(3, file=tty, terminal=True) as bar:
         bar.update(3)
     assert "\r" in tty.getvalue() and "3/3" in tty.getvalue()
+
+
+def test_leave_false_writes_no_closing_line_and_the_interval_default_is_read_at_each_call(monkeypatch):
+    out = io.StringIO()
+    with Progress(3, unit="iteration", desc="epoch 1/2", file=out, every=3600.0, leave=False) as bar:
+        bar.update(3)
+    assert out.getvalue() == ""  # the caller prints its own summary
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    with Progress(2, unit="iteration", desc="epoch 2/2", file=out, leave=False) as bar:
+        bar.update(1, loss="0.5")
+        bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("epoch 2/2: 1/2 iterations (50%)") and lines[0].endswith("loss=0.5")
+    assert len(lines) == 2 and "\r" not in out.getvalue()

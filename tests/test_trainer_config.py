@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from trainer.cli import main
-from trainer.config import (ConfigError, build_config, load_config, parse_set, read_config_file,
+from trainer.config import (ConfigError, TrainConfig, build_config, load_config, parse_set, read_config_file,
                             shipped_configs)
 
 
@@ -58,6 +58,27 @@ def test_bad_values_are_rejected_with_the_key(item, message):
 def test_impossible_settings_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("temporal", overrides=overrides)
+
+
+def test_every_way_of_making_a_config_is_validated_and_coerced():
+    """The checks live in TrainConfig itself: dataclasses.replace and the constructor cannot bypass them."""
+    import dataclasses
+
+    cfg = load_config("temporal")
+    with pytest.raises(ConfigError, match=r"^lr must be a positive number, got -1.0$"):
+        dataclasses.replace(cfg, lr=-1)
+    with pytest.raises(ConfigError, match=r"^batch_size must be an integer, got '8'$"):
+        TrainConfig(batch_size="8")
+    with pytest.raises(ConfigError, match=r"^replace\(\): test_crops must be one of 1, 5, 10, got 3$"):
+        cfg.replace(test_crops=3)
+    with pytest.raises(ConfigError, match=r"^lr_steps are iterations .* below max_iters 30000"):
+        dataclasses.replace(cfg, lr_steps=(40000,))
+    # values are coerced by the field's type, whichever way they come in: TOML lists become tuples, ints floats
+    again = dataclasses.replace(cfg, scales=[1, 0.5], lr_steps=[5000], dropout=0)
+    assert (again.scales, again.lr_steps, again.dropout) == ((1.0, 0.5), (5000,), (0.0,))
+    assert [type(x) for x in again.scales + again.dropout] == [float, float, float]
+    assert TrainConfig() == cfg  # the constructor fills the presets too
+    assert TrainConfig(arch="vgg16", stream="spatial").dropout == (0.9, 0.9)
 
 
 def test_config_for_the_other_stream_is_refused(tmp_path):
@@ -110,7 +131,7 @@ def test_resolved_config_round_trips_through_toml():
 
 def test_shipped_configs_load_and_carry_the_paper_numbers():
     shipped = shipped_configs()
-    for name in ("demo", "ucf101_vgg16_spatial", "ucf101_vgg16_temporal", "ucf101_resnet101_spatial",
+    for name in ("demo", "small_dataset", "ucf101_vgg16_spatial", "ucf101_vgg16_temporal", "ucf101_resnet101_spatial",
                  "ucf101_resnet101_temporal", "hmdb51_vgg16_spatial", "hmdb51_vgg16_temporal",
                  "hmdb51_resnet101_spatial", "hmdb51_resnet101_temporal"):
         assert name in shipped, name
@@ -150,6 +171,39 @@ def test_plan_keeps_the_effective_batch_on_any_number_of_processes():
         make_plan(cfg.replace(micro_batch=24), 2, 10_000)
     with pytest.raises(ConfigError, match="larger than one epoch"):
         make_plan(cfg, 1, 100)
+
+
+def test_a_batch_larger_than_the_data_names_the_small_data_config_and_a_batch_that_fits():
+    from trainer.train import SMALL_DATA_BATCH, SMALL_DATA_CONFIG, make_plan
+
+    paper = load_config("spatial", overrides={"samples_per_video": 2})
+    with pytest.raises(ConfigError) as err:
+        make_plan(paper, 1, 120)  # 60 videos x 2 samples
+    message = str(err.value)
+    assert message.startswith("batch_size 256 is larger than one epoch: 120 training samples (60 videos x "
+                              "samples_per_video 2) on 1 process(es) make no full batch")
+    assert f"--config {SMALL_DATA_CONFIG} (batch {SMALL_DATA_BATCH}" in message
+    # 64 = the largest power of two <= 120 (one step); 8 <= 120 / 8 gives 15 steps per epoch
+    assert "--set batch_size=N with N at most 64 (one step per epoch), e.g. --set batch_size=8 (15 steps" in message
+    two = str(pytest.raises(ConfigError, make_plan, paper, 2, 120).value)
+    assert "at most 64 (one step per epoch), e.g. --set batch_size=8 (15 steps" in two  # 4 of 60 per process
+    assert make_plan(paper.replace(batch_size=64), 1, 120).iters_per_epoch == 1  # the bound is right
+    assert make_plan(paper.replace(batch_size=8), 1, 120).iters_per_epoch == 15
+    small = load_config("temporal", SMALL_DATA_CONFIG)
+    assert small.batch_size == SMALL_DATA_BATCH
+    tiny = str(pytest.raises(ConfigError, make_plan, small, 1, 20).value)
+    assert "--config" not in tiny and "at most 16" in tiny  # already the small-data config: only the batch
+
+
+def test_the_small_dataset_config_is_cpu_sized_and_keeps_the_papers_practices():
+    for stream in ("spatial", "temporal"):
+        cfg = load_config(stream, "small_dataset")
+        assert (cfg.arch, cfg.input_size, cfg.batch_size, cfg.schedule, cfg.pretrained) == \
+            ("resnet18", 112, 32, "cosine", "auto")
+        assert (cfg.scales, cfg.corner_crop, cfg.flip, cfg.test_frames, cfg.test_crops) == \
+            ((1.0, 0.875, 0.75, 0.65625), True, True, 25, 10)
+    assert load_config("temporal", "small_dataset").in_channels == 20
+    assert (load_config("spatial", "small_dataset").lr, load_config("temporal", "small_dataset").lr) == (0.001, 0.005)
 
 
 def test_lr_schedules():
@@ -212,7 +266,8 @@ def test_val_every_iters_preset_follows_the_schedule():
 
 
 def test_resnet101_recipes_use_the_batch_of_their_iteration_schedule():
-    """The paper's schedules (10k / 30k iterations) are counted in batches of 256 (REFERENCE sec. 1 (ii))."""
+    """The paper's schedules (10k / 30k iterations) are counted in batches of 256 (Wang et al. 2015,
+    "Towards Good Practices for Very Deep Two-Stream ConvNets", arXiv:1507.02159)."""
     for name in ("ucf101_resnet101_spatial", "ucf101_resnet101_temporal", "hmdb51_resnet101_spatial",
                  "hmdb51_resnet101_temporal"):
         data, _ = read_config_file(name)
@@ -236,3 +291,19 @@ def test_bare_unwraps_ddp_and_compile_in_either_order():
     assert _bare(net) is net
     assert _bare(torch.compile(FakeDDP(net))) is net  # what run() builds: compile(DDP(net))
     assert _bare(FakeDDP(torch.compile(net))) is net
+
+
+
+def test_select_best_takes_higher_top1_then_lower_loss_and_never_a_non_finite_loss():
+    from trainer.train import Position, select_best
+
+    start = Position().best  # no checkpoint yet: any finite validation wins
+    first = select_best(start, {"val_top1": 50.0, "val_loss": 1.2, "val_top5": 90.0}, 1)
+    assert first == {"epoch": 1, "val_top1": 50.0, "val_loss": 1.2, "selected_by": "hold-out top-1, then hold-out loss"}
+    assert select_best(first, {"val_top1": 40.0, "val_loss": 0.1}, 2) is None  # lower top-1 loses, whatever the loss
+    assert select_best(first, {"val_top1": 50.0, "val_loss": 1.3}, 2) is None  # tie on top-1, higher loss
+    assert select_best(first, {"val_top1": 50.0, "val_loss": 1.1}, 2)["epoch"] == 2  # tie, lower loss
+    assert select_best(first, {"val_top1": 60.0, "val_loss": float("nan")}, 2) is None
+    assert select_best(start, {"val_top1": 100.0, "val_loss": float("inf")}, 1) is None
+    assert select_best(first, {}, 3) == {"epoch": 3, "val_top1": None, "val_loss": None,
+                                         "selected_by": "last epoch (no hold-out)"}

@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 
 from trainer.cli import main
+from trainer.errors import ConfigError
 from trainer.scores import read_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def _subset_ids(store) -> dict[str, list[str]]:
     from flowprep import FlowStore
 
     m = FlowStore(store).manifest
-    return {"train": m.ids(1, "train-val"), "val": m.ids(1, "val"), "test": m.ids(1, "test")}
+    return {"train": m.ids(1, "train-minus-val"), "val": m.ids(1, "val"), "test": m.ids(1, "test")}
 
 
 def _damaged_copy(src, dst: Path, delete=(), corrupt=(), shorten=()) -> Path:
@@ -149,6 +150,9 @@ def test_run_writes_the_documented_outputs(reference, ref_config):
     last = torch.load(run_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "config"} <= set(last)
     assert last["epoch"] == 3 and last["config"]["flow_length"] == 3
+    best = torch.load(run_dir / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    assert {"model", "config", "epoch", "best", "init"} <= set(best)  # as README and docs/trainer.md say:
+    assert not {"optimizer", "lr_scheduler", "scaler", "history"} & set(best)  # no optimizer state in it
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "top-1" in stdout and "chance 25.0%" in stdout
 
@@ -162,7 +166,7 @@ def test_score_files_cover_every_video_exactly_once(reference, synth_store):
     assert test.video_ids == manifest.ids(1, "test")
     assert val.video_ids == manifest.ids(1, "val")
     assert not set(val.video_ids) & set(test.video_ids)
-    assert not set(val.video_ids) & set(manifest.ids(1, "train-val"))  # selection data is not trained on
+    assert not set(val.video_ids) & set(manifest.ids(1, "train-minus-val"))  # selection data is not trained on
     assert test.labels.tolist() == [manifest.by_id(v).label for v in test.video_ids]
     assert test.logits.shape == (8, 2, 10, 4) and test.class_names == manifest.classes
     meta = test.meta
@@ -272,6 +276,16 @@ def test_a_second_job_on_a_run_directory_and_a_foreign_checkpoint_are_refused(re
     assert {name: (run_dir / name).read_bytes() for name in before} == before  # nothing was overwritten
 
 
+def test_a_bare_run_on_a_small_store_names_the_small_data_config(synth_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no weights: "auto" warns, random init
+    result = CliRunner().invoke(main, ["run", "spatial", "--data", str(synth_store), "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    error = result.output[result.output.index("Error:"):]
+    assert "batch_size 256 is larger than one epoch: 8 training samples (8 videos x samples_per_video 1)" in error
+    assert "--config small_dataset" in error and "--set batch_size=N with N at most 8" in error
+    assert not (tmp_path / "spatial-split1").exists()
+
+
 def test_missing_imagenet_weights_stop_before_training(synth_store, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     result = CliRunner().invoke(main, ["run", "temporal", "--data", str(synth_store), "--out", str(tmp_path),
@@ -296,6 +310,36 @@ def test_spatial_and_clip_streams_run_end_to_end(synth_store, tmp_path, stream, 
     assert result.exit_code == 0, result.output
     scores = read_scores(tmp_path / f"{stream}-split1" / "scores_test.npz")
     assert scores.logits.shape == shape and scores.meta["stream"] == stream
+
+
+def test_run_and_fusion_outputs_get_the_umask_permissions(synth_store, tmp_path):
+    """Under umask 027 every file written is 0640 (group-readable on shared storage), not mkstemp's 0600."""
+    import stat
+
+    from fusion.cli import main as fusion_main
+
+    args = ["run", "spatial", "--data", str(synth_store), "--out", str(tmp_path / "runs"), "--no-progress"]
+    for item in ("arch=resnet18", "pretrained=none", "input_size=32", "batch_size=4", "schedule=step",
+                 "epochs=1", "lr=0.01", "workers=0", "val_frames=1", "test_frames=2", "test_crops=1"):
+        args += ["--set", item]
+    old = os.umask(0o027)
+    try:
+        trained = CliRunner().invoke(main, args)
+        fused = CliRunner().invoke(fusion_main, ["report", "--spatial", str(tmp_path / "runs" / "spatial-split1" /
+                                                                           "scores_test.npz"),
+                                                 "--out", str(tmp_path / "fusion"), "--bootstrap", "20"])
+    finally:
+        os.umask(old)
+    assert trained.exit_code == 0, trained.output
+    assert fused.exit_code == 0, fused.output
+    run_dir = tmp_path / "runs" / "spatial-split1"
+    written = sorted(run_dir.iterdir()) + sorted((tmp_path / "fusion").iterdir())
+    assert {p.name for p in written} >= {"checkpoint_last.pt", "checkpoint_best.pt", "config.toml", "log.csv",
+                                        "curves.png", "scores_test.npz", "scores_val.npz", "report.md",
+                                        "report.json", "per_class.csv", "confusion.png"}
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert set(modes.values()) == {"0o640"}, modes
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o750
 
 
 @pytest.mark.slow
@@ -456,3 +500,37 @@ def test_missing_videos_stop_a_run_or_are_left_out_and_short_videos_are_counted(
     assert f"(1 undecodable left out: {ids['test'][0]})" in skipped.output
     scores = read_scores(tmp_path / "temporal-split1" / "scores_test.npz")
     assert scores.num_videos == 6 and sorted(scores.meta["missing_video_ids"]) == sorted(ids["test"][:2])
+
+
+def test_a_sample_length_no_video_can_fill_is_refused_before_the_network_is_built(synth_store, tmp_path,
+                                                                                    monkeypatch):
+    from flowprep import FlowStore
+
+    import trainer.train
+    from trainer.config import load_config
+    from trainer.data import check_sample_length
+
+    store = FlowStore(synth_store)
+    ids = [v for subset in _subset_ids(synth_store).values() for v in subset]
+    longest = max(ids, key=store.num_flows)
+    most = store.num_flows(longest)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr(trainer.train, "build_model", no_network)
+    result = CliRunner().invoke(main, ["run", "temporal", "--data", str(synth_store), "--out", str(tmp_path),
+                                       "--set", "flow_length=100000", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"flow_length = 100000: no video of split 1 in {synth_store} has the 100000 flow fields" in result.output
+    assert f"the longest, {longest}, has {most} flow fields" in result.output
+    assert f"--set flow_length={most}" in result.output
+    assert not (tmp_path / "temporal-split1").exists()
+    # the boundary: a length the longest video fills passes; clips count frames (spatial) the same way
+    check_sample_length(store, ids, load_config("temporal", overrides={"flow_length": most}))
+    with pytest.raises(ConfigError, match=f"flow_length = {most + 1}: .* has {most} flow fields"):
+        check_sample_length(store, ids, load_config("temporal", overrides={"flow_length": most + 1}))
+    frames = max(store.num_frames(v) for v in ids)
+    clip = load_config("spatial", overrides={"arch": "r3d_18", "clip_length": frames + 1})
+    with pytest.raises(ConfigError, match=f"clip_length = {frames + 1}: .* has {frames} frames. Set clip_length"):
+        check_sample_length(store, ids, clip)

@@ -139,8 +139,8 @@ def test_a_mirrored_drift_right_moves_left(synth_store):
     store = FlowStore(synth_store)
     vid = next(v for v in store.video_ids if "DriftRight" in v)
     cfg = load_config("temporal", overrides={"flow_length": 3})
-    data, index, _, _, _ = VideoFrames(store, [vid], {vid: 2}, cfg, frames=2)[0]
-    video = T.assemble_video(data, index, clip=False)
+    item = VideoFrames(store, [vid], {vid: 2}, cfg, frames=2)[0]
+    video = T.assemble_video(item.fields, item.layout, clip=False)
     assert video.shape[:2] == (2, 6)
     views = T.make_test_views(video, "temporal", False, side=40, size=40, n_crops=10)
     x_plain = views[:, :5, 0::2].mean().item()
@@ -158,10 +158,11 @@ def test_test_stacks_sit_at_uniform_positions(synth_store):
     vid = store.video_ids[0]
     n = store.num_flows(vid)
     cfg = load_config("temporal", overrides={"flow_length": 3})
-    data, fields, label, index, error = VideoFrames(store, [vid], {vid: 5}, cfg, frames=4)[0]
-    assert (label, index, error) == (5, 0, None)
-    assert len(data) == len(np.unique(fields.numpy()))  # overlapping stacks: each field decoded once
-    video = T.assemble_video(data, fields, clip=False)
+    item = VideoFrames(store, [vid], {vid: 5}, cfg, frames=4)[0]
+    assert (item.label, item.position, item.error) == (5, 0, None)
+    assert item.layout.shape == (4, 3)
+    assert len(item.fields) == len(np.unique(item.layout.numpy()))  # overlapping stacks: each field decoded once
+    video = T.assemble_video(item.fields, item.layout, clip=False)
     starts = T.uniform_positions(n - 2, 4)
     for f, s in enumerate(starts):
         fields = store.read_flow(vid, [s, s + 1, s + 2])  # (3, H, W, 2)

@@ -5,6 +5,8 @@ torch is imported only inside the commands, so `trainer --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -42,6 +44,31 @@ def _call(fn, *args, **kwargs):
         raise click.UsageError(str(exc)) from exc
     except _domain_errors() as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# Exit status after Ctrl-C (SIGINT): 128 + 2, as a shell reports a process that SIGINT ended.
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted(message: str):
+    """After Ctrl-C: say what was kept and how to go on (rank 0 only: a terminal's Ctrl-C reaches every
+    process of a torchrun job), instead of click's bare "Aborted!"."""
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"\ninterrupted: {message}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _resume_hint(cfg, resume, fresh) -> str:
+    """What a re-run does after an interrupted `trainer run`: continue from the run's last checkpoint."""
+    last = cfg.run_dir / "checkpoint_last.pt"
+    if not last.is_file():
+        return (f"no checkpoint had been written yet ({last} is written at each validation), so a re-run "
+                "starts the training again")
+    # a re-run with --fresh would delete that checkpoint; one with --resume would start from the other file
+    how = "the same command" if not (fresh or resume) else \
+        f"the same command without {'--fresh' if fresh else '--resume'}"
+    return (f"re-run {how} to continue from {last} (the last checkpoint; the epochs after it are trained "
+            "again, and a finished training goes straight to the test protocol)")
 
 
 def _config(stream, config, sets, data, split, out):
@@ -87,13 +114,17 @@ def main() -> None:
 def run(stream, config, sets, data, split, out, resume, fresh, no_test, no_progress):
     """Train STREAM (spatial | temporal), then run the test protocol with the best checkpoint.
 
-    Re-running the same command continues an interrupted run from its last checkpoint.
-    Exit status: 0 done, 1 data/file problem (the message says which and the fix), 2 bad options or config.
+    Re-running the same command continues an interrupted (Ctrl-C) or killed run from its last checkpoint.
+    Exit status: 0 done, 1 data/file problem (the message says which and the fix), 2 bad options or config,
+    130 interrupted.
     """
     from trainer.train import run as run_training
 
     cfg = _call(_config, stream, config, sets, data, split, out)
-    _call(run_training, cfg, resume=resume, fresh=fresh, test=not no_test, progress=not no_progress)
+    try:
+        _call(run_training, cfg, resume=resume, fresh=fresh, test=not no_test, progress=not no_progress)
+    except KeyboardInterrupt:
+        _interrupted(_resume_hint(cfg, resume, fresh))
 
 
 @main.command()
@@ -123,7 +154,11 @@ def test(stream, sets, data, split, out, checkpoint, subset, no_progress):
         overrides["data"] = data
     cfg = _call(resolve_test_config, stream, path, base.out, overrides, split)
     which = ("val", "test") if subset == "both" else (subset,)
-    results = _call(run_test, cfg, path, which=which, progress=not no_progress)
+    try:
+        results = _call(run_test, cfg, path, which=which, progress=not no_progress)
+    except KeyboardInterrupt:
+        _interrupted("score files are written whole or not at all, so none is half-written; re-run the same "
+                     "command to run the test protocol again (it starts over)")
     if not results:
         click.echo(f"nothing tested: the {subset} subset of split {cfg.split} is empty")
 

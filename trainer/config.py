@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ PRESET_LR = {"spatial": 0.001, "temporal": 0.005}
 PRESET_LR_STEPS = {"spatial": (4000, 8000), "temporal": (10000, 20000)}
 PRESET_MAX_ITERS = {"spatial": 10000, "temporal": 30000}
 # Dropout before the new classifier: VGG fc6/fc7 0.9/0.9 spatial, 0.9/0.8 temporal (paper); one dropout of
-# 0.8 spatial / 0.7 temporal for the other backbones (ResNet / BN-Inception practice of TSN-style peers).
+# 0.8 spatial / 0.7 temporal for the other backbones (TSN, Wang et al. 2016, arXiv:1608.00859, BN-Inception).
 PRESET_DROPOUT_VGG = {"spatial": (0.9, 0.9), "temporal": (0.9, 0.8)}
 PRESET_DROPOUT = {"spatial": (0.8,), "temporal": (0.7,)}
 # Validation + checkpoint interval of the iteration schedules: at least this many iterations between two.
@@ -134,6 +136,29 @@ class TrainConfig:
                                 PAPER_TEST_CROP)
     test_batch: int = _h("views per forward pass in testing", 250)
 
+    def __post_init__(self) -> None:
+        """Coerce every value to its field's type, fill the stream presets, check values and combinations.
+
+        Here rather than in a builder, so that every way of making a config (the constructor,
+        ``dataclasses.replace``, a checkpoint's dict) is checked. Raises ConfigError naming the key.
+        """
+        for name, kind in _field_types().items():
+            value = getattr(self, name)
+            if value is not UNSET or name not in PRESET_KEYS:
+                object.__setattr__(self, name, _coerce(name, value, kind))
+        _check_choice("stream", self.stream, STREAMS)
+        if self.arch not in ARCHS:
+            close = difflib.get_close_matches(self.arch, ARCHS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"arch {self.arch!r} is not supported{hint}; choose one of {', '.join(ARCHS)}")
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        for name, value in _presets(self.stream, self.arch, self.schedule).items():
+            if getattr(self, name) is UNSET:
+                object.__setattr__(self, name, value)
+        if self.arch in VGGS and len(self.dropout) == 1:
+            object.__setattr__(self, "dropout", self.dropout * 2)  # one value given: the same for fc6 and fc7
+        validate(self)
+
     # -- derived values ----------------------------------------------------------------------------------
     @property
     def is_clip(self) -> bool:
@@ -186,16 +211,47 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with ``changes`` applied and validated (keys and types checked like --set)."""
-        raw = self.to_dict()
-        for key, value in changes.items():
+        """A copy with ``changes`` applied and validated (``dataclasses.replace``, with unknown keys named)."""
+        for key in changes:
             _check_key(key, "replace()")
-            raw[key] = value
-        return build_config(raw, source="replace()")
+        return _sourced("replace()", dataclasses.replace, self, **changes)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+# Filled from the stream presets when left unset (None): they depend on the stream, backbone or schedule.
+PRESET_KEYS = frozenset({"lr", "dropout", "lr_steps", "max_iters", "val_every_iters"})
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """Field name -> resolved type (``tuple[float, ...]``, not the string that ``from __future__ import
+    annotations`` leaves in ``Field.type``); resolved once, on first use."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _presets(stream: str, arch: str, schedule: str) -> dict[str, Any]:
+    """The values of PRESET_KEYS for this stream, backbone and schedule."""
+    values: dict[str, Any] = {"lr": PRESET_LR[stream],
+                              "dropout": (PRESET_DROPOUT_VGG if arch in VGGS else PRESET_DROPOUT)[stream]}
+    if schedule == "iter-step":
+        values.update(lr_steps=PRESET_LR_STEPS[stream], max_iters=PRESET_MAX_ITERS[stream],
+                      val_every_iters=PRESET_VAL_EVERY_ITERS)
+    else:  # epoch schedules: no iteration milestones, validate every val_every epochs
+        values.update(lr_steps=(), max_iters=0, val_every_iters=0)
+    return values
+
+
+def _check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def _sourced(source: str, make, *args, **kwargs) -> TrainConfig:
+    """``make(*args, **kwargs)`` with the source (file, --set, replace()) put in front of a ConfigError."""
+    try:
+        return make(*args, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _toml_value(v: Any) -> str:
@@ -217,41 +273,34 @@ def _check_key(key: str, source: str) -> None:
         raise ConfigError(f"{source}: unknown config key {key!r}{hint} (known keys: {', '.join(FIELDS)})")
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check one value against the type of its field; ints are accepted for floats, scalars for lists."""
-    kind = FIELD_TYPES[key]
-    where = f"{source}: {key}"
+# What a value of each scalar type must look like, for the error message.
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_EXPECTED_LIST = {int: "an integer or a list of integers", float: "a number or a list of numbers"}
 
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where} must be {expected}, got {value!r}")
 
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind == "int" or kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if kind == "float" or kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if kind.startswith("tuple[float"):
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """``value`` as a value of type ``kind`` (a field's resolved type); ints are accepted for floats, a
+    scalar for a tuple (``dropout = 0.5``), a list for a tuple (TOML has no tuples)."""
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
         items = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in items):
-            raise bad("a number or a list of numbers")
-        return tuple(float(x) for x in items)
-    if kind.startswith("tuple[int"):
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(x, bool) or not isinstance(x, int) for x in items):
-            raise bad("a list of integers")
-        return tuple(int(x) for x in items)
-    raise ConfigError(f"{where}: unsupported field type {kind}")  # a programming error, named anyway
+        if not all(_fits(x, item) for x in items):
+            raise ConfigError(f"{key} must be {_EXPECTED_LIST[item]}, got {value!r}")
+        return tuple(item(x) for x in items)
+    if kind not in _EXPECTED:
+        raise ConfigError(f"{key}: unsupported field type {kind}")  # a programming error, named anyway
+    if not _fits(value, kind):
+        raise ConfigError(f"{key} must be {_EXPECTED[kind]}, got {value!r}")
+    return kind(value)
+
+
+def _fits(value: Any, kind: type) -> bool:
+    """True if ``value`` is a ``kind`` as TOML writes it: bools are not numbers, ints are floats."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -303,48 +352,21 @@ def read_config_file(path_or_name: str | Path) -> tuple[dict[str, Any], str]:
 
 
 def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Coerce and validate flat values, fill the stream presets, return the frozen config."""
-    raw: dict[str, Any] = {}
-    for key, value in values.items():
+    """The frozen config from flat values (unknown keys refused); errors name ``source``."""
+    for key in values:
         _check_key(key, source)
-        raw[key] = UNSET if value is UNSET else _coerce(key, value, source)
-    raw = {k: v for k, v in raw.items() if v is not UNSET}
-    stream = raw.get("stream", FIELDS["stream"].default)
-    if stream not in STREAMS:
-        raise ConfigError(f"{source}: stream must be one of {', '.join(STREAMS)}, got {stream!r}")
-    arch = raw.get("arch", FIELDS["arch"].default)
-    if arch not in ARCHS:
-        close = difflib.get_close_matches(arch, ARCHS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{source}: arch {arch!r} is not supported{hint}; choose one of {', '.join(ARCHS)}")
-    schedule = raw.get("schedule", FIELDS["schedule"].default)
-    raw.setdefault("lr", PRESET_LR[stream])
-    raw.setdefault("dropout", (PRESET_DROPOUT_VGG if arch in VGGS else PRESET_DROPOUT)[stream])
-    if arch in VGGS and len(raw["dropout"]) == 1:
-        raw["dropout"] = raw["dropout"] * 2  # one value given: the same for fc6 and fc7
-    if schedule == "iter-step":
-        raw.setdefault("lr_steps", PRESET_LR_STEPS[stream])
-        raw.setdefault("max_iters", PRESET_MAX_ITERS[stream])
-        raw.setdefault("val_every_iters", PRESET_VAL_EVERY_ITERS)
-    else:
-        raw.setdefault("lr_steps", ())
-        raw.setdefault("max_iters", 0)
-        raw.setdefault("val_every_iters", 0)
-    cfg = TrainConfig(**raw)
-    validate(cfg, source)
-    return cfg
+    return _sourced(source, TrainConfig, **values)
 
 
-def validate(cfg: TrainConfig, source: str = "config") -> None:
-    """Check values and combinations; raises ConfigError naming the key and the fix."""
+def validate(cfg: TrainConfig) -> None:
+    """Check values and combinations (called by TrainConfig itself); ConfigError names the key and the fix."""
     def need(ok: bool, message: str) -> None:
         if not ok:
-            raise ConfigError(f"{source}: {message}")
+            raise ConfigError(message)
 
-    choices = {"schedule": SCHEDULES, "bn": BN_MODES, "precision": PRECISIONS, "device": DEVICES,
-               "missing_videos": MISSING_POLICIES}
+    choices = {"bn": BN_MODES, "precision": PRECISIONS, "device": DEVICES, "missing_videos": MISSING_POLICIES}
     for key, allowed in choices.items():
-        need(getattr(cfg, key) in allowed, f"{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+        _check_choice(key, getattr(cfg, key), allowed)
     need(cfg.split >= 1, f"split must be 1 or more, got {cfg.split}")
     need(0.0 <= cfg.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     need(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
@@ -388,7 +410,7 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     need(cfg.val_every_iters >= 0, f"val_every_iters must be >= 0, got {cfg.val_every_iters}")
     need(cfg.val_frames >= 1, f"val_frames must be >= 1, got {cfg.val_frames}")
     need(cfg.test_frames >= 1, f"test_frames must be >= 1, got {cfg.test_frames}")
-    need(cfg.test_crops in TEST_CROPS, f"test_crops must be one of {TEST_CROPS}, got {cfg.test_crops}")
+    _check_choice("test_crops", cfg.test_crops, TEST_CROPS)
     # Mirrored test views of a net never trained on mirrors are inputs it has not seen; on classes that a
     # mirror changes (left/right motion, rotation sense) they vote for the wrong class.
     need(cfg.flip or cfg.test_crops != 10, "flip = false with test_crops = 10: 5 of the 10 test views are "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def split_subsets(store, cfg: TrainConfig, use: tuple[str, ...] = ("train", "val
     m = store.manifest
     try:
         if cfg.val_fraction > 0:
-            train = m.ids(cfg.split, "train-val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
+            train = m.ids(cfg.split, "train-minus-val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
             val = m.ids(cfg.split, "val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)
         else:
             train, val = m.ids(cfg.split, "train"), []
@@ -83,6 +83,28 @@ def split_subsets(store, cfg: TrainConfig, use: tuple[str, ...] = ("train", "val
         raise DataError(f"{cfg.data}: split {cfg.split} has no training videos in the store")
     labels = {v: m.by_id(v).label for ids in subsets.values() for v in ids}
     return Subsets(classes=m.classes, labels=labels, missing=missing, **subsets)
+
+
+def check_sample_length(store, video_ids: list[str], cfg: TrainConfig) -> None:
+    """Refuse a sample length (``flow_length``, ``clip_length``) that no video of ``video_ids`` can fill.
+
+    A few short videos are padded (their last field repeated) and counted in a note; but when every video
+    is shorter, every sample is mostly padding, and an absurd length (``flow_length = 100000``) would first
+    build a network with 200,000 input channels and be killed for memory. ConfigError (exit 2).
+    """
+    if cfg.length <= 1 or not video_ids:
+        return
+    counts = {v: _counts(store, v, cfg.stream) for v in video_ids}
+    longest = max(counts, key=counts.get)
+    if counts[longest] >= cfg.length:
+        return
+    key = "clip_length" if cfg.is_clip else "flow_length"
+    what = "flow fields" if cfg.stream == "temporal" else "frames"
+    most = counts[longest]
+    raise ConfigError(f"{key} = {cfg.length}: no video of split {cfg.split} in {cfg.data} has the {cfg.length} "
+                      f"{what} one sample takes; the longest, {longest}, has {most} {what}"
+                      f"{' (a video of n frames has n - 1)' if cfg.stream == 'temporal' else ''}. Set {key} to "
+                      f"at most {most} (--set {key}={most}; the paper's stacks are 10), or extract longer videos")
 
 
 def short_videos(store, video_ids: list[str], cfg: TrainConfig) -> list[str]:
@@ -149,41 +171,53 @@ class TrainViews:
         return torch.from_numpy(sample), flipped, self.labels[index % len(self.ids)]
 
 
-class VideoFrames:
-    """Whole videos for the test protocol: ``frames`` positions at uniform spacing, full frame size.
+class VideoItem(NamedTuple):
+    """One whole video as a DataLoader worker hands it over (a NamedTuple: the DataLoader pins its tensors).
 
-    Item i -> (data, index, label, i, error): data (U, H, W, c) uint8, every needed frame or flow field
-    decoded once (stacks overlap), index (F, n) int64 into it; ``transforms.assemble_video`` lays them out
-    on the device as (F, C, H, W) for 2D nets or (F, C, T, H, W) for clip nets.
+    ``fields`` holds every frame or flow field that the video's views need, each decoded once (stacks
+    overlap); ``layout`` says which rows of ``fields`` make up each of its F frames or stacks;
+    ``transforms.assemble_video(fields, layout)`` lays them out on the device. Both are None when the video
+    does not decode, and ``error`` says why: the caller decides by ``missing_videos`` whether that stops the
+    run (raised here, it would reach the user wrapped in a DataLoader worker traceback).
     """
 
-    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, frames: int):
+    position: int        # the video's place in VideoFrames.ids
+    label: int
+    fields: Any          # (U, H, W, c) uint8 tensor, c = 3 (RGB) or 2 (flow x, y); None if undecodable
+    layout: Any          # (F, n) int64 tensor of rows of ``fields``, n = cfg.length; None if undecodable
+    error: str | None
+
+
+class VideoFrames:
+    """Whole videos for the test protocol and the validation: ``frames`` positions at uniform spacing, full
+    frame size, each to be cut into ``crops`` views (1: the centre, for validation). Items are VideoItems."""
+
+    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, frames: int,
+                 crops: int = 1):
         self.store = store
         self.ids = list(video_ids)
         self.labels = [labels[v] for v in self.ids]
-        self.stream, self.length, self.clip, self.frames = cfg.stream, cfg.length, cfg.is_clip, frames
+        self.stream, self.length, self.clip = cfg.stream, cfg.length, cfg.is_clip
+        self.frames, self.crops = frames, crops
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int):
-        """(data, index, label, i, error): error is None, or a message (data and index None) when the video
-        does not decode; the caller decides, by ``missing_videos``, whether that stops the run. Raising here
-        would reach the user wrapped in a DataLoader worker traceback."""
+    def __getitem__(self, i: int) -> VideoItem:
         import torch
         from flowprep import StoreError
 
         vid = self.ids[i]
         count = _counts(self.store, vid, self.stream)
         starts = T.uniform_positions(max(1, count - self.length + 1), self.frames)
-        idx = np.minimum(starts[:, None] + np.arange(self.length)[None, :], count - 1)  # (F, n)
+        idx = np.minimum(starts[:, None] + np.arange(self.length)[None, :], count - 1)  # (F, n) into the video
         uniq, inverse = np.unique(idx, return_inverse=True)  # stacks overlap: decode each field once
         try:
             data = _read(self.store, vid, self.stream, uniq)
         except StoreError as exc:
-            return None, None, self.labels[i], i, str(exc)
-        return (torch.from_numpy(data), torch.from_numpy(inverse.reshape(idx.shape).astype(np.int64)),
-                self.labels[i], i, None)
+            return VideoItem(i, self.labels[i], None, None, str(exc))
+        layout = torch.from_numpy(inverse.reshape(idx.shape).astype(np.int64))  # (F, n) into data
+        return VideoItem(i, self.labels[i], torch.from_numpy(data), layout, None)
 
 
 class EpochSampler:

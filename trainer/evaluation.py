@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from trainer import transforms as T
 from trainer.config import TrainConfig
-from trainer.data import VideoFrames, shard, video_loader
+from trainer.data import Subsets, VideoFrames, VideoItem, shard, video_loader
 from trainer.distributed import Env, all_sum, gather_to_main
 from trainer.errors import DataError, TrainerError
 
@@ -86,65 +87,87 @@ def topk_correct(logits, labels, ks=(1, 5)) -> list[int]:
     return [int(hit[:, :min(k, k_max)].any(dim=1).sum()) for k in ks]
 
 
-def video_logits(model, dataset: VideoFrames, cfg: TrainConfig, env: Env, n_crops: int, progress: bool = False,
-                 desc: str = "test", stats: dict | None = None,
-                 skipped: list | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (index, label, logits (F, K, C) float32) for every video of ``dataset``, in order.
+@dataclass
+class ViewLogits:
+    """Raw logits of every view of the videos of a VideoFrames dataset that decoded, in dataset order."""
+
+    positions: list[int]       # each scored video's place in the dataset's list
+    labels: list[int]
+    logits: list[np.ndarray]   # one (F, K, C) float32 array per scored video
+    skipped: dict[int, str]    # position -> why the video does not decode (only under missing_videos = skip)
+    views: int
+    seconds: float
+    data_wait: float           # share of the time spent waiting for the DataLoader
+
+
+def video_logits(model, dataset: VideoFrames, cfg: TrainConfig, env: Env, progress: bool = False,
+                 desc: str = "test") -> ViewLogits:
+    """Every view (dataset.frames x dataset.crops per video) through ``model``, in order.
 
     A video that does not decode stops the run with a DataError under missing_videos = error; under skip
-    it is left out and (index, reason) is appended to ``skipped``.
+    it is left out, and listed in ``skipped``.
     """
     import torch
-    from tqdm import tqdm
 
-    views_per_video = dataset.frames * n_crops
-    per_batch = max(1, cfg.test_batch // views_per_video)
+    from data_manifest.progress import Progress
+
+    per_batch = max(1, cfg.test_batch // (dataset.frames * dataset.crops))  # videos per loader batch
     loader = video_loader(dataset, per_batch, min(cfg.workers, len(dataset)), pin=env.cuda)
-    bar = tqdm(total=len(dataset), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    wait = total_views = 0.0
-    t_start = time.perf_counter()
-    t_data = time.perf_counter()
-    with torch.inference_mode():
+    out = ViewLogits(positions=[], labels=[], logits=[], skipped={}, views=0, seconds=0.0, data_wait=0.0)
+    wait = 0.0
+    t_start = t_data = time.perf_counter()
+    with torch.inference_mode(), Progress(len(dataset), unit="video", desc=desc, enabled=progress,
+                                          leave=False) as bar:
         for batch in loader:
             wait += time.perf_counter() - t_data
             bar.update(len(batch))
-            for _, _, _, index, error in batch:
-                if error is None:
-                    continue
-                vid = dataset.ids[index]
-                if cfg.missing_videos == "error" or skipped is None:
-                    fix = "" if "flowprep verify" in error else f"; run `flowprep verify {cfg.data}` and re-extract it"
-                    raise DataError(f"video {vid!r}: {error}{fix}, or --set missing_videos=skip to leave it out "
-                                    f"(listed in the score file's meta)")
-                log.warning("%s: leaving out %s, which does not decode (missing_videos = skip): %s", desc, vid,
-                            error)
-                skipped.append((index, error))
-            batch = [item for item in batch if item[4] is None]
-            if not batch:
-                t_data = time.perf_counter()
-                continue
-            views = []
-            for data, index, _, _, _ in batch:
-                x = T.assemble_video(data.to(env.device, non_blocking=True),
-                                     index.to(env.device, non_blocking=True), cfg.is_clip)
-                h, w = x.shape[-2:]
-                side = T.crop_side(min(h, w), cfg.test_crop_scale)
-                v = T.make_test_views(x, cfg.stream, cfg.is_clip, side, cfg.input_size, n_crops)
-                views.append(v.flatten(0, 1))  # (F*K, C, [T,] S, S)
-            views = views[0] if len(views) == 1 else torch.cat(views)
-            out = []
-            for chunk in views.split(cfg.test_batch):
-                with autocast(env, cfg.precision):
-                    out.append(model(to_memory_format(chunk, cfg, env)).float())
-            logits = torch.cat(out).cpu().numpy().reshape(len(batch), dataset.frames, n_crops, -1)
-            for (_, _, label, index, _), row in zip(batch, logits):
-                yield index, label, row
-            total_views += len(views)
+            batch = _decoded(batch, dataset, cfg, desc, out.skipped)
+            if batch:
+                logits = _forward_views(model, batch, dataset, cfg, env)  # (videos, F, K, C)
+                out.positions += [item.position for item in batch]
+                out.labels += [item.label for item in batch]
+                out.logits += list(logits)
+                out.views += logits.shape[0] * logits.shape[1] * logits.shape[2]
             t_data = time.perf_counter()
-    bar.close()
-    if stats is not None:
-        elapsed = time.perf_counter() - t_start
-        stats.update(views=total_views, seconds=elapsed, data_wait=wait / elapsed if elapsed else 0.0)
+    out.seconds = time.perf_counter() - t_start
+    out.data_wait = wait / out.seconds if out.seconds else 0.0
+    return out
+
+
+def _decoded(batch: list[VideoItem], dataset: VideoFrames, cfg: TrainConfig, desc: str,
+             skipped: dict[int, str]) -> list[VideoItem]:
+    """The items of a batch that decoded; an undecodable one stops the run, or is left out and recorded in
+    ``skipped`` under missing_videos = skip."""
+    for item in batch:
+        if item.error is None:
+            continue
+        vid = dataset.ids[item.position]
+        if cfg.missing_videos == "error":
+            fix = "" if "flowprep verify" in item.error else f"; run `flowprep verify {cfg.data}` and re-extract it"
+            raise DataError(f"video {vid!r}: {item.error}{fix}, or --set missing_videos=skip to leave it out "
+                            f"(listed in the score file's meta)")
+        log.warning("%s: leaving out %s, which does not decode (missing_videos = skip): %s", desc, vid, item.error)
+        skipped[item.position] = item.error
+    return [item for item in batch if item.error is None]
+
+
+def _forward_views(model, batch: list[VideoItem], dataset: VideoFrames, cfg: TrainConfig, env: Env) -> np.ndarray:
+    """Cut the views of a batch of videos on the device and score them: (videos, F, K, C) float32 logits."""
+    import torch
+
+    views = []
+    for item in batch:
+        x = T.assemble_video(item.fields.to(env.device, non_blocking=True),
+                             item.layout.to(env.device, non_blocking=True), cfg.is_clip)  # (F, C, [T,] H, W)
+        side = T.crop_side(min(x.shape[-2:]), cfg.test_crop_scale)
+        v = T.make_test_views(x, cfg.stream, cfg.is_clip, side, cfg.input_size, dataset.crops)
+        views.append(v.flatten(0, 1))  # (F*K, C, [T,] S, S)
+    views = views[0] if len(views) == 1 else torch.cat(views)
+    out = []
+    for chunk in views.split(cfg.test_batch):
+        with autocast(env, cfg.precision):
+            out.append(model(to_memory_format(chunk, cfg, env)).float())
+    return torch.cat(out).cpu().numpy().reshape(len(batch), dataset.frames, dataset.crops, -1)
 
 
 def evaluate(model, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, env: Env,
@@ -158,71 +181,84 @@ def evaluate(model, store, video_ids: list[str], labels: dict[str, int], cfg: Tr
     import torch.nn.functional as nnf
 
     mine = shard(list(video_ids), env.rank, env.world)
-    dataset = VideoFrames(store, mine, labels, cfg, cfg.val_frames)
-    loss = c1 = c5 = 0.0
-    done = 0
     was_training = model.training
     model.eval()
-    for _, label, row in video_logits(model, dataset, cfg, env, 1, progress and env.is_main, desc="val",
-                                      skipped=[]):
-        mean = torch.from_numpy(row.reshape(-1, row.shape[-1]).mean(axis=0, keepdims=True))
+    scored = video_logits(model, VideoFrames(store, mine, labels, cfg, cfg.val_frames), cfg, env,
+                          progress and env.is_main, desc="validation")
+    model.train(was_training)
+    loss = c1 = c5 = 0.0
+    for label, row in zip(scored.labels, scored.logits):
+        mean = torch.from_numpy(row.reshape(-1, row.shape[-1]).mean(axis=0, keepdims=True))  # (1, C)
         target = torch.tensor([label])
         loss += float(nnf.cross_entropy(mean, target))
         a, b = topk_correct(mean, target)
         c1, c5 = c1 + a, c5 + b
-        done += 1
-    model.train(was_training)
-    loss, c1, c5, n = all_sum(env, [loss, c1, c5, float(done)])
+    loss, c1, c5, n = all_sum(env, [loss, c1, c5, float(len(scored.labels))])
     n = max(n, 1.0)
     return {"val_loss": loss / n, "val_top1": 100.0 * c1 / n, "val_top5": 100.0 * c5 / n}
 
 
+@dataclass
+class SubsetScores:
+    """The test protocol's result on one subset (rank 0): raw logits of the videos that decoded."""
+
+    video_ids: list[str]         # the subset's videos in list order, the undecodable ones left out
+    logits: np.ndarray           # (V, F, K, C) float32
+    undecodable: dict[str, str]  # {video id: reason}, left out under missing_videos = skip
+    views: float
+    views_per_s: float
+    data_wait: float             # share of the time spent waiting for the DataLoader
+
+
 def score_subset(model, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, env: Env,
-                 progress: bool = False, desc: str = "test") -> tuple[np.ndarray, dict[str, Any]] | None:
-    """On rank 0 (None on other ranks): logits (V', F, K, C) of the videos of ``video_ids`` in order, and
-    a dict of speed figures and ``undecodable``: {video id: reason} of the videos left out (V' = V - those;
-    only under missing_videos = skip)."""
-    mine_idx = shard(list(range(len(video_ids))), env.rank, env.world)
-    dataset = VideoFrames(store, [video_ids[i] for i in mine_idx], labels, cfg, cfg.test_frames)
-    stats: dict[str, float] = {}
-    skipped: list[tuple[int, str]] = []
+                 progress: bool = False, desc: str = "test") -> SubsetScores | None:
+    """The test protocol (``test_frames`` x ``test_crops`` views) on ``video_ids``, dealt over the ranks by
+    stride and put back in order on rank 0; None on the other ranks."""
+    mine = shard(list(range(len(video_ids))), env.rank, env.world)  # this rank's places in video_ids
+    dataset = VideoFrames(store, [video_ids[i] for i in mine], labels, cfg, cfg.test_frames, cfg.test_crops)
     model.eval()
-    rows = [(mine_idx[i], row) for i, _, row in
-            video_logits(model, dataset, cfg, env, cfg.test_crops, progress and env.is_main, desc, stats,
-                         skipped)]
-    gathered = gather_to_main(env, (rows, [(mine_idx[i], why) for i, why in skipped]))
-    totals = all_sum(env, [stats.get("views", 0.0), stats.get("seconds", 0.0), stats.get("data_wait", 0.0)])
+    scored = video_logits(model, dataset, cfg, env, progress and env.is_main, desc)
+    rows = [(mine[p], row) for p, row in zip(scored.positions, scored.logits)]
+    gathered = gather_to_main(env, (rows, {mine[p]: why for p, why in scored.skipped.items()}))
+    totals = all_sum(env, [float(scored.views), scored.seconds, scored.data_wait])
     if not env.is_main:
         return None
-    undecodable = {i: why for _, part in gathered for i, why in part}
-    seen = [i for part, _ in gathered for i, _ in part] + list(undecodable)
-    if sorted(seen) != list(range(len(video_ids))):
+    logits = _reassemble(gathered, len(video_ids), cfg, desc)
+    undecodable = {i: why for _, part in gathered for i, why in part.items()}
+    return SubsetScores(video_ids=[v for i, v in enumerate(video_ids) if i not in undecodable], logits=logits,
+                        undecodable={video_ids[i]: undecodable[i] for i in sorted(undecodable)},
+                        views=totals[0], views_per_s=totals[0] / max(totals[1] / env.world, 1e-9),
+                        data_wait=totals[2] / env.world)
+
+
+def _reassemble(gathered: list, count: int, cfg: TrainConfig, desc: str) -> np.ndarray:
+    """(V', F, K, C) logits in list order from every rank's (rows, undecodable); checks that each of the
+    ``count`` videos came back exactly once, scored or undecodable."""
+    undecodable = {i for _, part in gathered for i in part}
+    seen = [i for rows, _ in gathered for i, _ in rows] + sorted(undecodable)
+    if sorted(seen) != list(range(count)):
         dup = len(seen) - len(set(seen))
-        raise TrainerError(f"distributed test returned {len(set(seen))} of {len(video_ids)} videos "
+        raise TrainerError(f"distributed test returned {len(set(seen))} of {count} videos "
                            f"({dup} duplicates); this is a bug, please report it")
-    kept = [i for i in range(len(video_ids)) if i not in undecodable]
+    kept = [i for i in range(count) if i not in undecodable]
     if not kept:
-        raise DataError(f"{desc}: none of the {len(video_ids)} videos decodes; run `flowprep verify {cfg.data}`")
+        raise DataError(f"{desc}: none of the {count} videos decodes; run `flowprep verify {cfg.data}`")
     position = {i: k for k, i in enumerate(kept)}
-    first = next(row for part, _ in gathered for _, row in part)
+    first = next(row for rows, _ in gathered for _, row in rows)
     logits = np.empty((len(kept), *first.shape), np.float32)
-    for part, _ in gathered:
-        for i, row in part:
+    for rows, _ in gathered:
+        for i, row in rows:
             logits[position[i]] = row
-    info = {"views": totals[0], "views_per_s": totals[0] / max(totals[1] / env.world, 1e-9),
-            "data_wait": totals[2] / env.world,
-            "undecodable": {video_ids[i]: undecodable[i] for i in sorted(undecodable)}}
-    return logits, info
+    return logits
 
 
-def write_subset_scores(path: Path, video_ids: list[str], labels: dict[str, int], logits: np.ndarray,
-                        classes: list[str], cfg: TrainConfig, subset: str, checkpoint: Path,
-                        ckpt_state: dict[str, Any], missing: list[str], env: Env,
-                        undecodable: dict[str, str] | None = None) -> None:
+def write_subset_scores(path: Path, scores: SubsetScores, subset: str, subsets: Subsets, cfg: TrainConfig,
+                        provenance: dict[str, Any]) -> None:
     """Score file of one subset through trainer.scores (the only writer of score files).
 
-    ``missing``: videos of the subset absent from the store; ``undecodable``: {id: reason} of those left
-    out because they do not decode. Both are in ``missing_video_ids``; the second also on its own.
+    ``provenance``: checkpoint (path), checkpoint_epoch, selected_by, processes. The videos of the subset
+    absent from the store (``subsets.missing``) and those left out because they do not decode are both in
+    ``missing_video_ids``; the second also in ``undecodable_video_ids``, with the reason.
     """
     from trainer.scores import write_scores
 
@@ -230,17 +266,18 @@ def write_subset_scores(path: Path, video_ids: list[str], labels: dict[str, int]
         "stream": cfg.stream, "split": cfg.split, "subset": subset,
         "frames": cfg.test_frames, "crops": cfg.test_crops, "crop_names": T.crop_names(cfg.test_crops),
         "aggregation": AGGREGATION,
-        "checkpoint": str(Path(checkpoint).resolve()), "checkpoint_epoch": int(ckpt_state.get("epoch", 0)),
-        "selected_by": (ckpt_state.get("best") or {}).get("selected_by", ""),
+        "checkpoint": str(Path(provenance["checkpoint"]).resolve()),
+        "checkpoint_epoch": int(provenance["checkpoint_epoch"]), "selected_by": provenance["selected_by"],
         "store": str(Path(cfg.data).resolve()),
         "config": cfg.to_dict(), "derived": cfg.derived(),
         "frame_sampling": "uniform: floor((i + 0.5) * positions / frames), positions = count - length + 1",
         "crop_side_fraction": cfg.test_crop_scale, "input_size": cfg.input_size,
         "flow_flip": "mirrored views have flow x negated" if cfg.stream == "temporal" else "n/a",
-        "missing_video_ids": list(missing) + list(undecodable or {}),
-        "undecodable_video_ids": dict(undecodable or {}), "processes": env.world,
+        "missing_video_ids": list(subsets.missing.get(subset, [])) + list(scores.undecodable),
+        "undecodable_video_ids": dict(scores.undecodable), "processes": provenance["processes"],
     }
-    write_scores(path, video_ids, [labels[v] for v in video_ids], logits, classes, meta)
+    write_scores(path, scores.video_ids, [subsets.labels[v] for v in scores.video_ids], scores.logits,
+                 subsets.classes, meta)
 
 
 def accuracy(logits: np.ndarray, labels: list[int]) -> tuple[float, float]:

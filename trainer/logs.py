@@ -4,9 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from data_manifest.atomic import atomic_write
 
 COLUMNS = ("epoch", "iteration", "lr", "loss", "top1", "top5", "val_loss", "val_top1", "val_top5",
            "batch_time", "data_time", "data_wait", "samples_per_s", "epoch_time")
@@ -43,9 +44,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     w.writeheader()
     for row in rows:
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -53,37 +52,87 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_curves(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
-    """Training curve PNG: loss, top-1 (train and hold-out) and learning rate per epoch."""
-    import matplotlib
+def finite_positive(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[str]]:
+    """(epochs, values) of the rows whose ``key`` can be drawn on a log axis, and a note for each one that
+    cannot (NaN, infinite, zero or negative): e.g. ``"hold-out loss nan at epoch 3"``. Rows without the
+    key (no validation that epoch) are left out without a note."""
+    xs, ys, notes = [], [], []
+    for r in rows:
+        v = r.get(key)
+        if v is None:
+            continue
+        if math.isfinite(v) and v > 0:
+            xs.append(r["epoch"])
+            ys.append(v)
+        else:
+            notes.append(f"{'hold-out' if key.startswith('val_') else 'train'} loss {v:g} at epoch {r['epoch']}")
+    return xs, ys, notes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def curves_figure(rows: Sequence[dict[str, Any]], title: str = "", classes: int | None = None):
+    """The figure of curves.png: loss (log scale), top-1 and learning rate per epoch (matplotlib Figure).
+
+    The loss axis is logarithmic: one hold-out spike (a loss of 5,000 after a bad step) would otherwise
+    squash the training curve flat against zero. ``classes``: draws chance (a uniform guess: loss ln C,
+    top-1 100/C %).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter, MaxNLocator
+
+    fig = Figure(figsize=(15, 5.2))
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax_loss.plot(epochs, [r["loss"] for r in rows], label="train")
-    val = [(r["epoch"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    if val:
-        ax_loss.plot(*zip(*val), "o-", label="hold-out")
-    ax_loss.set_title("loss")
-    ax_acc.plot(epochs, [r["top1"] for r in rows], label="train top-1")
+    notes = []
+    for key, label, style in (("loss", "train (mean over the epoch)", "-"),
+                              ("val_loss", "hold-out (video level, at validations)", "o-")):
+        xs, ys, dropped = finite_positive(rows, key)
+        notes += dropped
+        if xs:
+            ax_loss.plot(xs, ys, style, label=label)
+    if classes and classes > 1:
+        ax_loss.axhline(math.log(classes), color="grey", ls=":", label=f"uniform guess (ln {classes} = "
+                                                                      f"{math.log(classes):.2f})")
+        ax_acc.axhline(100.0 / classes, color="grey", ls=":", label=f"chance (100 / {classes} = "
+                                                                    f"{100.0 / classes:.1f}%)")
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("cross-entropy (log scale)")
+    ax_loss.set_title("loss, on a log scale: a spike does not flatten the rest", fontsize=10)
+    if notes:
+        ax_loss.text(0.01, 0.01, "not drawn: " + "; ".join(notes[:3]) + (" ..." if len(notes) > 3 else ""),
+                     transform=ax_loss.transAxes, fontsize=7, color="firebrick", va="bottom")
+    ax_acc.plot(epochs, [r["top1"] for r in rows], label="train (augmented crops)")
     val = [(r["epoch"], r["val_top1"]) for r in rows if r.get("val_top1") is not None]
     if val:
-        ax_acc.plot(*zip(*val), "o-", label="hold-out top-1")
-    ax_acc.set_title("top-1 (%)")
-    ax_lr.plot(epochs, [r["lr"] for r in rows])
+        ax_acc.plot(*zip(*val), "o-", label="hold-out (video level)")
+    ax_acc.set_ylim(0, 100)
+    ax_acc.set_ylabel("top-1 accuracy (%)")
+    ax_acc.set_title("top-1 accuracy", fontsize=10)
+    ax_lr.plot(epochs, [r["lr"] for r in rows], label="at the epoch's last step")
     ax_lr.set_yscale("log")
-    ax_lr.set_title("learning rate")
+    ax_lr.set_ylabel("learning rate (log scale)")
+    ax_lr.set_title("learning rate", fontsize=10)
+    for ax in (ax_loss, ax_lr):  # plain numbers (0.5, 2, 1e+03), not 2 x 10^0, also within one decade
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_acc.legend()
+        ax.grid(alpha=0.08, which="minor")
+        if ax.get_legend_handles_labels()[0]:  # below the axes: never over a curve (a spike, say)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig
+
+
+def plot_curves(path: Path, rows: Sequence[dict[str, Any]], title: str = "", classes: int | None = None) -> None:
+    """Write curves.png (see curves_figure) atomically. matplotlib is imported only here."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = curves_figure(rows, title, classes)
+    FigureCanvasAgg(fig)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
+    atomic_write(path, png.getvalue())

@@ -135,14 +135,14 @@ def crop_resize_planes(frames: np.ndarray, box: tuple[int, int, int, int], size:
     return out
 
 
-def assemble_video(data, index, clip: bool):
-    """Device-side layout of a test video: unique decoded fields -> frames or stacks.
+def assemble_video(fields, layout, clip: bool):
+    """Device-side layout of a test video (data.VideoItem): unique decoded fields -> frames or stacks.
 
-    data (U, H, W, c) uint8 (each needed frame or field decoded once), index (F, n) into it ->
+    fields (U, H, W, c) uint8 (each needed frame or field decoded once), layout (F, n) rows of it ->
     (F, n*c, H, W) for 2D nets (x/y interleaved) or (F, c, n, H, W) for clip nets.
     """
-    f, n = index.shape
-    x = data[index.reshape(-1)]  # (F*n, H, W, c)
+    f, n = layout.shape
+    x = fields[layout.reshape(-1)]  # (F*n, H, W, c)
     _, h, w, c = x.shape
     x = x.view(f, n, h, w, c)
     if clip:

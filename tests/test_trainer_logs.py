@@ -1,0 +1,49 @@
+"""trainer.logs: curves.png explains itself (log-scale loss, labelled axes, chance, what was not drawn)."""
+from __future__ import annotations
+
+import math
+
+
+def _rows_with_a_spike():
+    """30 epochs: training loss 2.3 -> 0.1, a validation every 3 epochs, one hold-out spike of 5,147 and
+    one NaN hold-out loss."""
+    rows = []
+    for e in range(1, 31):
+        val = 2.0 * math.exp(-e / 10) + 0.4 if e % 3 == 0 else None
+        val = {12: 5147.0, 21: float("nan")}.get(e, val)
+        rows.append({"epoch": e, "loss": 2.3 * math.exp(-e / 8) + 0.05, "top1": 10.0 + 3 * e, "lr": 0.01,
+                     "val_loss": val, "val_top1": None if val is None else 5.0 + 2.5 * e})
+    return rows
+
+
+def test_finite_positive_keeps_what_a_log_axis_can_draw_and_names_the_rest():
+    from trainer.logs import finite_positive
+
+    rows = [{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": None}, {"epoch": 3, "val_loss": float("nan")},
+            {"epoch": 4, "val_loss": 0.0}, {"epoch": 5, "val_loss": float("inf")}, {"epoch": 6, "val_loss": 0.5}]
+    xs, ys, notes = finite_positive(rows, "val_loss")
+    assert (xs, ys) == ([1, 6], [2.0, 0.5])
+    assert notes == ["hold-out loss nan at epoch 3", "hold-out loss 0 at epoch 4", "hold-out loss inf at epoch 5"]
+
+
+def test_curves_loss_axis_is_logarithmic_so_a_spike_leaves_the_training_curve_readable(tmp_path):
+    from trainer.logs import curves_figure, plot_curves
+
+    rows = _rows_with_a_spike()
+    fig = curves_figure(rows, "temporal stream, split 1, resnet18", classes=101)
+    ax_loss, ax_acc, ax_lr = fig.axes
+    assert (ax_loss.get_yscale(), ax_acc.get_yscale(), ax_lr.get_yscale()) == ("log", "linear", "log")
+    assert ax_loss.get_ylabel() == "cross-entropy (log scale)" and ax_acc.get_ylabel() == "top-1 accuracy (%)"
+    assert all(ax.get_xlabel() == "epoch" for ax in fig.axes)
+    # the training curve (0.10 .. 1.9) spans a fair share of the loss axis despite the spike of 5,147
+    low, high = ax_loss.get_ylim()
+    train = [r["loss"] for r in rows]
+    share = (math.log(max(train)) - math.log(min(train))) / (math.log(high) - math.log(low))
+    assert low < min(train) and high > 5147 and share > 0.25, (low, high, share)
+    labels = [t.get_text() for t in ax_loss.get_legend().get_texts()]
+    assert labels == ["train (mean over the epoch)", "hold-out (video level, at validations)",
+                      "uniform guess (ln 101 = 4.62)"]
+    assert "chance (100 / 101 = 1.0%)" in [t.get_text() for t in ax_acc.get_legend().get_texts()]
+    assert "not drawn: hold-out loss nan at epoch 21" in [t.get_text() for t in ax_loss.texts]
+    plot_curves(tmp_path / "curves.png", rows, classes=101)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

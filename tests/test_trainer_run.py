@@ -534,3 +534,19 @@ def test_a_sample_length_no_video_can_fill_is_refused_before_the_network_is_buil
     clip = load_config("spatial", overrides={"arch": "r3d_18", "clip_length": frames + 1})
     with pytest.raises(ConfigError, match=f"clip_length = {frames + 1}: .* has {frames} frames. Set clip_length"):
         check_sample_length(store, ids, clip)
+
+
+def test_dataloader_workers_start_after_opencv_ran_threads_here():
+    """OpenCV's thread pool in this process (DIS flow runs in parallel) must not hang forked workers in
+    their cv2.setNumThreads(1): the trainer parks the pool around each fork."""
+    import cv2
+    from torch.utils.data import DataLoader
+
+    from trainer import data
+
+    frame = np.random.default_rng(0).integers(0, 255, (72, 96)).astype(np.uint8)
+    cv2.DISOpticalFlow_create(2).calc(frame, frame, None)
+    threads = cv2.getNumThreads()
+    loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, worker_init_fn=data._worker_init, timeout=30)
+    assert sum(len(b) for b in loader) == 8  # a hung worker raises "DataLoader timed out" instead
+    assert cv2.getNumThreads() == threads  # restored in this process

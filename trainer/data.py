@@ -7,6 +7,9 @@ or the number of GPUs that loads it: a resumed run and a run on N GPUs see the s
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -245,6 +248,28 @@ def _worker_init(_: int) -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+_OPENCV_THREADS: list[int] = []  # this process's OpenCV thread count while a fork is under way
+
+
+def _park_opencv_threads() -> None:
+    """Before this process forks (DataLoader workers): stop OpenCV's thread pool (one thread, no workers).
+    A forked child inherits the pool's state but not its threads, and its cv2.setNumThreads(1) then waits
+    forever in pthread_cond_destroy for threads that do not exist there: seen after this process had run
+    cv2's (parallel) DIS flow. The count is restored in this process right after the fork."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and cv2.getNumThreads() != 1:
+        _OPENCV_THREADS.append(cv2.getNumThreads())
+        cv2.setNumThreads(1)
+
+
+def _restore_opencv_threads() -> None:
+    if _OPENCV_THREADS:
+        sys.modules["cv2"].setNumThreads(_OPENCV_THREADS.pop())
+
+
+os.register_at_fork(before=_park_opencv_threads, after_in_parent=_restore_opencv_threads)
 
 
 def _as_list(batch: list) -> list:

@@ -188,19 +188,22 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
     next warp. The host looks at the flags every ``sync_every`` iterations, to end a warp early and to
     launch the next iterations over the pairs still active only. On CPU without Triton's interpreter each
     kernel runs as its eager reference (same control flow, eager arithmetic and error sums).
-    ``stats``: a list to append this level's work to, for the performance model: size, warps, per-pair
-    inner iterations and median filters run ((B,) int32, counted on the device: a small kernel per
-    iteration), ``launched`` (inner iterations the host launched), ``listed`` (pairs in those launches,
-    summed) and ``launches`` (each kernel's first Launch, described).
+    ``stats``: a list to append this level's work to, for the performance model (tvl1_model): size, the
+    schedule, the inner iterations and median filters each pair ran in each warp ((warps, B) int32, counted
+    on the device: a small kernel per iteration), what the host launched (``windows``: [inner iterations,
+    pairs covered] between two host checks; ``median_launches``; ``syncs``) and ``launches`` (each
+    kernel's first Launch, described).
     """
     from flowprep.torchflow import _tvl1_fused
 
     b, h, w = i0.shape
     level = None
     if stats is not None:
-        level = {"height": h, "width": w, "pairs": b, "warps": warps, "launched": 0, "listed": 0, "launches": [],
-                 "iterations": torch.zeros(b, dtype=torch.int32, device=i0.device),
-                 "medians": torch.zeros(b, dtype=torch.int32, device=i0.device)}
+        level = {"height": h, "width": w, "pairs": b, "warps": warps, "inner_iterations": inner_iterations,
+                 "outer_iterations": outer_iterations, "sync_every": sync_every, "median": median_filtering > 1,
+                 "windows": [], "median_launches": 0, "syncs": 0, "launches": [],
+                 "iterations": torch.zeros(warps, b, dtype=torch.int32, device=i0.device),
+                 "medians": torch.zeros(warps, b, dtype=torch.int32, device=i0.device)}
         stats.append(level)
     run = _tvl1_fused.launch(reference=i0.device.type == "cpu" and not _tvl1_fused.interpreted(),
                              record=None if level is None else level["launches"])
@@ -217,15 +220,20 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
     table = ops.cubic_table(i0.device)
     ix, iy, rho_c = (torch.empty_like(i0) for _ in range(3))  # the warp's constants
     i0 = i0.contiguous()
-    for _ in range(warps):
+    for n_warp in range(warps):
         run.warp(stack, i0, u1, u2, table, ix, iy, rho_c)
         active.fill_(1)
         pairs = every
+        if level is not None:
+            level["windows"].append([0, b])
         n_done, finished = 0, False
         for _outer in range(outer_iterations):
             for n_inner in range(inner_iterations):
                 if n_done and n_done % sync_every == 0:  # one host sync: who is still active
                     pairs = torch.nonzero(active).flatten().to(torch.int32)
+                    if level is not None:
+                        level["syncs"] += 1
+                        level["windows"].append([0, pairs.shape[0]])
                     if pairs.shape[0] == 0:
                         finished = True
                         break
@@ -234,11 +242,11 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
                     run.median5(u2, spare2, active)
                     u1, spare1, u2, spare2 = spare1, u1, spare2, u2
                     if level is not None:
-                        level["medians"] += active
+                        level["medians"][n_warp] += active
+                        level["median_launches"] += 1
                 if level is not None:
-                    level["iterations"] += active
-                    level["launched"] += 1
-                    level["listed"] += pairs.shape[0]
+                    level["iterations"][n_warp] += active
+                    level["windows"][-1][0] += 1
                 run.primal(ix, iy, rho_c, u1, u2, p, active, pairs, partials, l_t, theta32)
                 run.dual(u1, u2, p, active, pairs, taut)
                 run.converged(partials, active, pairs, scaled_eps)

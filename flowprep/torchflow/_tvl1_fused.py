@@ -59,21 +59,9 @@ FLT_EPSILON = tl.constexpr(1.1920928955078125e-07)  # a constexpr: compiled kern
 # Bytes each kernel moves per pixel (float32 loads and stores that reach memory; neighbours' loads hit the
 # caches): primal reads ix, iy, rho_c, u1, u2 and the 4 dual fields and writes u1, u2 (44 B); dual reads u1,
 # u2 and p and writes p (40 B); warp reads u1, u2, I0 and the 3 images of the stack and writes ix, iy, rho_c
-# (36 B); median5 reads and writes one field (8 B, twice per filter). The performance model multiplies
-# these by the work counted in ``stats``.
+# (36 B); median5 reads and writes one field (8 B, twice per filter). The performance model (tvl1_model)
+# multiplies these by the work counted in ``stats``.
 BYTES = {"primal": 4 * (9 + 2), "dual": 4 * (6 + 4), "warp": 4 * (6 + 3), "median5": 4 * 2}
-BYTES_ITERATION = BYTES["primal"] + BYTES["dual"]
-BYTES_MEDIAN = 2 * BYTES["median5"]  # both flow components
-
-
-def traffic(stats: list[dict]) -> torch.Tensor:
-    """Bytes the kernels moved per pair, from the ``stats`` of _tvl1.tvl1_flow(fused=True): (B,) float64."""
-    total = 0
-    for level in stats:
-        pixels = level["height"] * level["width"]
-        total = total + pixels * (BYTES_ITERATION * level["iterations"].double()
-                                  + BYTES_MEDIAN * level["medians"].double() + BYTES["warp"] * level["warps"])
-    return total
 
 
 def _jit(fn: Callable) -> Any:

@@ -17,11 +17,11 @@ from flowprep.torchflow import _tvl1, _tvl1_fused, ops, parity
 DEVICE = "cuda" if not _tvl1_fused.interpreted() and torch.cuda.is_available() else "cpu"
 
 
-REFERENCE = DEVICE == "cpu" and not _tvl1_fused.interpreted()
+EAGER_KERNELS = DEVICE == "cpu" and not _tvl1_fused.interpreted()
 
 
 def _launch():
-    return _tvl1_fused.launch(reference=REFERENCE)
+    return _tvl1_fused.launch(reference=EAGER_KERNELS)
 
 
 def _float64_sums(err: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ def iteration() -> None:
             assert torch.equal(pk[c][k], new_p[c][k]), f"p{c} of pair {k} differs"
     assert torch.equal(u1[2], u[0][2]) and all(torch.equal(pk[c][2], p[c][2]) for c in range(4))
     # the kernels sum in float64; the references as the eager path on CPU does (OpenCV's float32 order)
-    sums = _tvl1._error_sums(err) if REFERENCE else err.sum(dim=(1, 2), dtype=torch.float64)
+    sums = _tvl1._error_sums(err) if EAGER_KERNELS else err.sum(dim=(1, 2), dtype=torch.float64)
     assert torch.allclose(partial.sum(1)[:2], sums[:2], rtol=1e-12, atol=0), (partial.sum(1), sums)
     assert float(partial[2].abs().sum()) == 0.0
     threshold = float(sums[0] + sums[1]) / 2  # one pair above it, one below
@@ -125,7 +125,8 @@ def flow(small: bool = True) -> None:
     assert torch.equal(eager, fused), f"fused and eager TV-L1 differ by up to {diff} px"
 
 
-CASES = {"warp": warp, "median": median, "iteration": iteration, "flow": flow, "flow_defaults": lambda: flow(small=False)}
+CASES = {"warp": warp, "median": median, "iteration": iteration, "flow": flow,
+         "flow_defaults": lambda: flow(small=False)}
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

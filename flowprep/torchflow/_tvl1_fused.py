@@ -47,9 +47,10 @@ from triton.language.extra import libdevice
 
 from flowprep.torchflow import ops
 
-# One pixel per thread: BLOCK = 32 * NUM_WARPS. More pixels per thread multiplies the registers (median5:
-# 40 at 1 pixel per thread, 72 at 2, 146 at 4, 254 and a spill at 8; docs/torchflow.md has the table) and
-# these stencils are memory-bound: occupancy, not per-thread work, keeps the loads in flight.
+# One pixel per thread: BLOCK = 32 * NUM_WARPS. More pixels per thread multiply the registers (median5:
+# 40-42 at 1 pixel per thread, 64-66 at 2, 123-128 at 4, 248-254 at 8; the warp kernel spills from 8 on;
+# benchmarks/bench_kernel_options.py) and these stencils are memory-bound: occupancy, not per-thread work,
+# keeps the loads in flight. 8 warps rather than 4: the same registers, half the programs.
 NUM_WARPS = 8
 BLOCK = 32 * NUM_WARPS  # pixels per program
 # enable_fp_fusion=False: no a*b + c contraction into FMA, so the float32 rounding is the eager path's.

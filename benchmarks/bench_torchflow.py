@@ -1,4 +1,4 @@
-"""Throughput and parity of the PyTorch flow backend against OpenCV on the CPU.
+"""Throughput and parity of the PyTorch flow backend against OpenCV on the CPU, beside the static model.
 
 For each algorithm: fields/s against batch size for torch on CUDA (when present) and on CPU, and for OpenCV
 on CPU (one pair at a time, its own threads), on synthetic textured frames with known motion; the GPU
@@ -8,12 +8,14 @@ bound 20, share of fields that are bit-identical).
 
     python benchmarks/bench_torchflow.py                                  # 340x256, batches 1,8,32,128
     python benchmarks/bench_torchflow.py --size 170x128 --batches 1,4     # small, for a CPU-only machine
-    python benchmarks/bench_torchflow.py --algos tvl1 --extract 64      # + end-to-end extraction on CUDA
+    python benchmarks/bench_torchflow.py --algos tvl1 --extract 200       # + `flowprep extract` end to end
+    python benchmarks/bench_torchflow.py --kernels --model --devices none # no GPU: compile-time figures, model
 
-On CUDA, TV-L1 is timed with the fused Triton kernels (the default there) and with the eager PyTorch path,
-and the fused rate is set against a memory-bandwidth ceiling: the bytes the kernels move per field (each
-kernel's loads and stores per pixel, times the iterations the pairs actually ran, counted on the device)
-against the bandwidth a device-to-device copy reaches in the same run.
+On CUDA, TV-L1 is timed with the fused Triton kernels (the default there) and with the eager PyTorch path.
+Beside each fused rate stands the static model (flowprep.torchflow.tvl1_model): the kernels' bytes per
+pixel times the work the pairs really ran (counted on the device), at the bandwidth a device-to-device copy
+reaches in the same run and with the host's launches. --kernels prints each kernel's ahead-of-time CUDA build
+(registers, local memory, occupancy); --model the model for H100 and H200 (work counted on CUDA, or on CPU).
 """
 from __future__ import annotations
 
@@ -91,20 +93,23 @@ def copy_bandwidth(gib: float = 1.0) -> float:
     return 5 * 2 * x.numel() * 4 / (time.perf_counter() - t)
 
 
-def fused_bytes_per_field(prev: np.ndarray, nxt: np.ndarray) -> float:
-    """Mean bytes the fused TV-L1 kernels move per field on these pairs (iterations actually run counted)."""
-    from flowprep.torchflow import _tvl1, _tvl1_fused
+def fused_stats(prev: np.ndarray, nxt: np.ndarray, device: str) -> list[dict]:
+    """The work the fused TV-L1 does on these pairs (stats; on CPU counted by the kernels' eager references)."""
+    from flowprep.torchflow import tvl1_model
 
-    stats: list = []
-    p = torch.from_numpy(prev).float().cuda()
-    q = torch.from_numpy(nxt).float().cuda()
-    with torch.no_grad():
-        _tvl1.tvl1_flow(p, q, fused=True, stats=stats)
-    return float(_tvl1_fused.traffic(stats).mean())
+    p = torch.from_numpy(prev).float().to(device)
+    q = torch.from_numpy(nxt).float().to(device)
+    return tvl1_model.count_work(p, q)
 
 
-def bench_extract_cuda(n_videos: int, frames: int, width: int, height: int, batch: int, jobs: int) -> float:
-    """End-to-end `flowprep extract --device cuda` fields/s on generated 340x256-style videos."""
+def bench_extract_cli(n_videos: int, frames: int, width: int, height: int, batch: int, jobs: int, algo: str
+                      ) -> dict[str, float]:
+    """`flowprep extract --device cuda` end to end on generated videos (a subprocess, as a user runs it).
+
+    Returns the fields/s the run's summary reports and the same after taking off the fixed cost of a run
+    (start-up, CUDA and Triton initialisation), measured on a 2-video run first.
+    """
+    import subprocess
     import sys
     import tempfile
     from pathlib import Path
@@ -112,19 +117,32 @@ def bench_extract_cuda(n_videos: int, frames: int, width: int, height: int, batc
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_extract import make_scene_video
 
-    from flowprep.decode import Resize
-    from flowprep.pipeline import ExtractConfig, extract
+    root_dir = Path(__file__).resolve().parents[1]
+
+    def run(videos: Path, out: Path) -> tuple[float, int, float]:
+        summary = out.with_suffix(".json")
+        cmd = [sys.executable, "-m", "flowprep", "extract", "--videos", str(videos), "--out", str(out),
+               "--algo", algo, "--device", "cuda", "--size", f"{width}x{height}", "--jobs", str(jobs),
+               "--batch-size", str(batch), "--no-progress", "--summary-json", str(summary)]
+        t = time.perf_counter()
+        res = subprocess.run(cmd, cwd=root_dir, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if res.returncode:
+            raise SystemExit(f"flowprep extract failed ({res.returncode}):\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+        info = json.loads(summary.read_text())
+        return wall, int(info.get("flows", 0)), float(info.get("seconds", wall))
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "videos"
+        tmp = Path(tmp)
         for i in range(n_videos):
-            make_scene_video(root / f"Class{i % 4}" / f"v_{i:04d}.avi", frames, width, height, i)
-        cfg = ExtractConfig(videos=root, out=Path(tmp) / "flows.h5", device="cuda", batch_size=batch, jobs=jobs,
-                            resize=Resize(width, height), progress=False)
-        summary = extract(cfg)
-        if summary.failed:
-            raise SystemExit(f"benchmark videos failed: {summary.failed}")
-        return summary.flows / summary.seconds
+            make_scene_video(tmp / "videos" / f"Class{i % 4}" / f"v_{i:04d}.avi", frames, width, height, i)
+        for i in range(2):
+            make_scene_video(tmp / "warm" / "Class0" / f"v_{i:04d}.avi", frames, width, height, 1000 + i)
+        warm_wall, warm_flows, _ = run(tmp / "warm", tmp / "warm.h5")
+        wall, flows, seconds = run(tmp / "videos", tmp / "flows.h5")
+    fixed = warm_wall - warm_flows * wall / max(flows, 1)  # the 2-video run's time beyond its share of fields
+    return {"videos": n_videos, "flows": flows, "wall_s": wall, "summary_fields_per_s": flows / seconds,
+            "wall_fields_per_s": flows / wall, "fixed_s": fixed, "steady_fields_per_s": flows / max(wall - fixed, 1e-9)}
 
 
 def parity_row(ours: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -136,12 +154,48 @@ def parity_row(ours: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> dict[str
     return row
 
 
+def launch_seconds(n: int = 2000) -> float:
+    """Host seconds per fused-kernel launch (converged on one pair: the device work is nothing)."""
+    from flowprep.torchflow import _tvl1_fused
+
+    run = _tvl1_fused.launch()
+    partial = torch.zeros(1, 340, dtype=torch.float64, device="cuda")
+    active = torch.ones(1, dtype=torch.int32, device="cuda")
+    pairs = torch.zeros(1, dtype=torch.int32, device="cuda")
+    run.converged(partial, active, pairs, 1.0)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        run.converged(partial, active, pairs, -1.0)
+    host = (time.perf_counter() - t) / n
+    torch.cuda.synchronize()
+    return host
+
+
+def print_model(stats: list[dict], batches: list[int], copy_bw: float | None, launch_s: float | None = None
+                ) -> dict:
+    """The static model's fields/s for H100 and H200 (and, on a GPU, at this run's copy bandwidth)."""
+    from flowprep.torchflow import tvl1_model
+
+    gpus = dict(tvl1_model.GPUS)
+    print("\nStatic model of the fused TV-L1 (flowprep.torchflow.tvl1_model):")
+    print(tvl1_model.report(stats, batches, gpus))
+    out = {gpu: {b: tvl1_model.predict(stats, b, bw, gpu).fields_per_s for b in batches} for gpu, bw in gpus.items()}
+    if copy_bw:
+        # what this device's copy reaches stands for the bandwidth the kernels get (efficiency 1 of it), and the
+        # launch time is the one measured here
+        out["this GPU"] = {b: tvl1_model.predict(stats, b, copy_bw, efficiency=1.0,
+                                                 launch_s=launch_s or tvl1_model.LAUNCH_S).fields_per_s
+                           for b in batches}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="340x256", help="WIDTHxHEIGHT of the frames (default 340x256)")
     ap.add_argument("--batches", default="1,8,32,128", help="comma-separated batch sizes")
     ap.add_argument("--algos", default="tvl1,farneback")
-    ap.add_argument("--devices", default="auto", help="auto (cuda if present, and cpu), or e.g. cpu / cuda")
+    ap.add_argument("--devices", default="auto", help="auto (cuda if present, and cpu), none, or e.g. cpu / cuda")
     ap.add_argument("--cpu-batches", default=None, help="batch sizes for torch on CPU (default: --batches "
                     "up to 8)")
     ap.add_argument("--pairs", type=int, default=None, help="distinct pairs (default: min(16, max batch))")
@@ -149,9 +203,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch and OpenCV CPU threads")
     ap.add_argument("--compile", action="store_true", help="torch.compile the TV-L1 inner iteration")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--kernels", action="store_true", help="print the fused kernels' sm_80/sm_90 builds first")
+    ap.add_argument("--model", action="store_true", help="print the static model (always on CUDA with tvl1)")
     ap.add_argument("--extract", type=int, default=0, metavar="N", help="on CUDA, also time `flowprep extract` "
                     "end to end on N generated videos of --extract-frames frames")
     ap.add_argument("--extract-frames", type=int, default=50)
+    ap.add_argument("--extract-batch", type=int, default=None, help="--batch-size of that run (default: the "
+                    "largest of --batches)")
     ap.add_argument("--jobs", type=int, default=8, help="decode threads for --extract")
     args = ap.parse_args()
 
@@ -160,8 +218,10 @@ def main() -> None:
     cpu_batches = ([int(b) for b in args.cpu_batches.split(",")] if args.cpu_batches
                    else [b for b in batches if b <= 8] or batches[:1])
     algos = args.algos.split(",")
-    devices = (["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]) if args.devices == "auto" \
-        else args.devices.split(",")
+    if args.devices == "auto":
+        devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+    else:
+        devices = [] if args.devices == "none" else args.devices.split(",")
     import cv2
 
     if args.threads:
@@ -174,8 +234,17 @@ def main() -> None:
           f"CPU threads), OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads), "
           f"{platform.processor() or platform.machine()}, GPU: {gpu}")
 
-    results = {"size": [width, height], "speed": [], "parity": []}
-    for algo in algos:
+    results = {"size": [width, height], "gpu": gpu, "speed": [], "parity": []}
+    if args.kernels:
+        from flowprep.torchflow import kernel_build
+
+        builds = kernel_build.build_all()
+        print("\nFused TV-L1 kernels compiled ahead of time (flowprep.torchflow.kernel_build):")
+        print(kernel_build.table(builds))
+        results["kernels"] = [{"kernel": b.name, "arch": b.arch, "registers": b.registers, "stack": b.stack,
+                               "shared": b.shared, "warps": b.num_warps, "occupancy_warps": b.occupancy}
+                              for b in builds]
+    for algo in algos if devices else []:
         t = time.perf_counter()
         try:
             ref = opencv_flow(algo, prev, nxt)
@@ -197,12 +266,6 @@ def main() -> None:
                                              "fields_per_s": 1 / per_field, "mib_per_field": mem})
                     if len(out) >= len(fields_by_device.get(device + label, [])):
                         fields_by_device[device + label] = out
-        if algo == "tvl1" and "cuda" in devices:
-            k = min(n_pairs, max(batches))
-            per_field_bytes = fused_bytes_per_field(prev[:k], nxt[:k])
-            bandwidth = copy_bandwidth()
-            results["ceiling"] = {"bytes_per_field": per_field_bytes, "copy_bandwidth": bandwidth,
-                                  "fields_per_s": bandwidth / per_field_bytes}
         if ref is None and "cpu" in fields_by_device:  # no OpenCV: compare with the torch CPU fields
             ref = np.concatenate([fields_by_device["cpu"],
                                   time_torch(algo, prev, nxt, "cpu", n_pairs, 1, False)[2]])[:n_pairs]
@@ -216,8 +279,9 @@ def main() -> None:
             results["parity"].append({"algo": algo, "device": "reference vs truth", "fields": n_pairs,
                                       "epe_truth": parity_row(ref, ref, truth)["epe_truth"]})
 
-    print("\n| algo | backend | batch | fields/s | x OpenCV-cpu | GPU MiB/field |")
-    print("|---|---|---:|---:|---:|---:|")
+    if results["speed"]:
+        print("\n| algo | backend | batch | fields/s | x OpenCV-cpu | GPU MiB/field |")
+        print("|---|---|---:|---:|---:|---:|")
     for algo in algos:
         base = next((r["fields_per_s"] for r in results["speed"]
                      if r["algo"] == algo and r["backend"] == "opencv-cpu"), None)
@@ -225,28 +289,40 @@ def main() -> None:
             mem = f"{r['mib_per_field']:.1f}" if r["mib_per_field"] is not None else "-"
             ratio = f"{r['fields_per_s'] / base:.2f}" if base else "-"
             print(f"| {algo} | {r['backend']} | {r['batch']} | {r['fields_per_s']:.2f} | {ratio} | {mem} |")
-    if "ceiling" in results:
-        c = results["ceiling"]
-        print(f"\nTV-L1 memory-bandwidth ceiling: the fused kernels move {c['bytes_per_field'] / 2**30:.2f} GiB per "
-              f"field on these pairs (iterations actually run, counted on the device; bytes per kernel in "
-              f"_tvl1_fused), a device copy reaches {c['copy_bandwidth'] / 1e12:.2f} TB/s -> ceiling "
-              f"{c['fields_per_s']:.0f} fields/s")
-        for r in results["speed"]:
-            if r["backend"] == "torch-cuda-fused":
-                print(f"  batch {r['batch']}: {r['fields_per_s']:.0f} fields/s = "
-                      f"{100 * r['fields_per_s'] / c['fields_per_s']:.0f}% of the ceiling")
+    if "tvl1" in algos and (args.model or "cuda" in devices):
+        device = "cuda" if "cuda" in devices else "cpu"
+        if device == "cpu":
+            print(f"\n# counting the fused TV-L1's work on CPU (eager references of the kernels, ~5 s a pair)")
+        stats = fused_stats(prev, nxt, device)
+        copy_bw = copy_bandwidth() if device == "cuda" else None
+        launch_s = launch_seconds() if device == "cuda" else None
+        model = print_model(stats, batches, copy_bw, launch_s)
+        results["model"] = {"copy_bandwidth": copy_bw, "launch_s": launch_s, "fields_per_s": model}
+        if copy_bw:
+            print(f"\nfused TV-L1 measured against the model at this GPU's copy bandwidth "
+                  f"({copy_bw / 1e12:.2f} TB/s) and launch time ({launch_s * 1e6:.1f} us on the host per launch):")
+            for r in results["speed"]:
+                if r["backend"] == "torch-cuda-fused":
+                    want = model["this GPU"][r["batch"]]
+                    print(f"  batch {r['batch']}: measured {r['fields_per_s']:.0f} fields/s, model {want:.0f} "
+                          f"({100 * r['fields_per_s'] / want:.0f}%)")
     if args.extract and "cuda" in devices:
-        b = max(batches)
-        rate = bench_extract_cuda(args.extract, args.extract_frames, width, height, b, args.jobs)
-        kernel = max(r["fields_per_s"] for r in results["speed"]
-                     if r["algo"] == algos[0] and r["backend"].startswith("torch-cuda") and r["batch"] == b)
-        results["extract"] = {"fields_per_s": rate, "kernel_fields_per_s": kernel, "batch": b, "jobs": args.jobs}
-        print(f"\nend-to-end flowprep extract --device cuda ({algos[0]}, {args.extract} videos x "
-              f"{args.extract_frames} frames, batch {b}, {args.jobs} decode threads): {rate:.1f} fields/s = "
-              f"{100 * rate / kernel:.0f}% of the kernel rate at that batch (target >= 70%)")
-    print("\n| algo | torch device | fields | EPE vs OpenCV (px) | max diff (px) | <=0.1 px | <=0.5 px | "
-          "u8 equal | u8 +-1 | bit-identical | EPE vs truth (px) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        b = args.extract_batch or max(batches)
+        ext = bench_extract_cli(args.extract, args.extract_frames, width, height, b, args.jobs, algos[0])
+        kernel = max((r["fields_per_s"] for r in results["speed"]
+                      if r["algo"] == algos[0] and r["backend"].startswith("torch-cuda") and r["batch"] <= b),
+                     default=float("nan"))
+        results["extract"] = {**ext, "kernel_fields_per_s": kernel, "batch": b, "jobs": args.jobs}
+        print(f"\nend-to-end flowprep extract --device cuda ({algos[0]}, {ext['videos']} videos x "
+              f"{args.extract_frames} frames, {ext['flows']} fields, batch {b}, {args.jobs} decode threads): "
+              f"{ext['wall_fields_per_s']:.1f} fields/s over the whole command ({ext['wall_s']:.1f} s), "
+              f"{ext['steady_fields_per_s']:.1f} without its fixed {ext['fixed_s']:.1f} s (start-up, CUDA, Triton); "
+              f"summary {ext['summary_fields_per_s']:.1f}. Kernel rate at batch <= {b}: {kernel:.1f} fields/s -> "
+              f"{100 * ext['steady_fields_per_s'] / kernel:.0f}% (target >= 70%)")
+    if results["parity"]:
+        print("\n| algo | torch device | fields | EPE vs OpenCV (px) | max diff (px) | <=0.1 px | <=0.5 px | "
+              "u8 equal | u8 +-1 | bit-identical | EPE vs truth (px) |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["parity"]:
         if "epe" not in r:
             print(f"| {r['algo']} | {r['device']} | {r['fields']} | | | | | | | | {r['epe_truth']:.4f} |")
@@ -256,7 +332,7 @@ def main() -> None:
               f"{100 * r['u8_within1']:.2f}% | {100 * r['bit_identical']:.0f}% | {r['epe_truth']:.4f} |")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+            json.dump(results, fh, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 #
 #   bash benchmarks/device_check.sh OUTDIR        # on the GPU machine, from the repository root
 #
-# Writes OUTDIR/{env,gpu_tests,torchflow,trainer}.txt and torchflow.json. Budget: about 8 minutes on one
-# H100/H200 after the machine is up; each step has its own timeout so one hang cannot eat the rest.
+# Writes OUTDIR/{env,kernels,gpu_tests,torchflow,trainer}.txt and torchflow.json. Budget: about 8 minutes on one
+# H100/H200 after the machine is up (steps 1-3 about 7; the trainer step last, so a short budget cuts only it);
+# each step has its own timeout so one hang cannot eat the rest.
 # That machine's image has torch, triton, h5py, joblib, click, tqdm and matplotlib, but OpenCV without the
-# contrib modules (no cv2.optflow, so no OpenCV TV-L1 to compare with). To bring the contrib build, put its
-# wheel in .whl/ here first (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
-# --platform manylinux_2_28_x86_64 -d .whl opencv-contrib-python-headless==4.14.0.94) and name .whl in
-# carry: this script installs .whl/*.whl into /tmp/site and puts it first on PYTHONPATH.
+# contrib modules (no cv2.optflow, so no OpenCV TV-L1 to compare with: TV-L1 parity is then CUDA against
+# torch on CPU, which is bit-identical to OpenCV on AVX2 CPUs). To bring the contrib build, put its wheel in
+# .whl/ here first (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
+# --platform manylinux_2_28_x86_64 -d .whl opencv-contrib-python-headless==4.14.0.94) and name .whl in carry:
+# this script installs .whl/*.whl into /tmp/site and puts it first on PYTHONPATH.
 set -uo pipefail
 OUT=${1:-device_check_out}
 mkdir -p "$OUT"
@@ -19,22 +21,28 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
         && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
+JOBS=$(nproc)
 {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv,noheader
     python3 -c "import torch, triton, cv2; print('torch', torch.__version__, 'triton', triton.__version__, \
-'cv2', cv2.__version__, 'optflow', hasattr(cv2, 'optflow'))"
-    nproc
+'cv2', cv2.__version__, 'optflow', hasattr(cv2, 'optflow'), 'capability', torch.cuda.get_device_capability())"
+    echo "cpus $JOBS"
 } 2>&1 | tee "$OUT/env.txt"
 
-# 1. CUDA tests: fused kernels compiled against the eager CUDA path, CUDA against CPU.
-timeout 240 python3 -m pytest -q -m gpu tests/test_torchflow.py tests/test_torchflow_fused.py 2>&1 \
-    | tee "$OUT/gpu_tests.txt"
+# 0. The kernels' ahead-of-time builds (CPU; the same check as the default suite's) with this machine's Triton.
+timeout 60 python3 -m flowprep.torchflow.kernel_build 2>&1 | tee "$OUT/kernels.txt"
 
-# 2. Flow: fields/s by batch (fused and eager TV-L1, Farneback), memory per field, the bandwidth ceiling,
-#    parity with OpenCV where cv2.optflow exists, and end-to-end extraction of 32 generated videos.
-timeout 240 python3 benchmarks/bench_torchflow.py --batches 1,32,128,256 --pairs 16 --extract 32 \
-    --jobs "$(nproc)" --json "$OUT/torchflow.json" 2>&1 | tee "$OUT/torchflow.txt"
+# 1. CUDA tests: fused kernels compiled against the eager CUDA path, CUDA against CPU; the build checks.
+timeout 200 python3 -m pytest -q -p no:cacheprovider -m "gpu or not slow" tests/test_torchflow.py \
+    tests/test_torchflow_fused.py tests/test_kernel_build.py 2>&1 | tee "$OUT/gpu_tests.txt"
+
+# 2. Flow at 340x256: fused vs eager TV-L1 and Farneback fields/s by batch, GPU memory per field in flight,
+#    the static model beside the measured rate (this GPU's copy bandwidth and launch time), CUDA vs CPU
+#    parity, and `flowprep extract --device cuda` end to end on 200 generated videos of 50 frames.
+timeout 270 python3 benchmarks/bench_torchflow.py --size 340x256 --batches 1,32,128,256 --pairs 16 \
+    --cpu-batches 8 --extract 200 --extract-frames 50 --extract-batch 128 --jobs "$JOBS" \
+    --json "$OUT/torchflow.json" 2>&1 | tee "$OUT/torchflow.txt"
 
 # 3. Trainer: resnet101 temporal and spatial, bf16, batch 128, data-wait share and test views/s.
-timeout 150 python3 benchmarks/bench_trainer.py --device cuda --arch resnet101 --batch 128 --input 224 \
+timeout 90 python3 benchmarks/bench_trainer.py --device cuda --arch resnet101 --batch 128 --input 224 \
     --workers 12 --iters 20 --test-videos 8 2>&1 | tee "$OUT/trainer.txt"

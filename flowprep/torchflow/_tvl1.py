@@ -185,14 +185,28 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
 
     The same steps and stopping rule: per pair, the median filter before each outer iteration and the inner
     iterations run while its error is above epsilon; a converged pair is skipped by the kernels until the
-    next warp. The host looks at the flags every ``sync_every`` iterations to end a warp early.
-    ``stats``: a list to append this level's work to (size, warps, per-pair iterations and median filters
-    run), for the benchmark's memory-traffic estimate; it costs a small kernel per iteration.
+    next warp. The host looks at the flags every ``sync_every`` iterations, to end a warp early and to
+    launch the next iterations over the pairs still active only. On CPU without Triton's interpreter each
+    kernel runs as its eager reference (same control flow, eager arithmetic and error sums).
+    ``stats``: a list to append this level's work to, for the performance model (tvl1_model): size, the
+    schedule, the inner iterations and median filters each pair ran in each warp ((warps, B) int32, counted
+    on the device: a small kernel per iteration), what the host launched (``windows``: [inner iterations,
+    pairs covered] between two host checks; ``median_launches``; ``syncs``) and ``launches`` (each
+    kernel's first Launch, described).
     """
     from flowprep.torchflow import _tvl1_fused
 
-    run = _tvl1_fused.launch()
     b, h, w = i0.shape
+    level = None
+    if stats is not None:
+        level = {"height": h, "width": w, "pairs": b, "warps": warps, "inner_iterations": inner_iterations,
+                 "outer_iterations": outer_iterations, "sync_every": sync_every, "median": median_filtering > 1,
+                 "windows": [], "median_launches": 0, "syncs": 0, "launches": [],
+                 "iterations": torch.zeros(warps, b, dtype=torch.int32, device=i0.device),
+                 "medians": torch.zeros(warps, b, dtype=torch.int32, device=i0.device)}
+        stats.append(level)
+    run = _tvl1_fused.launch(reference=i0.device.type == "cpu" and not _tvl1_fused.interpreted(),
+                             record=None if level is None else level["launches"])
     scaled_eps = _f32(epsilon * epsilon * h * w)
     l_t, taut, theta32 = _f32(lambda_ * theta), _f32(tau / theta), _f32(theta)
     i1x, i1y = centered_gradient(i1)
@@ -200,34 +214,42 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
     u1, u2 = (c.clone(memory_format=torch.contiguous_format) for c in u[:2])
     spare1, spare2 = torch.empty_like(u1), torch.empty_like(u2)  # median5 writes here, then they swap
     p = tuple(torch.zeros_like(i0) for _ in range(4))  # dual variables live across warps
-    partials = torch.zeros(b, -(-h * w // _tvl1_fused.BLOCK), dtype=torch.float64, device=i0.device)
+    partials = torch.zeros(b, _tvl1_fused.n_blocks(h, w), dtype=torch.float64, device=i0.device)
     active = torch.ones(b, dtype=torch.int32, device=i0.device)
+    every = torch.arange(b, dtype=torch.int32, device=i0.device)  # the pairs a launch covers
     table = ops.cubic_table(i0.device)
-    ix, iy, grad, rho_c = (torch.empty_like(i0) for _ in range(4))  # the warp's constants
+    ix, iy, rho_c = (torch.empty_like(i0) for _ in range(3))  # the warp's constants
     i0 = i0.contiguous()
-    if stats is not None:
-        counts = {"iterations": torch.zeros_like(active), "medians": torch.zeros_like(active)}
-        stats.append({"height": h, "width": w, "pairs": b, "warps": warps, **counts})
-    for _ in range(warps):
-        run.warp(stack, i0, u1, u2, table, ix, iy, grad, rho_c)
+    for n_warp in range(warps):
+        run.warp(stack, i0, u1, u2, table, ix, iy, rho_c)
         active.fill_(1)
+        pairs = every
+        if level is not None:
+            level["windows"].append([0, b])
         n_done, finished = 0, False
         for _outer in range(outer_iterations):
             for n_inner in range(inner_iterations):
-                if n_done and n_done % sync_every == 0 and not bool(active.any()):
-                    finished = True
-                    break
+                if n_done and n_done % sync_every == 0:  # one host sync: who is still active
+                    pairs = torch.nonzero(active).flatten().to(torch.int32)
+                    if level is not None:
+                        level["syncs"] += 1
+                        level["windows"].append([0, pairs.shape[0]])
+                    if pairs.shape[0] == 0:
+                        finished = True
+                        break
                 if n_inner == 0 and median_filtering > 1:
                     run.median5(u1, spare1, active)
                     run.median5(u2, spare2, active)
                     u1, spare1, u2, spare2 = spare1, u1, spare2, u2
-                    if stats is not None:
-                        counts["medians"] += active
-                if stats is not None:
-                    counts["iterations"] += active
-                run.primal(ix, iy, grad, rho_c, u1, u2, p, active, partials, l_t, theta32)
-                run.dual(u1, u2, p, active, taut)
-                run.converged(partials, active, scaled_eps)
+                    if level is not None:
+                        level["medians"][n_warp] += active
+                        level["median_launches"] += 1
+                if level is not None:
+                    level["iterations"][n_warp] += active
+                    level["windows"][-1][0] += 1
+                run.primal(ix, iy, rho_c, u1, u2, p, active, pairs, partials, l_t, theta32)
+                run.dual(u1, u2, p, active, pairs, taut)
+                run.converged(partials, active, pairs, scaled_eps)
                 n_done += 1
             if finished:
                 break

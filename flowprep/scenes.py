@@ -261,7 +261,8 @@ def _catalogue() -> dict[str, Scene]:
     # translations from sub-pixel to beyond the quantisation bound of 20 px (x = 24.5)
     for name, shift in (("shift_0.4", (0.35, -0.2)), ("shift_1.8", (1.6, -0.9)), ("shift_5", (4.4, 2.7)),
                         ("shift_13", (11.3, -6.2)), ("shift_25", (24.5, 3.1))):
-        scenes[name] = Scene(Layer(mixed, Motion(shift=shift)), group="translation",
+        scenes[name] = Scene(Layer(mixed, Motion(shift=shift)),
+                             group="translation 25 px" if name == "shift_25" else "translation",
                              description=f"translation by ({shift[0]}, {shift[1]}) px")
     for name, motion, what in (
             ("rotate_2deg", Motion(angle_deg=2.0), "rotation by 2 deg about the centre"),

@@ -175,10 +175,12 @@ def _load_model(model: str, path: Path, device: torch.device) -> torch.nn.Module
     problem = _mismatch(state, net.state_dict())
     if problem:
         other = "small" if model == "large" else "large"
-        hint = ""
         if not _mismatch(state, _build(other).state_dict()):
-            hint = f"; it holds raft_{other} weights: pass --param model={other}"
-        raise RaftWeightsError(f"{path} is not a raft_{model} state dict: {problem}{hint}")
+            fix = (f"it holds raft_{other} weights: pass --param model={other}, or --param weights=FILE with "
+                   f"raft_{model} ones")
+        else:
+            fix = f"pass --param weights=FILE with the state dict of torchvision's raft_{model}"
+        raise RaftWeightsError(f"{path} is not a raft_{model} state dict: {problem}; {fix}")
     net.load_state_dict(state)
     return net.eval().to(device)
 

@@ -308,7 +308,7 @@ def tables(report: dict) -> str:
     lines += ["", "EPE (all pixels, px) by kind of scene:", "",
               "| flow | backend | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
     for r in results.values():
-        if "groups" in r:
+        if "groups" in r and len(r["scenes"]) == len(names):
             lines.append(f"| {r['label']} | {r['backend']} | "
                          + " | ".join(fmt(r["groups"].get(g)) for g in groups) + " |")
     return "\n".join(lines)

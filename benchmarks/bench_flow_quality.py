@@ -20,8 +20,9 @@ this machine, also as a ratio to OpenCV TV-L1 timed in the same run. Scenes coun
 Speed is per core by default (--threads 1 for OpenCV and torch), as `flowprep extract` runs each job on
 one core; it is timed in rounds, every flow in turn on the same pairs, and the median round is reported,
 so a burst of load on a shared machine does not fall on one flow only. OpenCV runs one pair at a time
-(as extraction does); the torch backends and RAFT run batches of --batch pairs. On CPU, torch TV-L1 (bit-identical to OpenCV's there, and slower) is scored
-on 3 scenes only and compared with OpenCV's flow. Prints markdown tables; --json writes every figure.
+(as extraction does); the torch backends and RAFT run batches of --batch pairs. On CPU, torch TV-L1
+(bit-identical to OpenCV's there, and slower) is scored on 3 scenes only (1 with --quick) and compared
+with OpenCV's flow. Prints markdown tables; --json writes every figure.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ from flowprep.quantize import dequantize, quantize  # noqa: E402
 
 BOUND = 20.0
 # Entries scored on only this many of the --quick scenes when run on CPU (torch TV-L1: bit-identical to
-# OpenCV's on CPU, see docs/torchflow.md, and slower; the row gives the largest difference to OpenCV's flow)
+# OpenCV's on CPU, see docs/torchflow.md, and slower; the row gives the largest difference to OpenCV's flow);
+# with --quick on one
 SLOW_ON_CPU = {"tvl1_torch": 3}
 
 
@@ -200,7 +202,7 @@ def run(args) -> dict:
                 continue
             subset = names
             if entry.key in SLOW_ON_CPU and args.device == "cpu" and not args.scenes:
-                subset = [n for n in names if n in scenes.QUICK][:SLOW_ON_CPU[entry.key]]
+                subset = [n for n in names if n in scenes.QUICK][:1 if args.quick else SLOW_ON_CPU[entry.key]]
             idx = [names.index(n) for n in subset]
             flows = fn(prev[idx], nxt[idx])
             row["scenes"] = {n: scene_metrics(f, rendered[n]) for n, f in zip(subset, flows)}
@@ -326,7 +328,8 @@ def per_scene_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help=f"only the scenes {', '.join(scenes.QUICK)}")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"only the scenes {', '.join(scenes.QUICK)}; one speed round; torch TV-L1 on CPU on one")
     ap.add_argument("--scenes", default="", help="comma-separated scene names (default: all, or --quick's)")
     ap.add_argument("--algos", default="", help="comma-separated keys among " + ", ".join(e.key for e in ENTRIES))
     ap.add_argument("--size", default="340x256", help="WIDTHxHEIGHT (default 340x256, the two-stream size)")
@@ -336,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--raft-weights-large", default="", help="raft_large weights file (default: the torch cache)")
     ap.add_argument("--raft-iterations", type=int, default=12, help="RAFT's recurrent updates (default 12)")
     ap.add_argument("--speed-pairs", type=int, default=4, help="pairs timed per flow and round (default 4)")
-    ap.add_argument("--speed-rounds", type=int, default=3, help="timing rounds; the median is reported (default 3)")
+    ap.add_argument("--speed-rounds", type=int, default=0,
+                    help="timing rounds; the median is reported (default 3, with --quick 1)")
     ap.add_argument("--min-seconds", type=float, default=0.5,
                     help="shortest timing of a flow in a round; fast flows repeat the pairs (default 0.5)")
     ap.add_argument("--threads", type=int, default=1,
@@ -344,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-scene", action="store_true", help="also print the EPE of every scene")
     ap.add_argument("--json", default="", help="also write everything, per scene, to this JSON file")
     args = ap.parse_args(argv)
+    args.speed_rounds = args.speed_rounds or (1 if args.quick else 3)
     if args.threads:
         import cv2
         import torch

@@ -134,7 +134,19 @@ DIS = Algorithm(
     presets=_DIS_PRESETS,
 )
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (TVL1, FARNEBACK, DIS)}
+# torchvision's RAFT (Teed & Deng, ECCV 2020). Weights are read from the torch cache or a file, never
+# downloaded; which file was used (its SHA-256) is recorded with the flow.
+RAFT = Algorithm(
+    "raft", "RAFT (Teed & Deng, ECCV 2020), torchvision's raft_large / raft_small; 12 updates",
+    {
+        "model": Param("large", choices=("large", "small")),
+        "iterations": Param(12, _AT_LEAST_1),
+        "weights": Param(""),  # a file holding the state dict; empty: the torch cache's file of the model
+    },
+    backends=("torch",),
+)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (TVL1, FARNEBACK, DIS, RAFT)}
 BACKENDS = ("opencv", "torch")
 ALIASES = {"lambda": "lambda_"}  # `lambda` is a Python keyword
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -151,7 +163,7 @@ def algorithm(name: str) -> Algorithm:
 def _convert(algo: str, key: str, value: Any, param: Param) -> Any:
     """``value`` (a string from --param or a Python value) as the parameter's type; OptionError if it is not."""
     kind = type(param.default)
-    what = {int: "an integer", float: "a number", bool: "true or false", str: "a word"}[kind]
+    what = {int: "an integer", float: "a number", bool: "true or false", str: "text"}[kind]
     bad = OptionError(f"{algo} parameter {key}={value!r} is not {what}; see `flowprep params --algo {algo}`")
     is_bool = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too, without importing it
     if kind is bool:
@@ -220,7 +232,8 @@ def describe(algo: str) -> list[str]:
     table = algorithm(algo)
     lines = [f"# {table.description}; backends: {', '.join(table.backends)}"]
     for key, p in table.params.items():
-        allowed = (", ".join(p.choices) if p.choices else p.rule[1] if p.rule else "true or false")
+        allowed = (", ".join(p.choices) if p.choices else p.rule[1] if p.rule else
+                   "true or false" if isinstance(p.default, bool) else "a file path, empty for the torch cache")
         extra = [f"{b}: {r[key][1]}" for b, r in table.restrictions.items() if key in r]
         lines.append(f"{key}={p.default}".ljust(40) + f"# {type(p.default).__name__}, {allowed}"
                      + (f" ({'; '.join(extra)})" if extra else ""))

@@ -38,9 +38,15 @@ class RunSettings:
 
     @property
     def implementation(self) -> str:
-        """Which code computed the flow: it is part of what must agree on resume and merge."""
+        """Which code computed the flow: it is part of what must agree on resume and merge (for RAFT with
+        the weights' SHA-256, so flow from other weights is never mixed in)."""
         if self.backend == "opencv":
             return f"opencv-{OPENCV_NAMES[self.algo]}-cpu"
+        if self.algo == "raft":
+            from flowprep.torchflow.raft import weights_identity
+
+            sha = weights_identity(self.params["model"], self.params["weights"])["sha256"]
+            return f"torchvision-raft_{self.params['model']}-{sha}-{self.device}"
         return f"flowprep-torch-{self.algo}-{self.device}"
 
     def recorded(self) -> dict[str, Any]:
@@ -49,6 +55,11 @@ class RunSettings:
         import h5py
         import numpy as np
 
+        extra = {}
+        if self.algo == "raft":  # which weights: the file differs between machines, its SHA-256 does not
+            from flowprep.torchflow.raft import weights_identity
+
+            extra["raft_weights"] = weights_identity(self.params["model"], self.params["weights"])
         return {
             "algo": self.algo,
             "params": self.params,
@@ -66,6 +77,7 @@ class RunSettings:
             "shard": f"{self.shard[0]}/{self.shard[1]}",
             "versions": {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
                          "h5py": h5py.__version__, "python": sys.version.split()[0]},
+            **extra,
         }
 
 
@@ -115,9 +127,13 @@ class ExtractConfig:
             raise OptionError(f"--jobs must be at least 1, got {self.jobs}")
         if self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
-        self.settings()  # the algorithm, its parameters for the backend, the device
-        if self.settings().device == "cuda":
+        settings = self.settings()  # the algorithm, its parameters for the backend, the device
+        if settings.device == "cuda":
             self.devices()
+        if settings.algo == "raft":  # weights that are not there are named before any file is touched
+            from flowprep.torchflow.raft import weights_file
+
+            weights_file(settings.params["model"], settings.params["weights"])
 
     def settings(self) -> RunSettings:
         """The recorded settings: parameters resolved for the backend, 'auto' device resolved."""

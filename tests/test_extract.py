@@ -89,6 +89,27 @@ def test_stored_flow_equals_opencv_run_directly(extracted):
         assert mean == pytest.approx([2.0 * 48 / 64, 1.0 * 48 / 64], abs=0.2)
 
 
+def test_dis_extraction_equals_opencv_dis_run_directly(tmp_path):
+    """--algo dis in the CPU pool: every stored field is cv2.DISOpticalFlow's, quantised; the preset and
+    every DIS parameter are recorded."""
+    import cv2
+
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=2, frames=5)
+    out = tmp_path / "f.h5"
+    result = run_cli("extract", "--videos", videos, "--out", out, "--size", SIZE, "--algo", "dis", "--param",
+                     "preset=fast", "--param", "patch_stride=2", "--codec", "raw", "--jobs", 2, "--no-progress")
+    assert result.exit_code == 0, result.output
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    dis.setPatchStride(2)
+    frames = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in VideoReader(videos / "Class0" / "v_0_1.avi", Resize(48, 36))]
+    expected = np.stack([quantize(dis.calc(a, b, None), 20) for a, b in zip(frames, frames[1:])])
+    with FlowStore(out) as store:
+        assert np.array_equal(store.read_flow("v_0_1", range(4)), expected)
+        params = store.attrs["params"]
+        assert store.attrs["implementation"] == "opencv-DISOpticalFlow-cpu"
+        assert (params["preset"], params["patch_stride"], params["gradient_descent_iterations"]) == ("fast", 2, 16)
+
+
 def test_rerun_redoes_nothing_and_retries_failures(extracted, tmp_path):
     videos, out, _, _ = extracted
     result = run_cli("extract", "--videos", videos, "--out", out, "--size", SIZE, "--algo", "farneback",

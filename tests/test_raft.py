@@ -234,3 +234,32 @@ def test_bad_frames(small_file):
     prev, nxt = _pairs(1)
     with pytest.raises(TorchFlowError, match="differ in shape"):
         raft.raft_flow(prev, nxt[:, :40], model="small", iterations=1, weights=str(small_file))
+
+
+def test_extract_with_raft_records_the_weights_and_refuses_others(small_file, tmp_path):
+    """`flowprep extract --algo raft` through the table and the batched device path: the weights' SHA-256
+    is recorded, a resume with other weights is refused, absent weights are named before any file."""
+    from click.testing import CliRunner
+
+    from flowprep import FlowStore
+    from flowprep.cli import main as cli
+    from tests.test_extract import make_dataset
+
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=2, frames=3)
+    out = tmp_path / "f.h5"
+    args = ["extract", "--videos", str(videos), "--out", str(out), "--size", "48x36", "--algo", "raft",
+            "--param", "model=small", "--param", f"iterations={ITER}", "--no-progress"]
+    result = CliRunner().invoke(cli, [*args, "--param", f"weights={small_file}"])
+    assert result.exit_code == 0, result.output
+    sha = hashlib.sha256(small_file.read_bytes()).hexdigest()[:16]
+    with FlowStore(out) as store:
+        assert store.attrs["implementation"] == f"torchvision-raft_small-{sha}-cpu"
+        assert store.attrs["raft_weights"]["sha256"] == sha and store.attrs["params"]["iterations"] == ITER
+        assert store.read_flow("v_0_0", [0, 1]).shape == (2, 36, 48, 2)
+    other = _save_random(tmp_path / "other.pth", "raft_small", seed=1)
+    refused = CliRunner().invoke(cli, [*args, "--param", f"weights={other}"])
+    assert refused.exit_code == 1 and "other settings" in refused.output and "implementation" in refused.output
+    missing = CliRunner().invoke(cli, [*args[:4], str(tmp_path / "g.h5"), *args[5:],
+                                       "--param", f"weights={tmp_path / 'none.pth'}"])
+    assert missing.exit_code == 1 and "none.pth does not exist" in missing.output
+    assert not (tmp_path / "g.h5.parts").exists() and not (tmp_path / "g.h5.lock").exists()

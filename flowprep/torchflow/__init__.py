@@ -168,12 +168,16 @@ def compute_flow_batch(prev: Any, nxt: Any, algo: str = "tvl1", device: str | to
                        **params: Any) -> torch.Tensor:
     """Flow of many frame pairs at once: (B, H, W) gray pairs -> (B, H, W, 2) float32 on ``device``.
 
-    ``algo`` is "tvl1" or "farneback"; params as for tvl1() / farneback().
+    ``algo`` is "tvl1", "farneback" or "raft"; params as for tvl1() / farneback() / raft.raft_flow().
     """
     if algo == "tvl1":
         return tvl1(prev, nxt, device=device, **params)
     if algo == "farneback":
         return farneback(prev, nxt, device=device, **params)
+    if algo == "raft":
+        from flowprep.torchflow.raft import raft_flow
+
+        return raft_flow(prev, nxt, device=device, **_check_params(params, (), "raft"))
     try:
         resolve_params(algo, {}, backend="torch")  # names the algorithm's backends, or the known algorithms
     except OptionError as exc:

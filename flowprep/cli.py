@@ -36,6 +36,20 @@ def quiet_decoders() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # cv2 may be imported already
 
 
+# After a Ctrl-C or a kill, loky's resource tracker (a helper process of the worker pool) removes the pool's
+# semaphores and warns "There appear to be N leaked semlock objects to clean up at shutdown". That is the
+# clean-up working, not a problem of the run, so its warning is kept off this command's output.
+TRACKER_QUIET = "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker"
+
+
+def quiet_pool_cleanup() -> None:
+    """Keep the pool's resource-tracker warning (see TRACKER_QUIET) off the output of the processes this
+    command starts; the user's own PYTHONWARNINGS are kept."""
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if TRACKER_QUIET not in current:
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, TRACKER_QUIET]))
+
+
 def _interrupted(out: Path) -> click.ClickException:
     """Ctrl-C: say what is kept and how to go on (exit status 130, as for SIGINT)."""
     exc = click.ClickException(f"interrupted: the videos finished so far are kept in {out.name}.parts/; "
@@ -140,6 +154,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                             dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
                             follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress)
         quiet_decoders()
+        quiet_pool_cleanup()
         summary = run_extract(cfg)
     except (FlowprepError, ManifestError) as exc:
         raise _fail(exc) from exc

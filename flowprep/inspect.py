@@ -57,9 +57,13 @@ def store_info(path: str | Path) -> dict[str, Any]:
 
 def info_text(info: dict[str, Any]) -> str:
     c = info["config"]
-    lines = [f"store      {info['path']} ({len(info['files'])} file(s), {info['bytes'] / 1e6:.1f} MB)",
+    gap = info["missing_shards"]
+    lines = ([f"INCOMPLETE shard {', '.join(gap)} not merged (`flowprep merge --partial`): the videos of "
+              f"{'that shard' if len(gap) == 1 else 'those shards'} are not in this store"] if gap else [])
+    lines += [f"store      {info['path']} ({len(info['files'])} file(s), {info['bytes'] / 1e6:.1f} MB)",
              f"dataset    {info['dataset']}, {info['classes']} classes",
-             f"videos     {info['videos']} of {info['expected']} expected, {info['failed']} failed",
+             f"videos     {info['videos']} of {info['expected']} expected"
+             + (" by the merged shards" if gap else "") + f", {info['failed']} failed",
              f"frames     {info['frames']} RGB, {info['flows']} flow fields",
              f"flow       {c['algo']} ({c['implementation']}), bound {c['bound']}, {c['rounding']}",
              "params     " + ", ".join(f"{k}={v}" for k, v in c["params"].items()),
@@ -136,6 +140,44 @@ def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.nd
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
+KEY_WIDTH = 190  # pixels of the colour key beside the picture
+
+
+def colour_key(top: float, height: int) -> np.ndarray:
+    """The key of flow_to_color at full speed ``top`` (px/frame): a colour wheel (a point of the wheel shows
+    the colour of the flow pointing from the centre to it, the rim being ``top``) with its axes named, and
+    a speed scale. (max(height, 330), KEY_WIDTH, 3) uint8 RGB, for a picture ``height`` pixels high."""
+    import cv2
+
+    key = np.full((max(height, 330), KEY_WIDTH, 3), 32, np.uint8)
+    font, white = cv2.FONT_HERSHEY_SIMPLEX, (255, 255, 255)
+    r, cx, cy = 60, KEY_WIDTH // 2, 124
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float32)
+    wheel = flow_to_color(np.stack([xx, yy], -1) * (top / r), top)
+    inside = np.hypot(xx, yy) <= r
+    patch = key[cy - r:cy + r + 1, cx - r:cx + r + 1]
+    patch[inside] = wheel[inside]
+    cv2.putText(key, "flow colour key", (8, 18), font, 0.45, white, 1)
+    cv2.putText(key, "hue = direction", (8, 36), font, 0.4, white, 1)
+    cv2.putText(key, "-y (up)", (cx - 24, cy - r - 6), font, 0.35, white, 1)
+    cv2.putText(key, "+y (down)", (cx - 30, cy + r + 14), font, 0.35, white, 1)
+    cv2.putText(key, "-x", (cx - r - 22, cy + 4), font, 0.35, white, 1)
+    cv2.putText(key, "+x", (cx + r + 5, cy + 4), font, 0.35, white, 1)
+    # the speed scale: brightness of flow to the right, from 0 to top
+    y0 = cy + r + 44
+    cv2.putText(key, "brightness = speed", (8, y0 - 8), font, 0.4, white, 1)
+    ramp = np.linspace(0, top, KEY_WIDTH - 30, dtype=np.float32)
+    bar = flow_to_color(np.stack([ramp, np.zeros_like(ramp)], -1)[None], top)
+    key[y0:y0 + 16, 15:KEY_WIDTH - 15] = np.repeat(bar, 16, axis=0)
+    cv2.putText(key, "0", (12, y0 + 32), font, 0.35, white, 1)
+    label = f"{top:.2f} px/frame"
+    cv2.putText(key, label, (KEY_WIDTH - 12 - 7 * len(label), y0 + 32), font, 0.35, white, 1)
+    cv2.putText(key, "(99th percentile of the", (8, y0 + 52), font, 0.35, white, 1)
+    cv2.putText(key, "speeds shown; faster is", (8, y0 + 66), font, 0.35, white, 1)
+    cv2.putText(key, "as bright)", (8, y0 + 80), font, 0.35, white, 1)
+    return key
+
+
 def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Path:
     """Write a picture: ``count`` RGB frames spread over the video (top) above the colour-coded flow (bottom).
 
@@ -167,11 +209,14 @@ def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Pa
         cv2.putText(frame, f"frame {idx[i]}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
         cv2.putText(col, f"flow {idx[i]}->{idx[i] + 1}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     grid = np.concatenate([np.concatenate(list(rgb), axis=1), np.concatenate(colour, axis=1)], axis=0)
-    legend = np.full((36, grid.shape[1], 3), 32, np.uint8)
-    cv2.putText(legend, video_id, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
-    cv2.putText(legend, f"flow colour: hue = direction, brightness = speed (full at {top:.2f} px/frame)", (4, 30),
+    title = np.full((36, grid.shape[1], 3), 32, np.uint8)
+    cv2.putText(title, video_id, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+    cv2.putText(title, "top: RGB frames; bottom: flow to the next frame (key on the right)", (4, 30),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-    grid = np.concatenate([legend, grid], axis=0)
+    grid = np.concatenate([title, grid], axis=0)
+    key = colour_key(top, grid.shape[0])
+    pad = np.full((key.shape[0] - grid.shape[0], grid.shape[1], 3), 32, np.uint8)
+    grid = np.concatenate([np.concatenate([grid, pad], axis=0), key], axis=1)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         written = cv2.imwrite(str(out), np.ascontiguousarray(grid[..., ::-1]))

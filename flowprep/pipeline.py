@@ -116,7 +116,7 @@ def _extract_locked(cfg: ExtractConfig, settings: RunSettings, manifest, expecte
     tasks = [VideoTask(v, str(cfg.videos / by_id[v].path), by_id[v].path, by_id[v].class_name, by_id[v].label)
              for v in plan.todo]
     tally = Tally()
-    _run(tasks, settings, executor, parts, tally, cfg.progress)
+    _run(tasks, settings, executor, parts, tally, cfg.progress, cfg.jobs)
     failed = sorted(({"video_id": f.video_id, "path": f.path, "reason": f.reason} for f in tally.failed),
                     key=lambda f: f["video_id"])
     new_parts = sorted(parts.path(v) for v in (*plan.use_parts, *tally.written))
@@ -166,11 +166,16 @@ def previous_contents(store: Path, recorded: dict[str, Any], classes: list[str])
 
 
 def _run(tasks: list[VideoTask], settings: RunSettings, executor: Executor, parts: Parts, tally: Tally,
-         progress: bool) -> None:
-    """Run ``tasks`` through ``executor``; each outcome is written (a part) or noted (a failure) as it comes."""
+         progress: bool, jobs: int) -> None:
+    """Run ``tasks`` through ``executor``; each outcome is written (a part) or noted (a failure) as it comes.
+    With ``progress``, first a line with the expected duration (for ``jobs`` in parallel), then the bar."""
     from data_manifest.progress import Progress
 
     with Progress(len(tasks), unit="video", desc="extract", enabled=progress and bool(tasks)) as bar:
+        if progress and tasks:
+            from flowprep.estimate import estimate_text
+
+            bar.write("extract: " + estimate_text([t.path for t in tasks], settings, jobs))
         def on_outcome(outcome: Outcome) -> None:
             if isinstance(outcome, EncodedVideo):
                 try:

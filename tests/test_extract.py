@@ -325,7 +325,9 @@ def test_merge_refuses_its_own_inputs_as_out_and_incomplete_sets(tmp_path, monke
     assert result.exit_code == 1 and "shard 2/2" in result.output and "--partial" in result.output
     result = CliRunner().invoke(cli, ["merge", "--out", "all.h5", "flows-1of2.h5", "--partial"])
     assert result.exit_code == 0 and "warning: shard 2/2 not merged" in result.output
-    assert "MISSING    shard 2/2 (merged with --partial" in run_cli("info", "all.h5").output
+    info = run_cli("info", "all.h5").output
+    assert info.startswith("INCOMPLETE shard 2/2 not merged") and "expected by the merged shards" in info
+    assert "MISSING    shard 2/2 (merged with --partial" in info
     # a master file is not an extraction output: clear error, the master file is left alone
     result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", "all.h5", "--size", SIZE,
                                       "--algo", "farneback", "--no-progress"])
@@ -542,3 +544,20 @@ def test_decoder_warnings_stay_out_of_the_output(tmp_path):
                           "--no-progress"], capture_output=True, text=True, env=env)
     assert run.returncode == 1 and "FAILED garbage" in run.stdout
     assert "mjpeg" not in run.stdout + run.stderr, run.stdout + run.stderr
+
+
+def test_the_flow_picture_has_a_colour_key_that_matches_the_coding():
+    """The key's wheel shows, at each point, the colour of the flow from its centre to that point (the rim
+    being the stated full speed); its speed bar runs from black to the colour of full speed to the right."""
+    from flowprep.inspect import KEY_WIDTH, colour_key, flow_to_color
+
+    top = 2.5
+    key = colour_key(top, 400)
+    assert key.shape == (400, KEY_WIDTH, 3)
+    cx, cy, r = KEY_WIDTH // 2, 124, 60
+    for dx, dy in [(40, 0), (0, 40), (-40, 0), (0, -40), (30, 30)]:  # right, down, left, up, down-right
+        want = flow_to_color(np.float32([[[dx * top / r, dy * top / r]]]), top)[0, 0]
+        assert np.abs(key[cy + dy, cx + dx].astype(int) - want).max() <= 1, (dx, dy)
+    assert not np.array_equal(key[cy, cx + 40], key[cy + 40, cx])  # directions differ in colour
+    bar = key[cy + r + 52, 15:KEY_WIDTH - 15]
+    assert bar[0].max() <= 5 and np.array_equal(bar[-1], flow_to_color(np.float32([[[top, 0]]]), top)[0, 0])

@@ -185,11 +185,17 @@ def test_duration_threshold_has_margin_on_both_sides():
 
 
 @pytest.mark.parametrize("fourcc,ext,share", [("MJPG", "avi", 0.9), ("FFV1", "mkv", 0.9)])
-def test_files_cut_near_the_end_are_truncated(tmp_path, fourcc, ext, share):
+def test_files_cut_near_the_end_are_truncated(tmp_path, fourcc, ext, share, monkeypatch):
+    """By the container's declared sizes first; without that check, by the decoded frames."""
+    import flowprep.decode
+
     cut = truncate(moving_video(tmp_path / f"cut.{ext}", n=40, fourcc=fourcc), share)
-    with pytest.raises(VideoError, match="truncated or corrupt: decoded 36") as info:
+    with pytest.raises(VideoError, match="truncated: its (RIFF chunk|Matroska segment)") as info:
         list(VideoReader(cut))
     assert str(cut) in str(info.value)
+    monkeypatch.setattr(flowprep.decode, "container_cut", lambda path: None)
+    with pytest.raises(VideoError, match="truncated or corrupt: decoded 36"):
+        list(VideoReader(cut))
 
 
 def test_frames_dropped_mid_clip_are_caught(tmp_path):

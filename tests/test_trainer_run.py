@@ -89,7 +89,7 @@ def _subset_ids(store) -> dict[str, list[str]]:
 
 def _damaged_copy(src, dst: Path, delete=(), corrupt=(), shorten=()) -> Path:
     """A copy of a store with videos deleted, every flow JPEG of some made undecodable, or some cut to 3
-    frames (2 flow fields) in their records, so the trainer sees them shorter than a stack."""
+    frames (2 flow fields), so the trainer sees them shorter than a stack."""
     import json
     import shutil
 
@@ -104,11 +104,19 @@ def _damaged_copy(src, dst: Path, delete=(), corrupt=(), shorten=()) -> Path:
             blob = videos[vid]["flow_jpeg"]
             for start in videos[vid]["flow_offsets"][()][:-1]:
                 blob[int(start):int(start) + 2] = 0  # no JPEG start marker: the field cannot be decoded
-        for vid in shorten:
-            record = videos[vid].attrs["record"]
+        for vid in shorten:  # cut to its first 3 frames: the record and every per-image array agree
+            group = videos[vid]
+            record = group.attrs["record"]
             record = json.loads(record.decode() if isinstance(record, bytes) else record)
             record.update(num_frames=3, num_flows=2)
-            videos[vid].attrs["record"] = json.dumps(record)
+            group.attrs["record"] = json.dumps(record)
+            for kind, count in (("rgb", 3), ("flow", 2)):
+                offsets = group[f"{kind}_offsets"][: count + 1]
+                data = {f"{kind}_jpeg": group[f"{kind}_jpeg"][: offsets[-1]], f"{kind}_offsets": offsets,
+                        f"{kind}_crcs": group[f"{kind}_crcs"][:count]}
+                for name, value in data.items():
+                    del group[name]
+                    group[name] = value
     return dst
 
 
@@ -457,7 +465,8 @@ def test_trainer_test_needs_only_the_subsets_it_scores_and_names_an_undecodable_
     assert bad.exit_code == 1
     error = [ln for ln in bad.output.splitlines() if ln.startswith("Error:")]
     assert len(error) == 1 and ids["test"][0] in error[0], bad.output
-    assert "does not decode" in error[0] and "flowprep verify" in error[0] and "missing_videos=skip" in error[0]
+    assert "does not match its checksum" in error[0] and "flowprep verify" in error[0]  # damage is caught on read
+    assert "missing_videos=skip" in error[0]
     assert "Traceback" not in bad.output and "DataLoader worker" not in bad.output
 
 

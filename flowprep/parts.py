@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from data_manifest.atomic import atomic_write
 from flowprep.errors import StoreError
 from flowprep.store_format import as_str, check_record, is_disk_full, part_key
 from flowprep.store_writer import finish_file, new_file, write_video
@@ -59,7 +60,7 @@ class Parts:
             for name, now, differ, what in checks:
                 file = self.folder / name
                 if not file.exists():
-                    file.write_text(json.dumps(now, indent=1, sort_keys=True))
+                    atomic_write(file, json.dumps(now, indent=1, sort_keys=True))
                     continue
                 try:
                     before = json.loads(file.read_text())
@@ -68,8 +69,8 @@ class Parts:
                 if change := ("unreadable" if before is None else differ(before, now)):
                     raise StoreError(f"{self.folder} holds unfinished work {what} ({change}); pass --overwrite "
                                      "to start over")
-            # a killed run's files: temporaries never renamed, and the failure records and markers of versions
-            # before 0.2 (failures are retried on every run)
+            # a killed run's files: temporaries never renamed, and the failure records and started-markers
+            # that earlier versions of flowprep kept here (failures are retried on every run)
             for stale in (*self.folder.glob("*.tmp"), *self.folder.glob("*.failed.json"),
                           *self.folder.glob("*.started")):
                 stale.unlink(missing_ok=True)

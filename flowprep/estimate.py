@@ -1,5 +1,6 @@
 """How long an extraction will take, said before the long part starts: the flow fields the videos' headers
-announce, times the time one field takes here with the run's algorithm and size, over the jobs."""
+announce, times the time one field takes here (the first frames of a few of the videos, with the run's
+algorithm and size), over the jobs."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from flowprep.decode import probe
 from flowprep.errors import VideoError
 
 PROBED = 200  # videos whose headers are read (evenly spread); the total is extrapolated from them
-TIMED_S = 0.3  # seconds spent timing the flow on a test pair (at least one call)
+TIMED_S = 0.3  # CPU seconds spent timing the flow on the first frames (at least one call per pair)
 SLOW_S = 600.0  # estimates above this suggest how to go faster
 
 
@@ -31,27 +32,46 @@ def announced_fields(paths: list[str]) -> int:
     return int(round(np.mean(counts) * len(paths)))
 
 
-def seconds_per_field(settings, size: tuple[int, int]) -> float:
-    """Seconds one OpenCV flow field of ``size`` (width, height) takes on one core here, timed on a
-    textured test pair moving by about a pixel."""
+def _first_pairs(paths: list[str], resize, count: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first two frames, gray and resized, of up to ``count`` of the videos that decode."""
+    import cv2
+
+    from flowprep.decode import VideoReader
+
+    pairs = []
+    for path in paths:
+        if len(pairs) == count:
+            break
+        frames = []
+        try:
+            for rgb in VideoReader(path, resize):
+                frames.append(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+                if len(frames) == 2:
+                    break
+        except VideoError:
+            continue
+        if len(frames) == 2:
+            pairs.append((frames[0], frames[1]))
+    return pairs
+
+
+def seconds_per_field(settings, pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """CPU seconds one OpenCV flow field takes on one core here: the mean over ``pairs`` (gray frames of the
+    videos to do), each timed once, repeated until TIMED_S have passed. CPU time, not wall time, so other
+    work on the machine does not inflate it."""
     import cv2
 
     from flowprep.flow import OpenCVFlow
 
-    w, h = size
-    rng = np.random.default_rng(0)
-    scene = cv2.GaussianBlur(rng.uniform(0, 255, (h + 8, w + 8)).astype(np.float32), (0, 0), 2.0)
-    scene = cv2.normalize(scene, None, 20, 235, cv2.NORM_MINMAX).astype(np.uint8)
-    prev, nxt = np.ascontiguousarray(scene[4:-4, 4:-4]), np.ascontiguousarray(scene[5:-3, 3:-5])
     flow = OpenCVFlow(settings.algo, **settings.params)
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # as in a job
     try:
-        calls, start = 0, time.perf_counter()
-        while calls == 0 or time.perf_counter() - start < TIMED_S:
-            flow(prev, nxt)
+        calls, start = 0, time.process_time()
+        while calls < len(pairs) or time.process_time() - start < TIMED_S:
+            flow(*pairs[calls % len(pairs)])
             calls += 1
-        return (time.perf_counter() - start) / calls
+        return (time.process_time() - start) / calls
     finally:
         cv2.setNumThreads(threads)
 
@@ -63,16 +83,15 @@ def estimate_text(paths: list[str], settings, jobs: int) -> str:
     what = f"{len(paths)} videos to extract, about {fields} flow fields"
     if settings.backend != "opencv" or not paths:
         return f"{what} ({settings.algo} on {settings.device}: the rate shows once the first videos are done)"
-    try:
-        info = probe(paths[0])
-        size = settings.resize.target(info.width, info.height)
-    except VideoError:
-        size = settings.resize.target(340, 256)
-    per_field = seconds_per_field(settings, size)
+    pairs = _first_pairs(paths, settings.resize)
+    if not pairs:
+        return f"{what} (none of the first videos decodes: no time estimate)"
+    per_field = seconds_per_field(settings, pairs)
     parallel = max(1, min(jobs, os.cpu_count() or 1))
     total = fields * per_field / parallel
-    text = (f"{what} at {size[0]}x{size[1]}; {settings.algo} takes {per_field:.3g} s per field per job here, "
-            f"so about {format_seconds(total)} with {parallel} job(s)")
+    h, w = pairs[0][0].shape
+    text = (f"{what} at {w}x{h}; {settings.algo} takes {per_field:.3g} s per field per job here (timed on the "
+            f"first frames of {len(pairs)} of them), so about {format_seconds(total)} with {parallel} job(s)")
     if total > SLOW_S:
         text += ("; for a quick first look try a smaller --size (e.g. 170x128) or --algo dis "
                  "(DIS medium: ~100x faster than TV-L1 per core)")

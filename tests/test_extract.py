@@ -561,3 +561,16 @@ def test_the_flow_picture_has_a_colour_key_that_matches_the_coding():
     assert not np.array_equal(key[cy, cx + 40], key[cy + 40, cx])  # directions differ in colour
     bar = key[cy + r + 52, 15:KEY_WIDTH - 15]
     assert bar[0].max() <= 5 and np.array_equal(bar[-1], flow_to_color(np.float32([[[top, 0]]]), top)[0, 0])
+
+
+def test_extract_says_how_long_it_will_take_and_logs_plain_lines(tmp_path):
+    """Before the long part: the fields the headers announce and the time they will take; redirected
+    output gets plain progress lines, no carriage returns."""
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=2, frames=6)
+    result = run_cli("extract", "--videos", videos, "--out", tmp_path / "f.h5", "--size", SIZE, "--jobs", 1)
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("extract: 2 videos to extract, about 10 flow fields at 48x36; tvl1 takes ")
+    assert "s per field per job here (timed on the first frames of 2 of them), so about " in first
+    assert "with 1 job(s)" in first and "\r" not in result.output
+    assert "extract: 2/2 videos (100%)" in result.output

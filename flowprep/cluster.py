@@ -17,8 +17,9 @@ Guarantees, from Dask's own semantics:
   videos with equal arguments are taken for one task, nothing is taken from an earlier run's result).
 - A task whose workers die every time (a native crash on one video, out of memory) ends as KilledWorker
   after ``distributed.scheduler.allowed-failures`` deaths. A chunk is then split into single-video tasks;
-  a single video is given one more try (the deaths may have been another video's, on the same worker) and
-  then recorded as a Failure naming the cause. The run goes on.
+  a single video is given one more try (the deaths may have been another video's, on the same worker),
+  with no other such video in flight, so two suspects never share a worker; then it is recorded as a
+  Failure naming the cause. The run goes on.
 - At most ``QUEUED_PER_THREAD`` tasks per worker thread are in flight, and a result is released once it is
   written, so this process holds a bounded number of results whatever the dataset's size.
 """
@@ -285,22 +286,28 @@ def run_cluster(tasks: list[VideoTask], settings, client, on_outcome: Callable[[
         submit = lambda unit, key: client.submit(_cpu_task, unit.tasks, settings, work,  # noqa: E731
                                                  key=key, pure=False)
     waiting = _chunks(tasks, size)
+    suspects: deque = deque()  # single videos to try once more after a KilledWorker, one at a time
     running: dict = {}  # future -> _Unit
     done = as_completed()
     sequence, checked = 0, time.monotonic()
+
+    def next_unit() -> _Unit | None:
+        if suspects and not any(u.retried for u in running.values()):
+            return suspects.popleft()
+        return waiting.popleft() if waiting else None
+
     try:
-        while waiting or running:
+        while waiting or suspects or running:
             if time.monotonic() - checked > REFRESH_S:
                 threads, checked = _threads(client), time.monotonic()
-            while waiting and len(running) < QUEUED_PER_THREAD * threads:
-                unit = waiting.popleft()
+            while len(running) < QUEUED_PER_THREAD * threads and (unit := next_unit()) is not None:
                 sequence += 1
                 future = submit(unit, f"flowprep-extract-{run_id}-{sequence}")
                 running[future] = unit
                 done.add(future)
             future = next(done)
             unit = running.pop(future)
-            outcomes = _outcomes(future, unit, waiting)
+            outcomes = _outcomes(future, unit, waiting, suspects)
             del future  # the result is released on the worker once nothing here holds its future
             for outcome in outcomes:
                 on_outcome(outcome)
@@ -319,9 +326,10 @@ def _threads(client) -> int:
         return 1
 
 
-def _outcomes(future, unit: _Unit, waiting: deque) -> list[Outcome]:
-    """The outcomes of a finished task; a failed task's videos go back to ``waiting`` (split, or once more
-    alone) or come back as Failures naming the cause."""
+def _outcomes(future, unit: _Unit, waiting: deque, suspects: deque) -> list[Outcome]:
+    """The outcomes of a finished task; a failed task's videos go back to ``waiting`` (a chunk split into
+    single videos) or to ``suspects`` (a single video's second try), or come back as Failures naming the
+    cause."""
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
 
@@ -335,7 +343,7 @@ def _outcomes(future, unit: _Unit, waiting: deque) -> list[Outcome]:
             waiting.extendleft(_Unit([t]) for t in reversed(unit.tasks))
             return []
         if not unit.retried:
-            waiting.appendleft(_Unit(unit.tasks, retried=True))
+            suspects.append(_Unit(unit.tasks, retried=True))
             return []
         t = unit.tasks[0]
         return [Failure(t.video_id, t.relpath, f"{t.path}: every Dask worker that ran this video died (twice "

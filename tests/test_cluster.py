@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from flowprep import FlowStore
 from flowprep.cli import main as cli
 from tests.test_extract import SIZE, make_dataset, run_cli
 
-pytest.importorskip("distributed")
+needs_dask = pytest.mark.skipif(find_spec("distributed") is None or find_spec("dask") is None,
+                                reason="needs dask and distributed (pip install 'twostream-toolkit[dask]')")
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("seconds", "flow_seconds")  # the only record fields that differ between two runs
@@ -88,6 +90,7 @@ def assert_same_stores(a: Path, b: Path) -> None:
             assert rx == ry, vid
 
 
+@needs_dask
 def test_a_cluster_run_equals_a_local_run(dask_cluster, tmp_path):
     """Videos as tasks on 2 workers: the same store as `--jobs 2`, bad files included; workers without a
     GPU are refused for --device cuda with a clear message."""
@@ -124,6 +127,7 @@ def _extract_cmd(videos: Path, out: Path, address: str) -> list[str]:
             "96x72", "--algo", "tvl1", "--scheduler", address, "--no-progress"]
 
 
+@needs_dask
 def test_a_worker_killed_mid_run_has_its_video_redone_elsewhere(dask_cluster, tmp_path):
     """SIGKILL of a worker process while it runs a video: the scheduler gives that video to the other worker,
     the run completes with every video, and the store is whole."""
@@ -150,6 +154,7 @@ def test_a_worker_killed_mid_run_has_its_video_redone_elsewhere(dask_cluster, tm
     assert run_cli("verify", out, "--no-progress").exit_code == 0
 
 
+@needs_dask
 def test_the_client_killed_then_rerun_resumes(dask_cluster, tmp_path):
     """SIGKILL of the extract process (the client, the one writer): the re-run on the same cluster keeps every
     finished part and does only the rest; nothing half-written has a final name."""
@@ -186,6 +191,7 @@ def _abort_on_v_0_1(task, settings):
     return extract_video(task, settings)
 
 
+@needs_dask
 def test_a_video_that_kills_its_workers_fails_alone(tmp_path):
     """local:2, one video crashing every worker that runs it: Dask's KilledWorker becomes a Failure naming the
     cause (after one more try), every other video is stored, and the next run resumes."""
@@ -208,6 +214,7 @@ def test_a_video_that_kills_its_workers_fails_alone(tmp_path):
     assert again.exit_code == 0 and "done 4 (3 from earlier runs)" in again.output
 
 
+@needs_dask
 def test_torch_backend_runs_chunks_on_the_workers(tmp_path):
     """--backend torch (here on CPU, as a GPU worker would run it): chunks of videos through DeviceRun on the
     workers give the same store as the local device run."""
@@ -220,6 +227,7 @@ def test_torch_backend_runs_chunks_on_the_workers(tmp_path):
     assert_same_stores(tmp_path / "local.h5", tmp_path / "dask.h5")
 
 
+@needs_dask
 @pytest.mark.parametrize("args,message", [
     (["--scheduler", "foo://host:1"], "is not a Dask scheduler address; give tcp://HOST:PORT"),
     (["--scheduler", "tcp://host:99999"], "the port is not a number from 1 to 65535"),
@@ -239,6 +247,13 @@ def test_misuse_exits_2_before_touching_anything(tmp_path, args, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 
+def test_dask_is_imported_only_with_scheduler():
+    code = ("import sys, flowprep.cli, flowprep.pipeline, flowprep.cluster; "
+            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert run.stdout.strip() == "[]"
+
+
 def test_without_dask_the_message_says_what_to_install(tmp_path, monkeypatch):
     import importlib.util
 
@@ -254,6 +269,7 @@ def test_without_dask_the_message_says_what_to_install(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 
+@needs_dask
 def test_an_unreachable_scheduler_is_one_line_before_any_file(tmp_path):
     """Nothing listening: exit 1 with one line naming the address, and no store, parts or lock. A client
     without a GPU may ask for --device cuda: the workers are the ones that need one."""

@@ -100,7 +100,8 @@ def main() -> None:
 @click.option("--shard", default="1/1", show_default=True, help="Process the I-th of N deterministic parts.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run the videos as tasks on a Dask cluster: tcp://HOST:8786 (a running scheduler) or local:N "
-                   "(N worker processes here). Needs pip install 'twostream-toolkit[dask]'.")
+                   "(N worker processes here); each worker thread runs one video (--jobs: decode threads per "
+                   "GPU task). Needs pip install 'twostream-toolkit[dask]'.")
 @click.option("--dataset", type=click.Choice(["auto", "ucf101", "hmdb51", "folder"]), default="auto",
               show_default=True)
 @click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -1,7 +1,7 @@
 """The Dask executor: the per-video work as tasks on the workers of a Dask cluster (`extract --scheduler`).
 
-Workers only compute. Each task returns its outcomes (`EncodedVideo` or `Failure`, 1-2 MB per 340x256 video
-of 150 frames) to this process, which writes the parts and the store exactly as in a local run, so no shared
+Workers only compute. Each task returns its outcomes (`EncodedVideo` or `Failure`; 1-5 MB for a 340x256
+video of 150 frames) to this process, which writes the parts and the store exactly as in a local run, so no shared
 file system is needed for the output and there is still one writer. The videos must be readable at the same
 absolute path on every worker (a shared file system, or the same copy everywhere).
 
@@ -163,10 +163,22 @@ class connect:
               f"{link or 'none (install bokeh where the scheduler runs to have one)'}", file=sys.stderr)
         return self.client
 
-    def __exit__(self, *exc) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        import logging
+
+        # the error that ends the run is reported once, not with Dask's tracebacks of the reconnection that
+        # closing cancels (distributed's loggers have levels of their own: each one is set)
+        names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
+        levels = {n: logging.getLogger(n).level for n in names} if exc_type is not None else {}
+        for name in levels:
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        try:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def _serves_dashboard(client) -> bool:
@@ -312,10 +324,11 @@ def run_cluster(tasks: list[VideoTask], settings, client, on_outcome: Callable[[
             for outcome in outcomes:
                 on_outcome(outcome)
     except BaseException:  # Ctrl-C, a full disk, a lost scheduler: stop the work rather than let it run on
-        try:
-            client.cancel(list(running), force=True)
-        except Exception:  # the scheduler may be gone: nothing left to cancel
-            pass
+        if client.status == "running":  # else the scheduler is gone, and with it the tasks
+            try:
+                client.cancel(list(running), force=True)
+            except Exception:  # lost on the way: nothing left to cancel
+                pass
         raise
 
 
@@ -336,8 +349,10 @@ def _outcomes(future, unit: _Unit, waiting: deque, suspects: deque) -> list[Outc
     try:
         return future.result()
     except FutureCancelledError as exc:
-        raise ClusterError(f"the Dask cluster cancelled the work ({' '.join(str(exc).split())}); the videos "
-                           "finished so far are kept: re-run the same command to resume") from None
+        why = ("this process lost the connection to the Dask scheduler" if "scheduler-connection-lost" in str(exc)
+               else f"the Dask cluster cancelled the work ({' '.join(str(exc).split())})")
+        raise ClusterError(f"{why}; the videos finished so far are kept: re-run the same command, once the "
+                           "scheduler is back, to resume") from None
     except KilledWorker:
         if len(unit.tasks) > 1:
             waiting.extendleft(_Unit([t]) for t in reversed(unit.tasks))

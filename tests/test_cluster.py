@@ -179,6 +179,22 @@ def test_the_client_killed_then_rerun_resumes(dask_cluster, tmp_path):
     assert run_cli("verify", out, "--no-progress").exit_code == 0
 
 
+@needs_dask
+def test_a_lost_scheduler_stops_the_run_with_one_line_and_keeps_the_parts(dask_cluster, tmp_path):
+    videos = make_dataset(tmp_path / "videos", bad=False, classes=2, per_class=4, frames=8)
+    dask_cluster.start()
+    parts = tmp_path / "flows.h5.parts"
+    run = subprocess.Popen(_extract_cmd(videos, tmp_path / "flows.h5", dask_cluster.address),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    _wait_for(lambda: len(list(parts.glob("*.h5"))) >= 1, what="a finished part")
+    os.killpg(dask_cluster.procs[0].pid, signal.SIGKILL)  # the scheduler
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert ("Error: this process lost the connection to the Dask scheduler; the videos finished so far are kept: "
+            "re-run the same command, once the scheduler is back, to resume") in stderr.splitlines()
+    assert "Traceback" not in stderr and list(parts.glob("*.h5")) and not (tmp_path / "flows.h5").exists()
+
+
 def _abort_on_v_0_1(task, settings):
     """The per-video work, except that video v_0_1 kills its worker by SIGABRT, as a native crash would."""
     from flowprep.work import extract_video

@@ -119,7 +119,8 @@ def transfer(tmp: Path, count: int, frames: int, size: str, algo: str) -> dict[s
         parts.record(r.video_id)
     check = time.perf_counter() - t
     mb = payload / 1e6
-    return {"videos": len(results), "mb_per_video": mb / len(results), "pickled_mb_per_video": pickled / 1e6 / len(results),
+    n = len(results)
+    return {"videos": n, "mb_per_video": mb / n, "pickled_mb_per_video": pickled / 1e6 / n,
             "fetch_ms_per_mb": 1000 * fetch / mb, "fetch_ms_per_video": 1000 * fetch / len(results),
             "write_ms_per_video": 1000 * write / len(results), "check_ms_per_video": 1000 * check / len(results)}
 

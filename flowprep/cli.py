@@ -115,8 +115,8 @@ def main() -> None:
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
 def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, short_side, bound, codec,
-            jpeg_quality, jobs, shard, scheduler, dataset, splits_dir, allow_missing, follow_symlinks, overwrite, no_progress,
-            summary_json):
+            jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, follow_symlinks, overwrite, no_progress,
+            summary_json, scheduler):
     """Extract RGB frames and flow of every video into one store. Re-run the same command to resume.
 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the

@@ -38,6 +38,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_torchflow.py --size 170x128
 	$(PY) benchmarks/bench_trainer.py
+	$(PY) benchmarks/bench_dask.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

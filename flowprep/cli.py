@@ -112,6 +112,10 @@ def main() -> None:
 @click.option("--jobs", "-j", type=int, default=None,
               help="Parallel videos (default: number of CPU cores); decode threads with the torch backend.")
 @click.option("--shard", default="1/1", show_default=True, help="Process the I-th of N deterministic parts.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the videos as tasks on a Dask cluster: tcp://HOST:8786 (a running scheduler) or local:N "
+                   "(N worker processes here); each worker thread runs one video (--jobs: decode threads per "
+                   "GPU task). Needs pip install 'twostream-toolkit[dask]'.")
 @click.option("--dataset", type=click.Choice(["auto", "ucf101", "hmdb51", "folder"]), default="auto",
               show_default=True)
 @click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -126,7 +130,7 @@ def main() -> None:
               help="Also write the end-of-run summary as JSON here.")
 def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, short_side, bound, codec,
             jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, follow_symlinks, overwrite, no_progress,
-            summary_json):
+            summary_json, scheduler):
     """Extract RGB frames and flow of every video into one store. Re-run the same command to resume.
 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
@@ -152,7 +156,8 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
                             jobs=jobs if jobs is not None else os.cpu_count() or 1, shard=_parse_shard(shard),
                             dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
-                            follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress)
+                            follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress,
+                            scheduler=scheduler)
         quiet_decoders()
         quiet_pool_cleanup()
         summary = run_extract(cfg)

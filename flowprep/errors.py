@@ -19,3 +19,8 @@ class VideoError(FlowprepError):
 
 class StoreError(FlowprepError):
     """A flow store is missing, damaged, incomplete, locked or was made with other settings."""
+
+
+class ClusterError(FlowprepError):
+    """The Dask cluster of `--scheduler` cannot be used: unreachable, lost, or its workers cannot run this
+    extraction (flowprep missing or another version, the videos not at the same path, no GPU)."""

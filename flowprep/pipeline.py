@@ -60,7 +60,7 @@ def extract(cfg: ExtractConfig, executor: Executor | None = None) -> ExtractSumm
     """Run the extraction described by ``cfg``; resumable, one failure never stops the run.
 
     ``executor(tasks, settings, on_outcome)`` runs the per-video work (default: `local_executor`, the
-    CPU pool or the device batcher, from ``cfg``). Raises OptionError for bad settings, ManifestError for
+    CPU pool or the device batcher, from ``cfg``; with ``cfg.scheduler``, `flowprep.cluster`'s Dask tasks). Raises OptionError for bad settings, ManifestError for
     a dataset that cannot be read, StoreError for an output that cannot be used (locked by another run,
     made with other settings or classes, not writable, a full disk).
     """
@@ -75,6 +75,10 @@ def extract(cfg: ExtractConfig, executor: Executor | None = None) -> ExtractSumm
     if cfg.store_path.is_dir():
         raise OptionError(f"--out {cfg.store_path} is a folder; give a file name such as "
                           f"{cfg.store_path / 'flows.h5'}")
+    if executor is None and cfg.scheduler is not None:
+        from flowprep.cluster import cluster_executor
+
+        executor = cluster_executor(cfg)
     with writer_lock(cfg.store_path):
         return _extract_locked(cfg, settings, manifest, expected, executor or local_executor(cfg), t0)
 

@@ -105,6 +105,7 @@ class ExtractConfig:
     allow_missing: bool = False  # split files may name videos that are not on disk
     follow_symlinks: bool = False  # class folders and videos that are links leaving --videos
     progress: bool = True
+    scheduler: str | None = None  # a Dask scheduler's address or local:N (flowprep.cluster); None: this machine
 
     def __post_init__(self):
         for name in ("videos", "out", "splits_dir"):  # accept str paths from Python callers
@@ -127,8 +128,12 @@ class ExtractConfig:
             raise OptionError(f"--jobs must be at least 1, got {self.jobs}")
         if self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.scheduler is not None:
+            from flowprep.cluster import check_options
+
+            check_options(self)
         settings = self.settings()  # the algorithm, its parameters for the backend, the device
-        if settings.device == "cuda":
+        if settings.device == "cuda" and self.scheduler is None:
             self.devices()
         if settings.algo == "raft":  # weights that are not there are named before any file is touched
             from flowprep.torchflow.raft import weights_file
@@ -138,7 +143,8 @@ class ExtractConfig:
     def settings(self) -> RunSettings:
         """The recorded settings: parameters resolved for the backend, 'auto' device resolved."""
         algorithm(self.algo)  # an unknown algorithm is named before anything else
-        device = resolve_device(self.device)
+        # on a cluster, the workers have the GPUs (flowprep.cluster checks them), not necessarily this machine
+        device = "cuda" if self.scheduler is not None and self.device == "cuda" else resolve_device(self.device)
         backend = self.backend or default_backend(self.algo, device)
         if backend not in BACKENDS:
             raise OptionError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -14,6 +14,7 @@ import click
 
 from flowprep.errors import FlowprepError, OptionError
 from flowprep.params import ALGORITHMS
+from flowprep.store_format import CODECS
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -93,7 +94,8 @@ def main() -> None:
 @click.option("--short-side", type=int, default=None, help="Resize the short side to this, keeping aspect ratio "
               "(instead of --size).")
 @click.option("--bound", type=float, default=20.0, show_default=True, help="Flow clip bound in pixels.")
-@click.option("--codec", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True)
+@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg", show_default=True,
+              help="jpeg: flow x | y side by side in one gray JPEG; jpeg-xy: x and y as two gray JPEGs; raw: pixels.")
 @click.option("--jpeg-quality", type=int, default=95, show_default=True)
 @click.option("--jobs", "-j", type=int, default=None,
               help="Parallel videos (default: number of CPU cores); decode threads with the torch backend.")

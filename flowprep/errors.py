@@ -19,3 +19,8 @@ class VideoError(FlowprepError):
 
 class StoreError(FlowprepError):
     """A flow store is missing, damaged, incomplete, locked or was made with other settings."""
+
+
+class LayoutError(FlowprepError):
+    """Frame and flow folders another tool wrote do not follow the layout asked for as a whole (no videos, a
+    video id twice, a flow tree without its sub-folders); one video's problems are a VideoError instead."""

@@ -209,6 +209,36 @@ def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quali
 
 
 @main.command()
+@click.option("--layout", "layout_name", required=True,
+              type=click.Choice([n for n, lay in LAYOUTS.items() if lay.lists is not None]),
+              help="Names, numbering and lists to write: mmaction2 rawframes or TSN's dense_flow.")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--jpeg-quality", type=int, default=95, show_default=True,
+              help="For images the store does not keep as JPEGs of their own (codec jpeg's flow, codec raw).")
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def export(layout_name, store, out, jpeg_quality, jobs, no_progress):
+    """Write a store's frames and flow as another tool's rawframes, with its annotation lists, into OUT/.
+
+    mmaction2: OUT/rawframes/<Class>/<video>/img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg (start_index
+    1) and OUT/<dataset>_{train,val}_split_<k>_rawframes.txt (RGB) / _flow.txt lines "<Class>/<video>
+    <total_frames> <label>", 0-based labels. Re-run to finish a stopped export. Exit status: 0 when every
+    video was written; 1 when any failed or the store cannot be read; 2 on a bad option or an OUT holding
+    other files.
+    """
+    from flowprep.exporting import export_store, summary_text as export_text
+
+    try:
+        summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else os.cpu_count() or 1,
+                               jpeg_quality=jpeg_quality, progress=not no_progress)
+    except FlowprepError as exc:
+        raise _fail(exc) from exc
+    click.echo(export_text(summary))
+    sys.exit(0 if summary.ok else 1)
+
+
+@main.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(store, as_json):

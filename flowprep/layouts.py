@@ -52,6 +52,10 @@ class Layout:
     flow_tree: tuple[str, str] | None  # sub-folders (x, y) of a flow tree of its own; None: flow beside the frames
     class_folders: bool  # whether video folders may sit in class folders (<Class>/<video>/)
     rounding: str  # how the tool quantised flow to u8 (its files do not say)
+    # `flowprep export`: names of the annotation lists (RGB, flow) its tools write, {dataset} and {part}
+    # ("train_split_1", "val_split_1": both name the official test list val; "all" without splits); None:
+    # not an export target
+    lists: tuple[str, str] | None = None
 
     def name_of(self, prefix: str, number: int) -> str:
         return f"{prefix}{number:0{self.digits}d}.jpg"
@@ -92,12 +96,15 @@ LAYOUTS = {
     "feichtenhofer": Layout("feichtenhofer", "the twostreamfusion downloads (Feichtenhofer et al.)", "frame",
                             "frame", "frame", 6, 1, 0, ("u", "v"), False,
                             "not documented by the downloads (linear over [-b, b])"),
-    "tsn": Layout("tsn", "TSN's dense_flow", "img_", "flow_x_", "flow_y_", 5, 1, 1, None, True, _DENSE_FLOW_ROUNDING),
+    "tsn": Layout("tsn", "TSN's dense_flow", "img_", "flow_x_", "flow_y_", 5, 1, 1, None, True, _DENSE_FLOW_ROUNDING,
+                  ("{dataset}_rgb_{part}.txt", "{dataset}_flow_{part}.txt")),  # TSN's build_file_list.py names
     "denseflow": Layout("denseflow", "open-mmlab denseflow", "img_", "flow_x_", "flow_y_", 5, 0, 0, None, True,
                         _DENSE_FLOW_ROUNDING),
     "mmaction2": Layout("mmaction2", "mmaction2 rawframes", "img_", "flow_x_", "flow_y_", 5, 1, 0, None, True,
                         "as written by the tool mmaction2 ran: denseflow rounds; mmaction2's Python flow script "
-                        "truncates (zero flow -> 127)"),
+                        "truncates (zero flow -> 127)",
+                        # tools/data/build_file_list.py names the RGB lists so; the flow lists are named alike
+                        ("{dataset}_{part}_rawframes.txt", "{dataset}_{part}_flow.txt")),
 }
 
 

@@ -129,6 +129,11 @@ def test_feichtenhofer_without_split_files_takes_the_class_from_the_ucf_name(tmp
         assert any("stray_clip" in p for p in m.problems)
     info = run_cli("info", out)
     assert info.exit_code == 0 and "imported" in info.output and "feichtenhofer" in info.output
+    # without split files, export writes one list pair of every video
+    assert run_cli("export", "--layout", "mmaction2", out, tmp_path / "x", "--no-progress").exit_code == 0
+    lines = (tmp_path / "x" / "folder_all_rawframes.txt").read_text().splitlines()
+    assert sorted(lines) == sorted(f"{c}/{v} {n} {['ApplyEyeMakeup', 'HandstandPushups', 'YoYo'].index(c)}"
+                                   for v, (c, n) in videos.items())
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
@@ -312,3 +317,139 @@ def test_the_trainer_reads_a_jpeg_xy_store_like_a_raw_one(tmp_path, ucf):
         assert sa.shape[0] == 6 and np.array_equal(sa.numpy(), sb.numpy()) and (fa, la) == (fb, lb)
     item = VideoFrames(xy, ids[:1], labels, cfg, frames=2)[0]
     assert item.error is None and item.fields.shape[1:] == (H, W, 2)
+
+
+# -- export -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory, ucf):
+    """An mmaction2 tree of the fake UCF101 (class folders) and its import (jpeg-xy, with the split files)."""
+    splits, videos = ucf
+    tmp = tmp_path_factory.mktemp("imported")
+    tree = write_tree(tmp / "t", "mmaction2", videos)
+    out = tmp / "flows.h5"
+    assert _import(tree, out, "--splits", splits.splits_dir).exit_code == 0
+    return tree, out
+
+
+def test_an_mmaction2_export_reads_back_by_mmaction2_rules(tmp_path, imported):
+    from tests import mmaction2_rules as mm
+
+    tree, store_path = imported
+    out = tmp_path / "export"
+    result = run_cli("export", "--layout", "mmaction2", store_path, out, "--jobs", 2, "--no-progress")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["export.json", "rawframes"] + [f"ucf101_{s}_split_{k}_{kind}.txt" for s in ("train", "val")
+                                                            for k in (1, 2, 3) for kind in ("rawframes", "flow")])
+    with FlowStore(store_path) as store:
+        m = store.manifest
+        for k in (1, 2, 3):
+            for subset, name in (("train", "train"), ("test", "val")):
+                rgb = mm.load_annotations(out / f"ucf101_{name}_split_{k}_rawframes.txt", str(out / "rawframes"))
+                fl = mm.load_annotations(out / f"ucf101_{name}_split_{k}_flow.txt", str(out / "rawframes"))
+                assert [os.path.basename(i["frame_dir"]) for i in rgb] == m.ids(k, subset)
+                for info, finfo in zip(rgb, fl):
+                    vid = os.path.basename(info["frame_dir"])
+                    assert info["label"] == finfo["label"] == m.by_id(vid).label  # 0-based
+                    assert info["total_frames"] == store.num_frames(vid) == len(list(
+                        (out / "rawframes").glob(f"*/{vid}/img_*.jpg")))
+                    assert finfo["total_frames"] == store.num_flows(vid) == info["total_frames"] - 1
+                    # every index mmaction2 can ask for (start_index 1) is a file, with the store's data
+                    frames = mm.decode(info, range(1, info["total_frames"] + 1), "RGB")
+                    assert np.array_equal(np.stack(frames), store.read_rgb(vid, range(store.num_frames(vid))))
+                    planes = mm.decode(finfo, range(1, finfo["total_frames"] + 1), "Flow")
+                    assert np.array_equal(np.stack(planes).reshape(-1, 2, H, W),
+                                          store.read_flow_planes(vid, range(store.num_flows(vid))))
+                    mm.decode(info, mm.sample_test_frames(info["total_frames"], 1, 25), "RGB")
+                    mm.decode(finfo, mm.sample_test_frames(finfo["total_frames"], 5, 25), "Flow")
+                    with pytest.raises(FileNotFoundError):  # the count is tight: one past the end is no file
+                        mm.decode(finfo, [finfo["total_frames"] + 1], "Flow")
+    # a jpeg-xy store of an mmaction2 tree exports that tree again, byte for byte
+    for f in tree.frames.rglob("*.jpg"):
+        assert (out / "rawframes" / f.relative_to(tree.frames)).read_bytes() == f.read_bytes()
+
+
+def test_export_then_import_gives_back_the_same_arrays(tmp_path, imported):
+    _, store_path = imported
+    out = tmp_path / "export"
+    assert run_cli("export", "--layout", "mmaction2", store_path, out, "--no-progress").exit_code == 0
+    back = tmp_path / "back.h5"
+    result = run_cli("import", "--layout", "mmaction2", "--frames", out / "rawframes", "--out", back, "--no-progress")
+    assert result.exit_code == 0, result.output
+    with FlowStore(store_path) as a, FlowStore(back) as b:
+        assert a.video_ids == b.video_ids
+        for vid in a.video_ids:
+            n = a.num_frames(vid)
+            assert b.num_frames(vid) == n
+            assert np.array_equal(a.read_rgb(vid, range(n)), b.read_rgb(vid, range(n)))
+            assert np.array_equal(a.read_flow(vid, range(n - 1)), b.read_flow(vid, range(n - 1)))
+            assert a.record(vid)["flow_crc32"] == b.record(vid)["flow_crc32"]  # the very bytes
+
+
+def test_tsn_export_drops_frame_0_and_imports_back_shifted_by_one(tmp_path, imported):
+    _, store_path = imported
+    out = tmp_path / "tsn"
+    result = run_cli("export", "--layout", "tsn", store_path, out, "--no-progress")
+    assert result.exit_code == 0 and "never writes a video's first frame" in result.output
+    assert (out / "ucf101_rgb_train_split_1.txt").is_file() and (out / "ucf101_flow_val_split_2.txt").is_file()
+    back = tmp_path / "back.h5"
+    assert run_cli("import", "--layout", "tsn", "--frames", out / "rawframes", "--out", back,
+                   "--no-progress").exit_code == 0
+    with FlowStore(store_path) as a, FlowStore(back) as b:
+        vid = a.video_ids[0]
+        n = a.num_frames(vid)
+        folder = next((out / "rawframes").glob(f"*/{vid}"))
+        assert len(list(folder.glob("img_*"))) == len(list(folder.glob("flow_x_*"))) == n - 1  # images = flows
+        line = next(x for x in (out / "ucf101_rgb_train_split_1.txt").read_text().splitlines() + 
+                    (out / "ucf101_rgb_val_split_1.txt").read_text().splitlines() if x.split()[0].endswith(vid))
+        assert line.split()[1] == str(n - 1)
+        assert np.array_equal(decoded(folder / "img_00001.jpg"), a.read_rgb(vid, [1])[0])  # video frame 1
+        assert np.array_equal(decoded(folder / "flow_x_00001.jpg", gray=True), a.read_flow(vid, [0])[0, ..., 0])
+        # back: frame 0 of the TSN tree is never there, so the import starts one frame later
+        assert b.num_frames(vid) == n - 1 and b.record(vid)["first_frame"] == 1
+        assert np.array_equal(b.read_rgb(vid, range(n - 1)), a.read_rgb(vid, range(1, n)))
+        assert np.array_equal(b.read_flow(vid, range(n - 2)), a.read_flow(vid, range(1, n - 1)))
+
+
+def test_an_extracted_jpeg_store_exports_within_the_re_encode_error(tmp_path, synth_store):
+    from tests import mmaction2_rules as mm
+
+    out = tmp_path / "export"
+    result = run_cli("export", "--layout", "mmaction2", synth_store, out, "--no-progress")
+    assert result.exit_code == 0 and "encoded again as gray JPEGs at quality 95" in result.output
+    back = tmp_path / "back.h5"
+    assert run_cli("import", "--layout", "mmaction2", "--frames", out / "rawframes", "--out", back,
+                   "--no-progress").exit_code == 0
+    with FlowStore(synth_store) as a, FlowStore(back) as b:
+        infos = [i for name in ("train", "val") for i in
+                 mm.load_annotations(out / f"ucf101_{name}_split_1_flow.txt", str(out / "rawframes"))]
+        assert sorted(os.path.basename(i["frame_dir"]) for i in infos) == a.video_ids
+        errors = []
+        for vid in a.video_ids:
+            n = a.num_frames(vid)
+            assert np.array_equal(a.read_rgb(vid, range(n)), b.read_rgb(vid, range(n)))  # RGB bytes copied
+            errors.append(np.abs(a.read_flow(vid, range(n - 1)).astype(int) - b.read_flow(vid, range(n - 1))))
+        err = np.concatenate([e.ravel() for e in errors])
+        assert err.mean() < 1.0 and err.max() <= 12
+
+
+def test_export_out_folder_rules_and_resume(tmp_path, imported):
+    _, store_path = imported
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert run_cli("export", "--layout", "mmaction2", store_path, foreign).exit_code == 2
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    out = tmp_path / "export"
+    assert run_cli("export", "--layout", "mmaction2", store_path, out, "--no-progress").exit_code == 0
+    victim = next((out / "rawframes").glob("*/*"))
+    shutil.rmtree(victim)  # as if the export had been stopped before this video
+    (victim.parent / f".{victim.name}.999.tmp").mkdir()  # and had left a half-written folder
+    again = run_cli("export", "--layout", "mmaction2", store_path, out, "--no-progress")
+    assert again.exit_code == 0 and "written 1, kept from an earlier run 8" in again.output
+    assert victim.is_dir() and len(list(victim.iterdir())) > 0
+    other = run_cli("export", "--layout", "tsn", store_path, out, "--no-progress")
+    assert other.exit_code == 1 and "another layout" in other.output
+    assert run_cli("export", "--layout", "denseflow", store_path, tmp_path / "x").exit_code == 2
+    assert run_cli("export", "--layout", "mmaction2", tmp_path / "none.h5", tmp_path / "y").exit_code == 1

@@ -78,7 +78,7 @@ class ImportSettings:
                 "layout": lay.name, "tool": lay.tool, "frames": self.frames, "flow": self.flow,
                 "source_index_convention": lay.index_convention(), "mapping": lay.mapping(),
                 "bound": "given with --bound: the files do not record the bound they were quantised with",
-                "flow": "imported, not computed by flowprep",
+                "origin": "imported, not computed by flowprep",
                 "stored_as": ("the tool's JPEG bytes, unchanged" if self.codec == "jpeg-xy" else
                               f"decoded and encoded again as x | y JPEGs at quality {self.jpeg_quality}"
                               if self.codec == "jpeg" else "decoded pixels"),

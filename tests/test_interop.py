@@ -58,7 +58,7 @@ def test_each_layout_imports_exactly_the_files_it_came_from(tmp_path, ucf, layou
         cfg = store.attrs
         assert cfg["algo"] == "imported" and cfg["implementation"] == f"imported-{layout}" and cfg["bound"] == 20.0
         assert cfg["imported"]["layout"] == layout and cfg["codec"] == "jpeg-xy"
-        assert "--bound" in cfg["imported"]["bound"] and cfg["imported"]["flow"].startswith("imported")
+        assert "--bound" in cfg["imported"]["bound"] and cfg["imported"]["origin"].startswith("imported")
         for vid, (_, n) in videos.items():
             rec = store.record(vid)
             assert rec["num_frames"] == n - first and rec["num_flows"] == n - first - 1
@@ -453,3 +453,47 @@ def test_export_out_folder_rules_and_resume(tmp_path, imported):
     assert other.exit_code == 1 and "another layout" in other.output
     assert run_cli("export", "--layout", "denseflow", store_path, tmp_path / "x").exit_code == 2
     assert run_cli("export", "--layout", "mmaction2", tmp_path / "none.h5", tmp_path / "y").exit_code == 1
+
+
+def test_hmdb51_names_and_split_files_through_import_and_export(tmp_path):
+    from tests.fake_datasets import make_fake_hmdb51
+
+    splits = make_fake_hmdb51(tmp_path / "hmdb")  # names with ! ( ) & ', split lines with trailing spaces
+    videos = {rel.split("/")[1][:-4]: (rel.split("/")[0], FRAMES) for rel in splits.expected}
+    tree = write_tree(tmp_path / "t", "denseflow", videos)
+    out = tmp_path / "f.h5"
+    result = _import(tree, out, "--splits", splits.splits_dir)
+    assert result.exit_code == 0, result.output
+    with FlowStore(out) as store:
+        m = store.manifest
+        assert m.dataset == "hmdb51" and m.classes == ["brush_hair", "cartwheel", "chew"]
+        rec = m.by_id("(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0")
+        assert rec.path == "cartwheel/(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi" and rec.label == 1
+        unused = m.ids(1, "unused")
+        assert len(unused) == 3
+    exp = tmp_path / "export"
+    assert run_cli("export", "--layout", "mmaction2", out, exp, "--no-progress").exit_code == 0
+    listed = [line.split()[0].split("/")[1] for name in ("train", "val")
+              for line in (exp / f"hmdb51_{name}_split_1_rawframes.txt").read_text().splitlines()]
+    assert sorted(listed) == sorted(set(videos) - set(unused))  # tag 0 (unused) is in neither list
+
+
+def test_flow_in_a_tree_of_its_own(tmp_path, ucf):
+    """--flow for the layouts that keep flow beside the frames: the same relative folders under --flow."""
+    _, videos = ucf
+    some = dict(list(sorted(videos.items()))[:2])
+    tree = write_tree(tmp_path / "t", "tsn", some)
+    flow_root = tmp_path / "flow"
+    for f in list(tree.frames.rglob("flow_*.jpg")):
+        target = flow_root / f.relative_to(tree.frames)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        f.rename(target)
+    out = tmp_path / "f.h5"
+    beside = _import(tree, out, "--summary-json", tmp_path / "s.json")
+    assert beside.exit_code == 1 and "no flow x images named flow_x_00001.jpg" in beside.output
+    result = _import(tree, tmp_path / "g.h5", "--flow", flow_root)
+    assert result.exit_code == 0, result.output
+    with FlowStore(tmp_path / "g.h5") as store:
+        vid = store.video_ids[0]
+        assert store.record(vid)["flow_dirs"][0] == f"{some[vid][0]}/{vid}"
+        assert store.attrs["imported"]["flow"] == str(flow_root.absolute())

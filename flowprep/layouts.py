@@ -195,8 +195,18 @@ def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: 
     rgb_numbers = _numbers(rgb_names, lay.rgb)
     if not rgb_numbers:
         raise VideoError(f"{where[0]}: no RGB images named {lay.pattern} ({lay.tool})" + look_alike(lay, rgb_names))
-    rgb = _sequence(lay, rgb_numbers, lay.rgb, where[0], "RGB images")
     x_numbers, y_numbers = _numbers(x_names, lay.flow_x), _numbers(y_names, lay.flow_y)
+    firsts = {min(n) for n in (rgb_numbers, x_numbers, y_numbers) if n}
+    if firsts == {0, 1}:  # every layout numbers its images and its fields from the same start
+        named = [(what, d, n[min(n)]) for what, d, n in (("RGB images", where[0], rgb_numbers),
+                                                         ("flow x images", where[1], x_numbers),
+                                                         ("flow y images", where[2], y_numbers)) if n]
+        raise VideoError(f"{where[0]}: a 0- vs 1-based mixup: " + ", ".join(f"the {what} start at {first}"
+                                                                            for what, _, first in named)
+                         + f"; {lay.tool} numbers both from {lay.start}. Frames and flow were written by tools "
+                         "that number differently (as mmaction2's own 1-based RGB frames beside denseflow's "
+                         "0-based flow); renumber one of them")
+    rgb = _sequence(lay, rgb_numbers, lay.rgb, where[0], "RGB images")
     stepped = sorted({m.group(0).rsplit("_", 1)[0] + "_" for n in (*x_names, *y_names) if (m := _STEPPED.fullmatch(n))})
     if stepped and not (x_numbers or y_numbers):
         raise VideoError(f"{where[1]}: only flow computed with a step other than 1 ({', '.join(stepped)}...): "
@@ -215,7 +225,7 @@ def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: 
                  if (o.rgb, o.start) == (lay.rgb, lay.start) and o.flows_for(len(rgb)) == len(xs)]
         raise VideoError(f"{where[0]}: {len(rgb)} RGB images and {len(xs)} flow fields, while {lay.tool} writes "
                          f"{lay.count_rule()} ({want} fields for {len(rgb)} images): "
-                         + ("; ".join(hints) if hints else "images or flow fields are missing at the end"))
+                         + ("; ".join(hints) if hints else "the last images or fields are missing, or extra ones were added"))
     if len(rgb) < 2:
         raise VideoError(f"{where[0]}: {len(rgb)} RGB image; at least 2 frames are needed for one flow field")
     skip = lay.first_frame

@@ -152,13 +152,16 @@ def test_bad_videos_are_named_the_run_goes_on_and_a_rerun_retries_them(tmp_path,
         f.rename(f.with_name(f"{stem}_{int(number) - 1:05d}.jpg"))
     last = max(d[ids[3]].glob("img_*.jpg"))
     last.unlink()  # the last frame gone: N-1 images for N-1 fields, the count rule broken
+    for f in sorted(d[ids[6]].glob("flow_*.jpg")):  # 1-based frames beside 0-based flow
+        stem, number = f.stem.rsplit("_", 1)
+        f.rename(f.with_name(f"{stem}_{int(number) - 1:05d}.jpg"))
     data = (d[ids[4]] / "flow_x_00002.jpg").read_bytes()
     (d[ids[4]] / "flow_x_00002.jpg").write_bytes(data[:len(data) // 2])  # a cut file
     out = tmp_path / "f.h5"
     result = _import(tree, out, "--summary-json", tmp_path / "s.json")
     assert result.exit_code == 1, result.output
     failed = {f["video_id"]: f["reason"] for f in json.loads((tmp_path / "s.json").read_text())["failed"]}
-    assert set(failed) == set(ids[:6])
+    assert set(failed) == set(ids[:7])
     assert "gaps in the numbering of the RGB images: img_00003.jpg missing" in failed[ids[0]]
     assert "gaps in the numbering of the flow y images: flow_y_00004.jpg missing" in failed[ids[1]]
     assert "flow x and" in failed[ids[5]] and f"only one of x and y has {last_y.name.replace('_y_', '_x_')}" \
@@ -166,18 +169,20 @@ def test_bad_videos_are_named_the_run_goes_on_and_a_rerun_retries_them(tmp_path,
     assert "start at img_00000.jpg, 0-based numbering" in failed[ids[2]] and "--layout denseflow" in failed[ids[2]]
     assert "RGB images and" in failed[ids[3]] and "--layout tsn" in failed[ids[3]]
     assert "cut short" in failed[ids[4]] and "flow_x_00002.jpg" in failed[ids[4]]
-    for vid in ids[:6]:
+    assert "a 0- vs 1-based mixup: the RGB images start at img_00001.jpg, the flow x images start at " \
+        "flow_x_00000.jpg" in failed[ids[6]]
+    for vid in ids[:7]:
         assert f"FAILED {vid}" in result.output
     with FlowStore(out) as store:
-        assert store.video_ids == ids[6:] and {f["video_id"] for f in store.failures} == set(ids[:6])
+        assert store.video_ids == ids[7:] and {f["video_id"] for f in store.failures} == set(ids[:7])
     (d[ids[4]] / "flow_x_00002.jpg").write_bytes(data)  # repaired: the next run imports it, keeps the others
     again = _import(tree, out, "--summary-json", tmp_path / "s2.json")
     summary = json.loads((tmp_path / "s2.json").read_text())
-    assert again.exit_code == 1 and (summary["done"], summary["skipped"], len(summary["failed"])) == (4, 3, 5)
+    assert again.exit_code == 1 and (summary["done"], summary["skipped"], len(summary["failed"])) == (3, 2, 6)
     last_y.write_bytes(jpeg(flow(0)[..., 1]))
     third = _import(tree, out, "--summary-json", tmp_path / "s3.json")
     summary = json.loads((tmp_path / "s3.json").read_text())
-    assert third.exit_code == 1 and (summary["done"], summary["skipped"], len(summary["failed"])) == (5, 4, 4)
+    assert third.exit_code == 1 and (summary["done"], summary["skipped"], len(summary["failed"])) == (4, 3, 5)
 
 
 def test_feichtenhofer_missing_flow_folder_and_misplaced_class_folders(tmp_path, ucf):

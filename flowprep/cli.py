@@ -1,4 +1,5 @@
-"""Command line: `flowprep extract | import | export | info | verify | show | merge`. Thin: parse, call the library, map errors.
+"""Command line: `flowprep extract | import | export | info | verify | show | merge`. Thin: parse, call the
+library, map errors.
 
 Exit status, every command: 0 success; 1 a problem of the data (videos failed, no videos found, a store
 made with other settings, damaged or locked); 2 misuse (a bad option value, like click's own checks).

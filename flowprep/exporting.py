@@ -116,8 +116,8 @@ def export_store(store_path: str | os.PathLike, out: str | os.PathLike, layout_n
         raise OptionError(f"OUT {out} is a file; give a folder to export into")
     busy = lambda pid: StoreError(f"another flowprep export (pid {pid}) is writing {out}; wait for it to "  # noqa: E731
                                   "finish or stop it, then re-run (a stopped export resumes)")
-    unwritable = lambda exc: StoreError(f"cannot write {out}: {exc.strerror or exc}; choose an OUT in a folder "  # noqa: E731
-                                        "you can write to")
+    unwritable = lambda exc: StoreError(  # noqa: E731
+        f"cannot write {out}: {exc.strerror or exc}; choose an OUT in a folder you can write to")
     with exclusive_lock_or(out / ".export.lock", busy, unwritable):
         _check_out(out, marker)
         atomic_write(out / MARKER, json.dumps(marker, indent=1, sort_keys=True) + "\n")

@@ -207,7 +207,8 @@ def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: 
                          "that number differently (as mmaction2's own 1-based RGB frames beside denseflow's "
                          "0-based flow); renumber one of them")
     rgb = _sequence(lay, rgb_numbers, lay.rgb, where[0], "RGB images")
-    stepped = sorted({m.group(0).rsplit("_", 1)[0] + "_" for n in (*x_names, *y_names) if (m := _STEPPED.fullmatch(n))})
+    stepped = sorted({m.group(0).rsplit("_", 1)[0] + "_"  # flow_x_p2_
+                      for n in (*x_names, *y_names) if (m := _STEPPED.fullmatch(n))})
     if stepped and not (x_numbers or y_numbers):
         raise VideoError(f"{where[1]}: only flow computed with a step other than 1 ({', '.join(stepped)}...): "
                          "it lies between frames that far apart, and the store holds flow between consecutive "
@@ -225,7 +226,8 @@ def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: 
                  if (o.rgb, o.start) == (lay.rgb, lay.start) and o.flows_for(len(rgb)) == len(xs)]
         raise VideoError(f"{where[0]}: {len(rgb)} RGB images and {len(xs)} flow fields, while {lay.tool} writes "
                          f"{lay.count_rule()} ({want} fields for {len(rgb)} images): "
-                         + ("; ".join(hints) if hints else "the last images or fields are missing, or extra ones were added"))
+                         + ("; ".join(hints) if hints else
+                            "the last images or fields are missing, or extra ones were added"))
     if len(rgb) < 2:
         raise VideoError(f"{where[0]}: {len(rgb)} RGB image; at least 2 frames are needed for one flow field")
     skip = lay.first_frame

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-H, W = 24, 36  # 36: not a multiple of 8, as 340 is not: a side-by-side x | y image shifts the y plane off its JPEG block grid
+# 36: not a multiple of 8, as 340 is not, so a side-by-side x | y image shifts the y plane off its JPEG block grid
+H, W = 24, 36
 
 
 def frame(i: int) -> np.ndarray:

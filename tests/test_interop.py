@@ -28,7 +28,8 @@ def ucf(tmp_path_factory):
     """The split files of a small fake UCF101 (CRLF, HandstandPushups holding v_HandStandPushups_ files) and its
     videos: id -> (class folder, frames); one group per split's test third, 6 videos."""
     tree = make_fake_ucf101(tmp_path_factory.mktemp("ucf"), groups=3, clips=1)
-    videos = {rel.split("/")[1][:-4]: (rel.split("/")[0], FRAMES + i % 2) for i, rel in enumerate(sorted(tree.expected))}
+    videos = {rel.split("/")[1][:-4]: (rel.split("/")[0], FRAMES + i % 2)
+              for i, rel in enumerate(sorted(tree.expected))}
     return tree, videos
 
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from data_manifest.errors import ManifestError
 from data_manifest.manifest import SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_UNUSED, Manifest, VideoRecord
 from data_manifest.splits import (HMDB_SPLIT_GLOB, UCF_CLASS_IND, VIDEO_EXTENSIONS, SplitTable, is_video_name,
-                                  load_hmdb51, load_ucf101)
+                                  load_hmdb51, load_ucf101, ucf_class_of)
 
 DATASETS = ("auto", "ucf101", "hmdb51", "folder")
 KNOWN_SPLIT_DIRS = ("ucfTrainTestlist", "testTrainMulti_7030_splits")
@@ -309,3 +309,89 @@ def build_manifest(root: str | os.PathLike, dataset: str = "auto", splits_dir: s
     and lists them in manifest.problems (a link within ``root`` is used silently).
     """
     return build(root, dataset, splits_dir, allow_missing=allow_missing, follow_symlinks=follow_symlinks)[0]
+
+
+def build_from_folders(found: dict[str, str | None], splits_dir: str | os.PathLike | None = None, *,
+                       allow_missing: bool = False, where: str = "the frame folders") -> Manifest:
+    """A Manifest for videos known by the folders another tool wrote their frames into, not by video files.
+
+    found: video id (the folder name, the video file's stem) -> the class folder it lies in, or None where the
+    layout has none: the class then comes from the split files, or from a UCF101 name v_<Class>_gXX_cYY
+    (ucf_class_of: v_HandStandPushups_... is HandstandPushups). With ``splits_dir`` (ucfTrainTestlist/ or
+    the HMDB51 split folder) classes, labels and splits are the official ones and a record's path is the
+    video as the split files name it ("<Class>/<file>.avi"); a listed video without a folder is an error
+    unless allow_missing; folders the split files do not list are kept with split '-' when their class is
+    known. Without split files the classes are the sorted class names found (as for a folder dataset) and a
+    record's path is "<Class>/<video id>". ``where`` names the frame folders in messages.
+    """
+    problems: list[str] = []
+    stray = []
+    if splits_dir is None:
+        classes_of = {}
+        for vid, folder in found.items():
+            cls = folder if folder is not None else ucf_class_of(vid)
+            if cls is None:
+                stray.append(vid)
+            else:
+                classes_of[vid] = cls
+        classes = tuple(sorted(set(classes_of.values())))
+        label_of = {c: i for i, c in enumerate(classes)}
+        records = [VideoRecord(vid, f"{c}/{vid}", c, label_of[c], None, ()) for vid, c in classes_of.items()]
+        dataset, num_splits = "folder", 0
+    else:
+        sdir = Path(splits_dir)
+        if not sdir.is_dir():
+            raise ManifestError(f"splits folder {sdir} does not exist or is not a folder")
+        dataset = _split_kind(sdir)
+        if dataset is None:
+            raise ManifestError(f"splits folder {sdir} holds no {' or '.join(_SPLIT_FILE_DESC.values())}")
+        table = load_ucf101(sdir) if dataset == "ucf101" else load_hmdb51(sdir)
+        classes, num_splits = table.classes, table.num_splits
+        label_of = {c: i for i, c in enumerate(classes)}
+        by_id: dict[str, str] = {}
+        for rel in table.entries:
+            vid = PurePosixPath(rel).stem
+            if vid in by_id:
+                raise ManifestError(f"the split files in {sdir} name two videos with the id {vid!r} ({by_id[vid]} "
+                                    f"and {rel}); video ids must be unique")
+            by_id[vid] = rel
+        missing = sorted(rel for vid, rel in by_id.items() if vid not in found)
+        if missing:
+            msg = (f"{len(missing)} of {len(by_id)} videos named in the split files in {sdir} have no frame "
+                   f"folder in {where}: {_shown(missing)}")
+            if not allow_missing:
+                raise ManifestError(f"{msg}; check the frame (and flow) folders given, or allow missing videos "
+                                    "(--allow-missing) to leave them out")
+            problems.append(f"{msg}; left out of the manifest")
+        records, moved, unlisted = [], [], []
+        for vid, folder in found.items():
+            rel = by_id.get(vid)
+            if rel is not None:
+                cls = rel.split("/", 1)[0]
+                if folder is not None and folder != cls:
+                    moved.append(f"{folder}/{vid} (split files: {cls})")
+                records.append(VideoRecord(vid, rel, cls, label_of[cls],
+                                           _ucf_group(vid) if dataset == "ucf101" else None, table.entries[rel]))
+                continue
+            cls = folder if folder is not None else ucf_class_of(vid)
+            if cls not in label_of:
+                stray.append(vid)
+                continue
+            unlisted.append(vid)
+            records.append(VideoRecord(vid, f"{cls}/{vid}", cls, label_of[cls],
+                                       _ucf_group(vid) if dataset == "ucf101" else None, (SPLIT_NONE,) * num_splits))
+        if moved:
+            problems.append(f"{len(moved)} videos lie in another class folder than the split files name; their "
+                            f"class is taken from the split files: {_shown(sorted(moved))}")
+        if unlisted:
+            problems.append(f"{len(unlisted)} videos in {where} are in no split file (kept, with split '-'): "
+                            f"{_shown(sorted(unlisted))}")
+    if stray:
+        problems.append(f"{len(stray)} folders in {where} have no known class and were left out: "
+                        f"{_shown(sorted(stray))}")
+    if not records:
+        raise ManifestError(f"no videos with a class found in {where}"
+                            + (f" ({len(stray)} folders without one: {_shown(sorted(stray))})" if stray else ""))
+    counts = {k: Counter(r.splits[k - 1] for r in records) for k in range(1, num_splits + 1)}
+    problems += official_count_problems(dataset, len(classes), counts)
+    return Manifest(dataset, classes, records, problems, num_splits)

@@ -26,6 +26,18 @@ _HMDB_SPLIT = re.compile(r"(?P<cls>.+)_test_split(?P<k>[0-9]+)\.txt")
 _HMDB_LINE = re.compile(r"(?P<video>.*\S)\s+(?P<tag>\S+)")
 _HMDB_TAGS = {"1": SPLIT_TRAIN, "2": SPLIT_TEST, "0": SPLIT_UNUSED}
 _INT = re.compile(r"[0-9]+")
+_UCF_NAME = re.compile(r"v_(?P<cls>[A-Za-z0-9]+)_g[0-9]+_c[0-9]+")
+# UCF101 file names that spell their class otherwise than its folder and classInd.txt do
+UCF_FILE_CLASS_SPELLING = {"HandStandPushups": "HandstandPushups"}
+
+
+def ucf_class_of(name: str) -> str | None:
+    """The class of a UCF101 video from its name ``v_<Class>_gXX_cYY`` (any extension), spelt as its class
+    folder and classInd.txt spell it (v_HandStandPushups_... is class HandstandPushups); None for other names."""
+    m = _UCF_NAME.fullmatch(name.split(".", 1)[0])
+    if m is None:
+        return None
+    return UCF_FILE_CLASS_SPELLING.get(m.group("cls"), m.group("cls"))
 
 
 def is_video_name(name: str) -> bool:

@@ -1,4 +1,5 @@
-"""Command line: `flowprep extract | info | verify | show | merge`. Thin: parse, call the library, map errors.
+"""Command line: `flowprep extract | import | export | info | verify | show | merge`. Thin: parse, call the
+library, map errors.
 
 Exit status, every command: 0 success; 1 a problem of the data (videos failed, no videos found, a store
 made with other settings, damaged or locked); 2 misuse (a bad option value, like click's own checks).
@@ -13,7 +14,9 @@ from pathlib import Path
 import click
 
 from flowprep.errors import FlowprepError, OptionError
+from flowprep.layouts import LAYOUTS
 from flowprep.params import ALGORITHMS
+from flowprep.store_format import CODECS
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -107,7 +110,8 @@ def main() -> None:
 @click.option("--short-side", type=int, default=None, help="Resize the short side to this, keeping aspect ratio "
               "(instead of --size).")
 @click.option("--bound", type=float, default=20.0, show_default=True, help="Flow clip bound in pixels.")
-@click.option("--codec", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True)
+@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg", show_default=True,
+              help="jpeg: flow x | y side by side in one gray JPEG; jpeg-xy: x and y as two gray JPEGs; raw: pixels.")
 @click.option("--jpeg-quality", type=int, default=95, show_default=True)
 @click.option("--jobs", "-j", type=int, default=None,
               help="Parallel videos (default: number of CPU cores); decode threads with the torch backend.")
@@ -168,6 +172,90 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
     click.echo(summary_text(summary))
     if summary_json:
         summary_json.write_text(to_json(summary))
+    sys.exit(0 if summary.ok else 1)
+
+
+@main.command("import")
+@click.option("--layout", "layout_name", required=True, type=click.Choice(list(LAYOUTS)),
+              help="Who wrote the files: feichtenhofer (twostreamfusion downloads), tsn (TSN's dense_flow), "
+                   "denseflow (open-mmlab), mmaction2 (rawframes).")
+@click.option("--frames", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of the video folders (or of class folders holding them) with the RGB images.")
+@click.option("--flow", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Flow folder: feichtenhofer's tvl1_flow/ (with u/ and v/); for the other layouts only when "
+                   "the flow images are not beside the frames.")
+@click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Official split files (ucfTrainTestlist/ or the HMDB51 split folder): classes, labels, splits.")
+@click.option("--bound", type=float, default=20.0, show_default=True,
+              help="The bound the flow was quantised with (the files do not say; recorded).")
+@click.option("--out", default="flows.h5", show_default=True, type=click.Path(path_type=Path),
+              help="Store file to write.")
+@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg-xy", show_default=True,
+              help="jpeg-xy keeps the JPEGs as read; jpeg encodes each field again as one x | y image; raw pixels.")
+@click.option("--jpeg-quality", type=int, default=95, show_default=True, help="With --codec jpeg.")
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
+@click.option("--allow-missing", is_flag=True, help="Import what is there when split files name absent videos.")
+@click.option("--overwrite", is_flag=True, help="Discard the existing store and unfinished work; start over.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--summary-json", type=click.Path(path_type=Path), default=None,
+              help="Also write the end-of-run summary as JSON here.")
+def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quality, jobs, allow_missing, overwrite,
+            no_progress, summary_json):
+    """Import frames and flow another tool wrote into a store like extract's. Re-run to resume.
+
+    Every video's files are checked against the layout's numbering and count rules; a video that breaks them
+    (missing frames, gaps, x and y counts that differ, 0- vs 1-based names) is recorded as failed with the
+    reason. Exit status: 0 when every video was imported; 1 when any failed (they are named) or the folders
+    or the store cannot be used; 2 on a bad option value.
+    """
+    from data_manifest import ManifestError
+
+    from flowprep.importing import ImportConfig, import_frames
+    from flowprep.pipeline import summary_json as to_json, summary_text
+
+    try:
+        cfg = ImportConfig(layout=layout_name, frames=frames, out=out, flow=flow, splits_dir=splits_dir, bound=bound,
+                           codec=codec, jpeg_quality=jpeg_quality,
+                           jobs=jobs if jobs is not None else os.cpu_count() or 1, allow_missing=allow_missing,
+                           overwrite=overwrite, progress=not no_progress)
+        summary = import_frames(cfg)
+    except (FlowprepError, ManifestError) as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
+    click.echo(summary_text(summary))
+    if summary_json:
+        summary_json.write_text(to_json(summary))
+    sys.exit(0 if summary.ok else 1)
+
+
+@main.command()
+@click.option("--layout", "layout_name", required=True,
+              type=click.Choice([n for n, lay in LAYOUTS.items() if lay.lists is not None]),
+              help="Names, numbering and lists to write: mmaction2 rawframes or TSN's dense_flow.")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--jpeg-quality", type=int, default=95, show_default=True,
+              help="For images the store does not keep as JPEGs of their own (codec jpeg's flow, codec raw).")
+@click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def export(layout_name, store, out, jpeg_quality, jobs, no_progress):
+    """Write a store's frames and flow as another tool's rawframes, with its annotation lists, into OUT/.
+
+    mmaction2: OUT/rawframes/<Class>/<video>/img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg (start_index
+    1) and OUT/<dataset>_{train,val}_split_<k>_rawframes.txt (RGB) / _flow.txt lines "<Class>/<video>
+    <total_frames> <label>", 0-based labels. Re-run to finish a stopped export. Exit status: 0 when every
+    video was written; 1 when any failed or the store cannot be read; 2 on a bad option or an OUT holding
+    other files.
+    """
+    from flowprep.exporting import export_store, summary_text as export_text
+
+    try:
+        summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else os.cpu_count() or 1,
+                               jpeg_quality=jpeg_quality, progress=not no_progress)
+    except FlowprepError as exc:
+        raise _fail(exc) from exc
+    click.echo(export_text(summary))
     sys.exit(0 if summary.ok else 1)
 
 

@@ -60,7 +60,7 @@ class DeviceRun:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
-        jpeg = settings.codec == "jpeg"
+        jpeg = settings.codec != "raw"
         self._encoders = ThreadPoolExecutor(max_workers=max(1, min(8, decoders))) if jpeg else None
 
     # -- the stages ------------------------------------------------------------------------------------

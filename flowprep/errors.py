@@ -24,3 +24,8 @@ class StoreError(FlowprepError):
 class ClusterError(FlowprepError):
     """The Dask cluster of `--scheduler` cannot be used: unreachable, lost, or its workers cannot run this
     extraction (flowprep missing or another version, the videos not at the same path, no GPU)."""
+
+
+class LayoutError(FlowprepError):
+    """Frame and flow folders another tool wrote do not follow the layout asked for as a whole (no videos, a
+    video id twice, a flow tree without its sub-folders); one video's problems are a VideoError instead."""

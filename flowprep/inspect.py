@@ -65,8 +65,7 @@ def info_text(info: dict[str, Any]) -> str:
              f"videos     {info['videos']} of {info['expected']} expected"
              + (" by the merged shards" if gap else "") + f", {info['failed']} failed",
              f"frames     {info['frames']} RGB, {info['flows']} flow fields",
-             f"flow       {c['algo']} ({c['implementation']}), bound {c['bound']}, {c['rounding']}",
-             "params     " + ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+             *_flow_lines(c),
              f"storage    codec {c['codec']}" + (f" q{c['jpeg_quality']}" if c.get("jpeg_quality") else "")
              + f", size {c['size']} ({c['interpolation']})",
              f"clipped    {100 * info['mean_clipped_fraction']:.3f}% of flow values at the bound (mean over videos)",
@@ -84,6 +83,20 @@ def info_text(info: dict[str, Any]) -> str:
     for shard in info["missing_shards"]:
         lines.append(f"MISSING    shard {shard} (merged with --partial: its videos are not in this store)")
     return "\n".join(lines)
+
+
+def _flow_lines(c: dict[str, Any]) -> list[str]:
+    """What made the flow: the algorithm and its parameters, or for an imported store where it came from."""
+    imported = c.get("imported")
+    if not isinstance(imported, dict):
+        return [f"flow       {c['algo']} ({c['implementation']}), bound {c['bound']}, {c['rounding']}",
+                "params     " + ", ".join(f"{k}={v}" for k, v in c["params"].items())]
+    return [f"flow       imported from {imported.get('tool')} (layout {imported.get('layout')}), not computed; bound "
+            f"{c['bound']} as given with --bound (the files do not record it); rounding: {c['rounding']}",
+            f"source     frames {imported.get('frames')}, flow {imported.get('flow')}; "
+            f"{imported.get('source_index_convention')}",
+            f"mapping    {imported.get('mapping')}",
+            f"stored as  {imported.get('stored_as')}"]
 
 
 VERIFY_CHUNK = 64  # images decoded at a time by verify: memory stays bounded for long videos

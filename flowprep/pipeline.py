@@ -1,4 +1,5 @@
-"""`flowprep extract`: a folder of videos -> one resumable HDF5 flow store (or one shard of it).
+"""`flowprep extract`: a folder of videos -> one resumable HDF5 flow store (or one shard of it). `build_store`
+holds the steps below for every way of making a store (`flowprep import` uses them too).
 
 Data flows one way:
     plan   the manifest, the previous store and the finished parts -> a resume plan (flowprep.plan)
@@ -23,7 +24,7 @@ from flowprep.store_format import incompatibilities, open_store_file, read_confi
 from flowprep.store_writer import assemble, writer_lock
 from flowprep.work import EncodedVideo, Failure, Outcome, Tally, VideoTask
 
-__all__ = ["ExtractConfig", "ExtractSummary", "extract", "summary_text", "summary_json", "shard_ids"]
+__all__ = ["ExtractConfig", "ExtractSummary", "extract", "build_store", "summary_text", "summary_json", "shard_ids"]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ExtractSummary:
     flows: int = 0
     seconds: float = 0.0
     flow_seconds: float = 0.0
+    action: str = "extract"  # or "import": what made the videos of this run
 
     @property
     def ok(self) -> bool:
@@ -60,9 +62,10 @@ def extract(cfg: ExtractConfig, executor: Executor | None = None) -> ExtractSumm
     """Run the extraction described by ``cfg``; resumable, one failure never stops the run.
 
     ``executor(tasks, settings, on_outcome)`` runs the per-video work (default: `local_executor`, the
-    CPU pool or the device batcher, from ``cfg``; with ``cfg.scheduler``, `flowprep.cluster`'s Dask tasks). Raises OptionError for bad settings, ManifestError for
-    a dataset that cannot be read, StoreError for an output that cannot be used (locked by another run,
-    made with other settings or classes, not writable, a full disk).
+    CPU pool or the device batcher, from ``cfg``; with ``cfg.scheduler``, `flowprep.cluster`'s Dask
+    tasks). Raises OptionError for bad settings, ManifestError for a dataset that cannot be read,
+    StoreError for an output that cannot be used (locked by another run, made with other settings or
+    classes, not writable, a full disk).
     """
     from data_manifest import build_manifest
 
@@ -103,24 +106,55 @@ def local_executor(cfg: ExtractConfig) -> Executor:
 def _extract_locked(cfg: ExtractConfig, settings: RunSettings, manifest, expected: list[str],
                     executor: Executor, t0: float) -> ExtractSummary:
     """extract() once this process holds the store's writer lock."""
+    by_id = {r.video_id: r for r in manifest.records}
+
+    def wanted_of(v: str) -> Wanted:
+        r = by_id[v]
+        return Wanted(r.path, r.class_name, r.label, _size(cfg.videos / r.path))
+
+    def task_of(v: str) -> VideoTask:
+        r = by_id[v]
+        return VideoTask(v, str(cfg.videos / r.path), r.path, r.class_name, r.label)
+
+    def preface(tasks: list[VideoTask]) -> str:
+        from flowprep.estimate import estimate_text
+
+        return estimate_text([t.path for t in tasks], settings, cfg.jobs)
+
+    return build_store(cfg.store_path, settings, manifest, expected, wanted_of, task_of, executor,
+                       overwrite=cfg.overwrite, progress=cfg.progress, t0=t0, preface=preface)
+
+
+def build_store(store: Path, settings: Any, manifest, expected: list[str], wanted_of: Callable[[str], Wanted],
+                task_of: Callable[[str], Any], executor: Executor, *, overwrite: bool, progress: bool, t0: float,
+                action: str = "extract", preface: Callable[[list], str] | None = None) -> ExtractSummary:
+    """The steps every way of making a store shares (extract, import), once this process holds the store's
+    writer lock: plan the resume from the previous store and the finished parts, run the videos to do
+    through ``executor``, write each finished one as a part, assemble the store.
+
+    settings: what the executor hands each task's work; ``settings.recorded()`` is the config the store
+    holds (flowprep.settings.RunSettings, flowprep.importing.ImportSettings). wanted_of(video_id): what the
+    dataset says of an expected video now, asked only for the videos the previous store or a part holds.
+    task_of(video_id): the task of a video to do. action: "extract" or "import", for the progress and the
+    summary. preface(tasks): a line shown before the work starts (extract: how long it will take).
+    """
     recorded = settings.recorded()
-    store = cfg.store_path
     parts = Parts(store, recorded)
-    if cfg.overwrite:
+    if overwrite:
         store.unlink(missing_ok=True)
         parts.discard()
     store.with_name(store.name + ".tmp").unlink(missing_ok=True)  # an assembly that was killed
     previous = previous_contents(store, recorded, list(manifest.classes))
     parts.open(list(manifest.classes), incompatibilities)
-    by_id = {r.video_id: r for r in manifest.records}
-    wanted = {v: Wanted(by_id[v].path, by_id[v].class_name, by_id[v].label, _size(cfg.videos / by_id[v].path))
-              for v in expected}
-    plan = plan_resume(expected, wanted, previous["records"] if previous else {}, parts.records(expected))
+    stored = previous["records"] if previous else {}
+    finished = parts.records(expected)
+    expected_set = set(expected)
+    wanted = {v: wanted_of(v) for v in (*stored, *finished) if v in expected_set}
+    plan = plan_resume(expected, wanted, stored, finished)
     parts.drop(plan.drop_parts)
-    tasks = [VideoTask(v, str(cfg.videos / by_id[v].path), by_id[v].path, by_id[v].class_name, by_id[v].label)
-             for v in plan.todo]
+    tasks = [task_of(v) for v in plan.todo]
     tally = Tally()
-    _run(tasks, settings, executor, parts, tally, cfg.progress, cfg.jobs)
+    _run(tasks, settings, executor, parts, tally, progress, action, preface)
     failed = sorted(({"video_id": f.video_id, "path": f.path, "reason": f.reason} for f in tally.failed),
                     key=lambda f: f["video_id"])
     new_parts = sorted(parts.path(v) for v in (*plan.use_parts, *tally.written))
@@ -132,7 +166,7 @@ def _extract_locked(cfg: ExtractConfig, settings: RunSettings, manifest, expecte
     return ExtractSummary(store=store, expected=len(expected), done=len(plan.keep) + len(new_parts),
                           skipped=plan.skipped, failed=failed, removed=len(plan.gone), redone=len(plan.redo),
                           frames=tally.frames, flows=tally.flows, seconds=time.perf_counter() - t0,
-                          flow_seconds=tally.flow_seconds)
+                          flow_seconds=tally.flow_seconds, action=action)
 
 
 def _size(path: Path) -> int | None:
@@ -169,17 +203,15 @@ def previous_contents(store: Path, recorded: dict[str, Any], classes: list[str])
     return contents
 
 
-def _run(tasks: list[VideoTask], settings: RunSettings, executor: Executor, parts: Parts, tally: Tally,
-         progress: bool, jobs: int) -> None:
+def _run(tasks: list[VideoTask], settings: Any, executor: Executor, parts: Parts, tally: Tally,
+         progress: bool, action: str = "extract", preface: Callable[[list], str] | None = None) -> None:
     """Run ``tasks`` through ``executor``; each outcome is written (a part) or noted (a failure) as it comes.
-    With ``progress``, first a line with the expected duration (for ``jobs`` in parallel), then the bar."""
+    With ``progress``, first the line ``preface(tasks)`` gives (extract: how long it will take), then the bar."""
     from data_manifest.progress import Progress
 
-    with Progress(len(tasks), unit="video", desc="extract", enabled=progress and bool(tasks)) as bar:
-        if progress and tasks:
-            from flowprep.estimate import estimate_text
-
-            bar.write("extract: " + estimate_text([t.path for t in tasks], settings, jobs))
+    with Progress(len(tasks), unit="video", desc=action, enabled=progress and bool(tasks)) as bar:
+        if progress and tasks and preface is not None:
+            bar.write(f"{action}: {preface(tasks)}")
         def on_outcome(outcome: Outcome) -> None:
             if isinstance(outcome, EncodedVideo):
                 try:
@@ -212,7 +244,9 @@ def summary_text(s: ExtractSummary) -> str:
     if s.removed:
         lines.append(f"removed from the store: {s.removed} video(s) no longer in the dataset")
     if s.redone:
-        lines.append(f"extracted again: {s.redone} video(s) whose file changed size or moved to another class")
+        what = "imported again: {} video(s) whose files changed size" if s.action == "import" else \
+            "extracted again: {} video(s) whose file changed size"
+        lines.append(what.format(s.redone) + " or moved to another class")
     for f in s.failed:
         lines.append(f"FAILED {f['video_id']}: {f['reason']}")
     return "\n".join(lines)

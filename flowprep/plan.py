@@ -51,9 +51,9 @@ def unchanged(record: Mapping[str, Any], wanted: Wanted) -> bool:
 
 def plan_resume(expected: Sequence[str], wanted: Mapping[str, Wanted], stored: Mapping[str, Mapping[str, Any]],
                 parts: Mapping[str, Mapping[str, Any] | None]) -> ResumePlan:
-    """The plan for ``expected`` (video ids, in order; ``wanted`` has each), given the previous store's
-    records (``stored``, empty without one) and the records of finished parts (``parts``; None for a part
-    that cannot be read)."""
+    """The plan for ``expected`` (video ids, in order), given what the dataset says now of each expected video
+    that the previous store or a part holds (``wanted``), the previous store's records (``stored``, empty
+    without one) and the records of finished parts (``parts``; None for a part that cannot be read)."""
     expected_set = set(expected)
     keep = frozenset(v for v, rec in stored.items() if v in expected_set and unchanged(rec, wanted[v]))
     gone = tuple(v for v in stored if v not in expected_set)

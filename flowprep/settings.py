@@ -69,7 +69,7 @@ class RunSettings:
             "rounding": ROUNDING_RULE,
             "dequantize": "v = u8 * 2b / 255 - b",
             "codec": self.codec,
-            "jpeg_quality": int(self.jpeg_quality) if self.codec == "jpeg" else None,
+            "jpeg_quality": int(self.jpeg_quality) if self.codec != "raw" else None,
             "size": self.resize.describe(),
             "interpolation": INTERPOLATION,
             "index_convention": INDEX_CONVENTION,

@@ -11,8 +11,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from flowprep.errors import StoreError
-from flowprep.store_format import (CHANNELS, as_str, check_offsets, incompatibilities, open_store_file, read_config,
-                                   read_contents)
+from flowprep.store_format import (CHANNELS, FLOW_IMAGES, as_str, check_offsets, incompatibilities, open_store_file,
+                                   read_config, read_contents)
 
 DATASET_CACHE = 1024  # open per-video datasets a reader keeps (per process)
 
@@ -21,9 +21,10 @@ DATASET_CACHE = 1024  # open per-video datasets a reader keeps (per process)
 class _Stored:
     """One video's stored images of one kind, checked against its record when first opened."""
 
-    data: Any  # h5py dataset: (n, H, W, c) for codec raw, the (bytes,) JPEG array for codec jpeg
-    offsets: np.ndarray | None  # codec jpeg: (n + 1,) int64
-    crcs: np.ndarray | None  # (n,) uint32 CRC-32 of each image, or None in stores written before them
+    data: Any  # h5py dataset: (n, H, W, c) for codec raw, the (bytes,) JPEG array for the jpeg codecs
+    offsets: np.ndarray | None  # jpeg codecs: (images + 1,) int64
+    crcs: np.ndarray | None  # (images,) uint32 CRC-32 of each image, or None in stores written before them
+    per_item: int = 1  # stored images per frame or field: 2 for flow with codec jpeg-xy (x, y)
 
 
 class FlowStore:
@@ -177,7 +178,8 @@ class FlowStore:
         """The video's ``kind`` datasets, with their shapes and offsets checked against its record."""
         group = self._group(video_id)
         rec = self._records[video_id]
-        count = rec["num_frames"] if kind == "rgb" else rec["num_flows"]
+        per_item = 1 if kind == "rgb" else FLOW_IMAGES[self.attrs["codec"]]
+        count = (rec["num_frames"] if kind == "rgb" else rec["num_flows"]) * per_item  # stored images
         where = f"{self._file_of(video_id)}: video {video_id!r} {kind}"
         try:
             crcs = group[f"{kind}_crcs"][()] if f"{kind}_crcs" in group else None
@@ -199,7 +201,7 @@ class FlowStore:
                              "run `flowprep verify` and re-extract that video") from exc
         if crcs is not None and crcs.shape != (count,):
             raise StoreError(f"{where}: {crcs.shape} checksums for {count} images; the file is damaged")
-        return _Stored(data, offsets, crcs)
+        return _Stored(data, offsets, crcs, per_item)
 
     def _stored_of(self, video_id: str, kind: str) -> _Stored:
         key = (video_id, kind)
@@ -214,17 +216,36 @@ class FlowStore:
         return StoreError(f"{self._file_of(video_id)}: {kind} image {i} of {video_id!r} {why}; the stored data "
                           "is damaged: run `flowprep verify` and re-extract that video")
 
+    def _pieces(self, video_id: str, kind: str, stored: _Stored, idx: np.ndarray) -> list[list[np.ndarray]]:
+        """The stored JPEG bytes of the frames or fields at ``idx``, each a list of its images (x, y with
+        jpeg-xy), checked against their CRC-32s."""
+        per, offsets = stored.per_item, stored.offsets
+        images = (idx[:, None] * per + np.arange(per)[None, :]).reshape(-1)  # (n * per,) image numbers
+        lo, hi = int(images.min()), int(images.max()) + 1
+        if hi - lo <= 2 * len(images):  # one read of the covering byte range beats many small reads
+            base = int(offsets[lo])
+            blob = stored.data[base:int(offsets[hi])]
+            pieces = [blob[int(offsets[i]) - base:int(offsets[i + 1]) - base] for i in images]
+        else:
+            pieces = [stored.data[int(offsets[i]):int(offsets[i + 1])] for i in images]
+        crcs = stored.crcs if self.check_crc else None
+        if crcs is not None:
+            for i, piece in zip(images, pieces):
+                if zlib.crc32(piece) != crcs[i]:
+                    raise self._bad_image(video_id, kind, int(i) // per, "does not match its checksum")
+        return [pieces[k * per:(k + 1) * per] for k in range(len(idx))]
+
     def _read(self, video_id: str, kind: str, idx: np.ndarray, planes: bool = False) -> np.ndarray:
         """(n, H, W, c) uint8, or with ``planes`` (flow only) (n, 2, H, W)."""
         import cv2
 
         stored = self._stored_of(video_id, kind)
-        crcs = stored.crcs if self.check_crc else None
         rec = self._records[video_id]
         h, w, c = rec["height"], rec["width"], CHANNELS[kind]
-        if not idx.size:  # the same empty shape for both codecs
+        if not idx.size:  # the same empty shape for every codec
             return np.empty((0, c, h, w) if planes else (0, h, w, c), np.uint8)
         if stored.offsets is None:  # codec raw
+            crcs = stored.crcs if self.check_crc else None
             uniq, inverse = np.unique(idx, return_inverse=True)
             data = stored.data[uniq]
             if crcs is not None:
@@ -233,27 +254,28 @@ class FlowStore:
                         raise self._bad_image(video_id, kind, int(i), "does not match its checksum")
             data = data[inverse]
             return np.ascontiguousarray(data.transpose(0, 3, 1, 2)) if planes else data
-        offsets = stored.offsets
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        if hi - lo <= 2 * len(idx):  # one read of the covering byte range beats many small reads
-            base = int(offsets[lo])
-            blob = stored.data[base:int(offsets[hi])]
-            pieces = [blob[int(offsets[i]) - base:int(offsets[i + 1]) - base] for i in idx]
-        else:
-            pieces = [stored.data[int(offsets[i]):int(offsets[i + 1])] for i in idx]
         out = np.empty((len(idx), c, h, w) if planes else (len(idx), h, w, c), np.uint8)
-        for k, (i, piece) in enumerate(zip(idx, pieces)):
-            if crcs is not None and zlib.crc32(piece) != crcs[i]:
-                raise self._bad_image(video_id, kind, int(i), "does not match its checksum")
-            img = cv2.imdecode(piece, cv2.IMREAD_COLOR if kind == "rgb" else cv2.IMREAD_GRAYSCALE)
-            if img is None or img.shape[:2] != ((h, w) if kind == "rgb" else (h, 2 * w)):
-                raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
+        for k, (i, images) in enumerate(zip(idx, self._pieces(video_id, kind, stored, idx))):
             if kind == "rgb":
+                img = cv2.imdecode(images[0], cv2.IMREAD_COLOR)
+                if img is None or img.shape[:2] != (h, w):
+                    raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
                 cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
-            else:  # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
-                field = out[k] if planes else out[k].transpose(2, 0, 1)  # (2, H, W) view
-                field[0] = img[:, :w]
-                field[1] = img[:, w:]
+                continue
+            field = out[k] if planes else out[k].transpose(2, 0, 1)  # (2, H, W) view: x, y
+            if len(images) == 2:  # jpeg-xy: each plane decoded straight from its own JPEG
+                for plane, image in zip(field, images):
+                    img = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
+                    if img is None or img.shape != (h, w):
+                        raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
+                    plane[...] = img
+                continue
+            img = cv2.imdecode(images[0], cv2.IMREAD_GRAYSCALE)
+            if img is None or img.shape != (h, 2 * w):
+                raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
+            # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
+            field[0] = img[:, :w]
+            field[1] = img[:, w:]
         return out
 
     def read_rgb(self, video_id: str, indices) -> np.ndarray:
@@ -269,23 +291,38 @@ class FlowStore:
     def read_flow_planes(self, video_id: str, indices) -> np.ndarray:
         """The fields of read_flow as planes: (n, 2, H, W) uint8, [:, 0] = x, [:, 1] = y.
 
-        Cheaper than read_flow with the jpeg codec (the stored x | y image is copied row by row instead of
-        interleaved pixel by pixel), for readers that want channels first, as a network does.
+        Cheaper than read_flow with the jpeg codecs (the stored x | y image, or the x and y images, are
+        copied row by row instead of interleaved pixel by pixel), for readers that want channels first, as a
+        network does.
         """
         idx = self._indices(video_id, indices, self.num_flows(video_id), "flow")
         return self._read(video_id, "flow", idx, planes=True)
 
+    def read_stored(self, video_id: str, kind: str, indices) -> list[tuple[np.ndarray, ...]]:
+        """The stored JPEG bytes of frames (kind "rgb") or flow fields (kind "flow") at ``indices``, each
+        checked against its CRC-32: per item a tuple of (n,) uint8 arrays, one JPEG (RGB; a field's x | y
+        image with codec jpeg) or two (a field's x and y with codec jpeg-xy). Lets a writer copy images
+        without decoding and encoding them again. ValueError with codec raw, which stores pixels."""
+        if self.attrs["codec"] == "raw":
+            raise ValueError(f"{self.path}: codec raw stores pixels, not JPEG bytes; read_rgb / read_flow them")
+        count = self.num_frames(video_id) if kind == "rgb" else self.num_flows(video_id)
+        idx = self._indices(video_id, indices, count, "frame" if kind == "rgb" else "flow")
+        if not idx.size:
+            return []
+        return [tuple(images) for images in self._pieces(video_id, kind, self._stored_of(video_id, kind), idx)]
+
     def damaged_images(self, video_id: str, kind: str) -> list[int] | None:
-        """Indices of the video's ``kind`` images whose stored bytes do not match their CRC-32; None when
-        the store has no per-image checksums (written before they existed)."""
+        """Indices of the video's frames (``kind`` "rgb") or flow fields ("flow") with an image whose stored
+        bytes do not match its CRC-32 (a field of codec jpeg-xy is damaged when its x or its y image is);
+        None when the store has no per-image checksums (written before they existed)."""
         stored = self._stored_of(video_id, kind)
         if stored.crcs is None:
             return None
         if stored.offsets is None:
             return [i for i in range(len(stored.crcs)) if zlib.crc32(stored.data[i].tobytes()) != stored.crcs[i]]
         blob, offsets = stored.data[()], stored.offsets
-        return [i for i in range(len(stored.crcs))
-                if zlib.crc32(blob[offsets[i]:offsets[i + 1]]) != stored.crcs[i]]
+        bad = [i for i in range(len(stored.crcs)) if zlib.crc32(blob[offsets[i]:offsets[i + 1]]) != stored.crcs[i]]
+        return sorted({i // stored.per_item for i in bad})
 
     def raw_bytes(self, video_id: str, kind: str) -> np.ndarray:
         """The stored bytes of one video's ``kind`` ("rgb" or "flow") exactly as checksummed at write time."""

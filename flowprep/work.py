@@ -16,7 +16,7 @@ import numpy as np
 
 from flowprep.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
-from flowprep.store_format import encode_jpeg
+from flowprep.store_format import FLOW_IMAGES, encode_jpeg
 
 MIN_FRAMES = 2  # one flow field needs two frames
 
@@ -36,8 +36,9 @@ class VideoTask:
 class EncodedVideo:
     """One finished video, ready to be written: its record and its stored images in order.
 
-    rgb, flow: per image, the JPEG bytes ((n,) uint8; codec jpeg) or the pixels ((H, W, 3) / (H, W, 2)
-    uint8; codec raw). rgb_crcs, flow_crcs: (frames,), (flows,) uint32 CRC-32 of each image as stored.
+    rgb, flow: per stored image, the JPEG bytes ((n,) uint8; codecs jpeg, jpeg-xy) or the pixels
+    ((H, W, 3) / (H, W, 2) uint8; codec raw); with jpeg-xy, two images per flow field, x then y.
+    rgb_crcs, flow_crcs: (len(rgb),), (len(flow),) uint32 CRC-32 of each image as stored.
     """
 
     video_id: str
@@ -111,16 +112,21 @@ class VideoEncoder:
         self.start = time.perf_counter()
         self.flow_seconds = 0.0
 
-    def encode(self, kind: str, array: np.ndarray) -> np.ndarray:
-        """What is stored for one image of ``kind``: its JPEG bytes, or its pixels (codec raw)."""
-        if self.codec == "jpeg":
-            return encode_jpeg(kind, array, self.quality)
-        return np.ascontiguousarray(array, dtype=np.uint8)
+    def encode(self, kind: str, array: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """What is stored for one frame or field of ``kind``: its JPEG bytes, the pair (x, y) of gray JPEGs
+        of a field with codec jpeg-xy, or its pixels (codec raw)."""
+        if self.codec == "raw":
+            return np.ascontiguousarray(array, dtype=np.uint8)
+        if kind == "flow" and self.codec == "jpeg-xy":
+            return encode_jpeg("gray", array[..., 0], self.quality), encode_jpeg("gray", array[..., 1], self.quality)
+        return encode_jpeg(kind, array, self.quality)
 
-    def add(self, kind: str, stored: np.ndarray) -> None:
-        """Append one image already in its stored form (see encode), so encoding can run elsewhere."""
-        self.images[kind].append(stored)
-        self.crcs[kind].append(zlib.crc32(stored.tobytes()))
+    def add(self, kind: str, stored: np.ndarray | tuple[np.ndarray, ...]) -> None:
+        """Append one frame or field already in its stored form (see encode), so encoding can run elsewhere:
+        an import adds the JPEG bytes it read, (x, y) for a field with codec jpeg-xy."""
+        for image in stored if isinstance(stored, tuple) else (stored,):
+            self.images[kind].append(image)
+            self.crcs[kind].append(zlib.crc32(image.tobytes()))
 
     def add_rgb(self, frame: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame."""
@@ -142,11 +148,15 @@ class VideoEncoder:
             for image in self.images[kind]:
                 crc[kind] = zlib.crc32(image.tobytes(), crc[kind])
         t = self.task
+        fields, rest = divmod(len(self.images["flow"]), FLOW_IMAGES[self.codec])
+        if rest:
+            raise ValueError(f"{t.video_id}: {len(self.images['flow'])} flow images, not {FLOW_IMAGES[self.codec]} "
+                             f"per field as codec {self.codec} stores them")
         record = {"path": t.relpath, "class_name": t.class_name, "label": t.label, **source_fields,
                   "clipped_fraction": self.clipped / max(self.values, 1),
                   "seconds": time.perf_counter() - self.start, "flow_seconds": self.flow_seconds,
                   "video_id": t.video_id, "num_frames": len(self.images["rgb"]),
-                  "num_flows": len(self.images["flow"]), "rgb_crc32": crc["rgb"], "flow_crc32": crc["flow"]}
+                  "num_flows": fields, "rgb_crc32": crc["rgb"], "flow_crc32": crc["flow"]}
         return EncodedVideo(t.video_id, record, self.images["rgb"], self.images["flow"],
                             np.asarray(self.crcs["rgb"], np.uint32), np.asarray(self.crcs["flow"], np.uint32))
 

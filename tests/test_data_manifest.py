@@ -282,3 +282,58 @@ def test_root_errors(tmp_path):
         build_manifest(tmp_path)
     with pytest.raises(ManifestError, match="splits folder .* does not exist"):
         build_manifest(tmp_path / "one", splits_dir=tmp_path / "lists")
+
+
+# -- frame folders written by other tools (flowprep import) ----------------------------------------------------
+
+def _ucf_ids(tree):
+    return {rel.split("/")[1][:-4]: rel.split("/")[0] for rel in tree.expected}
+
+
+def test_folders_without_class_folders_take_the_class_from_the_split_files(tmp_path):
+    from data_manifest.build import build_from_folders
+
+    tree = make_fake_ucf101(tmp_path)
+    found = {vid: None for vid in _ucf_ids(tree)}  # the twostreamfusion layout: v_<name>/ directly
+    m = build_from_folders(found, tree.splits_dir)
+    full = build_manifest(tmp_path)
+    assert m.dataset == "ucf101" and m.classes == full.classes and m.problems == []
+    rec = m.by_id("v_HandStandPushups_g03_c02")
+    assert (rec.path, rec.class_name, rec.label, rec.group) == \
+        ("HandstandPushups/v_HandStandPushups_g03_c02.avi", "HandstandPushups", 1, 3)
+    assert [(r.video_id, r.label, r.splits) for r in m.records] == \
+        [(r.video_id, r.label, r.splits) for r in full.records]
+
+
+def test_folders_without_split_files_take_the_class_from_ucf_names_or_class_folders(tmp_path):
+    from data_manifest.build import build_from_folders
+
+    found = {"v_HandStandPushups_g01_c01": None, "v_YoYo_g02_c03": None, "clip7": None}
+    m = build_from_folders(found, where="frames/")
+    assert m.dataset == "folder" and m.classes == ["HandstandPushups", "YoYo"] and m.num_splits == 0
+    assert m.by_id("v_HandStandPushups_g01_c01").path == "HandstandPushups/v_HandStandPushups_g01_c01"
+    assert m.problems == ["1 folders in frames/ have no known class and were left out: clip7"]
+    m = build_from_folders({"a": "Jump", "b": "Cartwheel"})
+    assert m.classes == ["Cartwheel", "Jump"] and m.by_id("a").path == "Jump/a" and m.by_id("a").label == 1
+    with pytest.raises(ManifestError, match="no videos with a class found in x/ .*clip7"):
+        build_from_folders({"clip7": None}, where="x/")
+
+
+def test_folders_missing_from_the_split_files_are_an_error_unless_allowed(tmp_path):
+    from data_manifest.build import build_from_folders
+
+    tree = make_fake_hmdb51(tmp_path)
+    found = {rel.split("/")[1][:-4]: rel.split("/")[0] for rel in tree.expected}
+    gone = "Jim_Carrey_&_Ellen_chew_h_nm_np1_fr_goo_1"
+    del found[gone]
+    found["extra_chew_clip"] = "chew"  # in a known class folder, in no split file
+    found["Chewing_Gum!_chew_h_nm_np1_fr_med_0"] = "cartwheel"  # in another class folder than listed
+    with pytest.raises(ManifestError, match=r"1 of 9 videos named in the split files in .* have no frame folder "
+                                            r"in f/: chew/Jim_Carrey_&_Ellen.*--allow-missing"):
+        build_from_folders(found, tree.splits_dir, where="f/")
+    m = build_from_folders(found, tree.splits_dir, allow_missing=True, where="f/")
+    assert m.dataset == "hmdb51" and gone not in m and m.by_id("extra_chew_clip").splits == ("-",) * 3
+    assert m.by_id("Chewing_Gum!_chew_h_nm_np1_fr_med_0").class_name == "chew"
+    assert any("left out of the manifest" in p for p in m.problems)
+    assert any("another class folder" in p and "cartwheel/Chewing_Gum!" in p for p in m.problems)
+    assert any("in no split file" in p and "extra_chew_clip" in p for p in m.problems)

@@ -56,7 +56,7 @@ def manifest_text():
     return Manifest(dataset="folder", classes=["C"], records=recs).to_text()
 
 
-@pytest.mark.parametrize("codec", ["jpeg", "raw"])
+@pytest.mark.parametrize("codec", ["jpeg", "jpeg-xy", "raw"])
 def test_write_assemble_read(tmp_path, manifest_text, codec):
     parts = tmp_path / "parts"
     parts.mkdir()
@@ -259,3 +259,71 @@ def test_store_can_be_pickled_to_workers(tmp_path, manifest_text):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_jpeg_xy_keeps_each_plane_as_its_own_gray_jpeg(tmp_path, manifest_text):
+    """Codec jpeg-xy: two JPEGs per field (x then y), each with its CRC-32; the reader decodes them into the
+    same arrays as a plane-by-plane decode of those JPEGs, and hands the stored bytes out unchanged."""
+    import cv2
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    video, _, flow = _encoded("a", 5, 1, "jpeg-xy")
+    assert len(video.flow) == 8 and video.flow_crcs.shape == (8,) and video.record["num_flows"] == 4
+    writer = Parts(parts / "s.h5", dict(CONFIG, codec="jpeg-xy"))
+    writer.folder = parts
+    writer.write(video)
+    out = assemble(tmp_path / "s.h5", list(parts.glob("*.h5")), None, dict(CONFIG, codec="jpeg-xy"),
+                   manifest_text, ["a"], [])
+    with h5py.File(out, "r") as f:
+        assert f["videos/a/flow_offsets"].shape == (9,) and f["videos/a/flow_crcs"].shape == (8,)
+    with FlowStore(out) as store:
+        stored = store.read_stored("a", "flow", [2, 0])
+        assert [len(s) for s in stored] == [2, 2]
+        x, y = (cv2.imdecode(b, cv2.IMREAD_GRAYSCALE) for b in stored[0])
+        assert x.shape == (24, 32) and np.array_equal(store.read_flow("a", [2])[0], np.stack([x, y], -1))
+        assert np.array_equal(stored[1][1], video.flow[1])  # field 0's y: the bytes written, unchanged
+        assert np.array_equal(store.read_flow_planes("a", [2])[0], np.stack([x, y]))
+        assert np.abs(store.read_flow("a", range(4)).astype(int) - np.stack(flow)).max() <= 4
+        (rgb,) = store.read_stored("a", "rgb", [3])[0]
+        assert np.array_equal(rgb, video.rgb[3])
+        assert store.read_stored("a", "flow", []) == []
+        with pytest.raises(IndexError, match="valid 0..3"):
+            store.read_stored("a", "flow", [4])
+
+
+@pytest.mark.parametrize("plane", [0, 1])
+def test_jpeg_xy_damage_in_either_plane_names_the_field(tmp_path, manifest_text, plane):
+    from flowprep.inspect import verify
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    _write_part(parts, "a", 5, 1, "jpeg-xy")
+    out = assemble(tmp_path / "s.h5", list(parts.glob("*.h5")), None, dict(CONFIG, codec="jpeg-xy"),
+                   manifest_text, ["a"], [])
+    with h5py.File(out, "r+") as f:
+        blob, offsets = f["videos/a/flow_jpeg"], f["videos/a/flow_offsets"][()]
+        image = 2 * 2 + plane  # field 2, x or y
+        at = int(offsets[image] + (offsets[image + 1] - offsets[image]) // 2)
+        blob[at] = blob[at] ^ 0x10
+    with FlowStore(out) as store:
+        assert store.read_flow("a", [0, 1, 3]).shape[0] == 3
+        with pytest.raises(StoreError, match="flow image 2 of 'a' does not match its checksum"):
+            store.read_flow_planes("a", [1, 2])
+        with pytest.raises(StoreError, match="flow image 2 of 'a'"):
+            store.read_stored("a", "flow", [2])
+        assert store.damaged_images("a", "flow") == [2] and store.damaged_images("a", "rgb") == []
+    problems = verify(out)
+    assert "a: flow image 2 does not match its checksum" in problems
+    assert "a: flow checksum mismatch (stored data damaged)" in problems
+
+
+def test_raw_stores_have_no_stored_jpegs(tmp_path, manifest_text):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    _write_part(parts, "a", 3, 1, "raw")
+    out = assemble(tmp_path / "s.h5", list(parts.glob("*.h5")), None, dict(CONFIG, codec="raw"), manifest_text,
+                   ["a"], [])
+    with FlowStore(out) as store:
+        with pytest.raises(ValueError, match="codec raw stores pixels"):
+            store.read_stored("a", "rgb", [0])

@@ -1,0 +1,306 @@
+"""`flowprep import`: frames and flow another tool wrote (flowprep.layouts) -> the same store extract writes.
+
+The steps are extract's (flowprep.pipeline.build_store: resume plan, per-video work in the CPU pool, parts,
+assembly); what differs is the work: `import_video` reads one video's files instead of decoding and
+computing. With codec jpeg-xy (the default) every JPEG is stored as read, so the store decodes to exactly the
+arrays the tool's own files decode to; codec jpeg decodes each field's x and y and encodes them again as one
+x | y image (a second lossy step), codec raw stores the decoded pixels.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from flowprep import __version__
+from flowprep.errors import LayoutError, OptionError, VideoError
+from flowprep.layouts import (LAYOUTS, file_names, find_videos, jpeg_complete, jpeg_shape, layout, look_alike,
+                              match_files, relative, source_bytes, sub_folders)
+from flowprep.plan import Wanted
+from flowprep.quantize import DEFAULT_BOUND
+from flowprep.store_format import CODECS, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
+from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
+
+DEFAULT_IMPORT_CODEC = "jpeg-xy"  # keeps the tools' JPEG bytes: no second lossy encode
+
+
+@dataclass(frozen=True)
+class ImportTask(VideoTask):
+    """One video to import: ``path`` is its RGB folder; where its flow x and y images are, and its folders
+    relative to the --frames and --flow roots (for the record)."""
+
+    flow_x: str = ""
+    flow_y: str = ""
+    rgb_rel: str = ""
+    flow_rels: tuple[str, str] = ("", "")
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """Every setting that shapes an imported store; `recorded()` is what the store and its parts hold."""
+
+    layout: str
+    bound: float = DEFAULT_BOUND
+    codec: str = DEFAULT_IMPORT_CODEC
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    frames: str = ""  # the roots imported from (provenance only)
+    flow: str = ""
+
+    def recorded(self) -> dict[str, Any]:
+        """The config written into the store: the same keys as an extracted store's, and where the data came
+        from: the layout, its index convention and how it maps to the store's, the bound as given."""
+        import cv2
+        import h5py
+
+        lay = LAYOUTS[self.layout]
+        return {
+            "algo": "imported",
+            "params": {},
+            "implementation": f"imported-{lay.name}",
+            "flow_input": f"not computed here: imported from {lay.tool}'s files",
+            "bound": float(self.bound),
+            "rounding": lay.rounding,
+            "dequantize": "v = u8 * 2b / 255 - b",
+            "codec": self.codec,
+            # jpeg-xy stores the tool's JPEGs as read; jpeg encodes each field's x | y image at this quality
+            "jpeg_quality": int(self.jpeg_quality) if self.codec == "jpeg" else None,
+            "size": "as imported: each video's width and height are in its record",
+            "interpolation": "none: images as the tool wrote them",
+            "index_convention": INDEX_CONVENTION,
+            "flow_layout": FLOW_LAYOUT,
+            "shard": "1/1",
+            "imported": {
+                "layout": lay.name, "tool": lay.tool, "frames": self.frames, "flow": self.flow,
+                "source_index_convention": lay.index_convention(), "mapping": lay.mapping(),
+                "bound": "given with --bound: the files do not record the bound they were quantised with",
+                "origin": "imported, not computed by flowprep",
+                "stored_as": ("the tool's JPEG bytes, unchanged" if self.codec == "jpeg-xy" else
+                              f"decoded and encoded again as x | y JPEGs at quality {self.jpeg_quality}"
+                              if self.codec == "jpeg" else "decoded pixels"),
+            },
+            "versions": {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
+                         "h5py": h5py.__version__, "python": sys.version.split()[0]},
+        }
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """Everything `flowprep import` needs. `settings()` derives the recorded part; the rest steers the run."""
+
+    layout: str
+    frames: Path
+    out: Path
+    flow: Path | None = None  # default: the flow lies beside the frames (feichtenhofer: required)
+    splits_dir: Path | None = None
+    bound: float = DEFAULT_BOUND
+    codec: str = DEFAULT_IMPORT_CODEC
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    jobs: int = 1
+    allow_missing: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("frames", "out", "flow", "splits_dir"):  # accept str paths from Python callers
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+    def validate(self) -> None:
+        """Check every option before any file is touched; OptionError names the option and what it allows."""
+        lay = layout(self.layout)
+        if self.codec not in CODECS:
+            raise OptionError(f"unknown --codec {self.codec!r}; choose one of {', '.join(CODECS)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise OptionError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
+        if not math.isfinite(self.bound) or self.bound <= 0:
+            raise OptionError(f"--bound must be a positive, finite number of pixels, got {self.bound}")
+        if self.jobs < 1:
+            raise OptionError(f"--jobs must be at least 1, got {self.jobs}")
+        if lay.flow_tree is not None and self.flow is None:
+            raise OptionError(f"--layout {lay.name} keeps flow in a tree of its own ({lay.flow_tree[0]}/ and "
+                              f"{lay.flow_tree[1]}/ folders, tvl1_flow/ in the download): give it with --flow")
+        for name, path in (("--frames", self.frames), ("--flow", self.flow), ("--splits", self.splits_dir)):
+            if path is not None and not path.is_dir():
+                raise OptionError(f"{name} {path} is not a folder")
+        if self.out.is_dir():
+            raise OptionError(f"--out {self.out} is a folder; give a file name such as {self.out / 'flows.h5'}")
+
+    def settings(self) -> ImportSettings:
+        return ImportSettings(self.layout, float(self.bound), self.codec, int(self.jpeg_quality),
+                              str(self.frames.absolute()), str((self.flow or self.frames).absolute()))
+
+
+def import_frames(cfg: ImportConfig, executor: Callable | None = None):
+    """Run the import described by ``cfg`` into ``cfg.out``; resumable, atomic per video, one bad video never
+    stops the run. Returns flowprep.pipeline.ExtractSummary (action "import").
+
+    ``executor(tasks, settings, on_outcome)`` runs the per-video work (default: the CPU pool, ``cfg.jobs``
+    processes). Raises OptionError for bad options, LayoutError for folders that do not follow the layout as
+    a whole, ManifestError for split files that cannot be used, StoreError for an output that cannot be used.
+    """
+    from data_manifest.build import build_from_folders
+
+    from flowprep.pipeline import build_store
+    from flowprep.store_writer import writer_lock
+
+    cfg.validate()
+    settings = cfg.settings()
+    lay = LAYOUTS[cfg.layout]
+    t0 = time.perf_counter()
+    found, notes = find_videos(lay, cfg.frames, cfg.flow)
+    if not found:
+        raise LayoutError(f"no video folders in {cfg.frames} hold RGB images named {lay.pattern} ({lay.tool})"
+                          + (f"; {notes[0]}" if notes else "") + _names_seen(lay, cfg.frames))
+    manifest = build_from_folders({vid: v.class_folder for vid, v in found.items()}, cfg.splits_dir,
+                                  allow_missing=cfg.allow_missing, where=str(cfg.frames))
+    if notes:
+        from data_manifest import Manifest
+
+        manifest = Manifest(manifest.dataset, manifest.classes, manifest.records, [*manifest.problems, *notes],
+                            manifest.num_splits)
+    by_id = {r.video_id: r for r in manifest.records}
+    expected = [r.video_id for r in manifest.records]
+    flow_root = cfg.flow or cfg.frames
+
+    def folders(vid: str) -> list[Path]:
+        v = found[vid]
+        return [v.rgb, v.flow_x, v.flow_y]
+
+    def wanted_of(vid: str) -> Wanted:
+        r = by_id[vid]
+        return Wanted(r.path, r.class_name, r.label, source_bytes(folders(vid)))
+
+    def task_of(vid: str) -> ImportTask:
+        r, v = by_id[vid], found[vid]
+        return ImportTask(vid, str(v.rgb), r.path, r.class_name, r.label, str(v.flow_x), str(v.flow_y),
+                          relative(v.rgb, cfg.frames), (relative(v.flow_x, flow_root), relative(v.flow_y, flow_root)))
+
+    if executor is None:
+        executor = _pool(cfg.jobs)
+    with writer_lock(cfg.out):
+        return build_store(cfg.out, settings, manifest, expected, wanted_of, task_of, executor,
+                           overwrite=cfg.overwrite, progress=cfg.progress, t0=t0, action="import")
+
+
+def _names_seen(lay, frames: Path) -> str:
+    """'; e.g. X/ holds a.jpg, b.jpg' from the first folder that holds files: what the user has instead."""
+    for top in sub_folders(frames)[:3]:
+        for d in (top, *sub_folders(top)[:1]):
+            if names := file_names(d):
+                return f"; {d}" + (look_alike(lay, names) or f" holds {', '.join(names[:3])}: check --layout")
+    return ""
+
+
+def _pool(jobs: int):
+    def run(tasks, settings, on_outcome) -> None:
+        if tasks:
+            from flowprep.local import run_pool
+
+            run_pool(tasks, settings, jobs, on_outcome, work=import_video)
+    return run
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise VideoError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
+    """Read one video's RGB and flow JPEGs, check them and build its record (flowprep.work.VideoEncoder, the
+    one record builder). Never raises for bad input: a video that cannot be used comes back as a Failure
+    with the reason (flowprep.layouts.match_files names the numbering problems; here: folders missing, files
+    that are not JPEGs or are cut short, images of other sizes)."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
+    lay = LAYOUTS[settings.layout]
+    rgb_dir, x_dir, y_dir = Path(task.path), Path(task.flow_x), Path(task.flow_y)
+    try:
+        for what, d in (("frames", rgb_dir), ("flow x", x_dir), ("flow y", y_dir)):
+            if not d.is_dir():
+                raise VideoError(f"{d}: no {what} folder for this video ({lay.tool} layout)")
+        nbytes = source_bytes([rgb_dir, x_dir, y_dir])  # before reading, so a change during the run shows
+        names = file_names(rgb_dir)
+        x_names = names if x_dir == rgb_dir else file_names(x_dir)
+        y_names = x_names if y_dir == x_dir else file_names(y_dir)
+        files = match_files(lay, names, x_names, y_names, (str(rgb_dir), str(x_dir), str(y_dir)))
+        encoder = VideoEncoder(task, settings.codec, settings.jpeg_quality)
+        size = None
+        for name in files.rgb:
+            data = _read(rgb_dir / name)
+            shape = _check_jpeg(rgb_dir / name, data)
+            if size is None:
+                size = shape[:2]
+            elif shape[:2] != size:
+                raise VideoError(f"{rgb_dir / name}: {shape[1]}x{shape[0]}, while {files.rgb[0]} is "
+                                 f"{size[1]}x{size[0]}; the frames of a video must share one size")
+            if settings.codec == "raw":
+                encoder.add_rgb(_decode(rgb_dir / name, data, cv2.IMREAD_COLOR, size)[..., ::-1])
+            else:
+                encoder.add("rgb", np.frombuffer(data, np.uint8))
+        for xn, yn in files.flow:
+            planes, stored = [], []
+            for d, n in ((x_dir, xn), (y_dir, yn)):
+                data = _read(d / n)
+                _check_jpeg(d / n, data)
+                planes.append(_decode(d / n, data, cv2.IMREAD_GRAYSCALE, size, f"as the frames ({files.rgb[0]})"))
+                stored.append(np.frombuffer(data, np.uint8))
+            at_bound = sum(int(np.count_nonzero((p == 0) | (p == 255))) for p in planes)
+            if settings.codec == "jpeg-xy":
+                encoder.add("flow", tuple(stored))
+                encoder.count_clipped(at_bound, 2 * planes[0].size)
+            else:  # jpeg: one x | y image encoded again; raw: the decoded pixels
+                encoder.add_flow(np.stack(planes, axis=-1), at_bound)
+        return encoder.finish(_source_fields(task, lay, files, size, nbytes))
+    except VideoError as exc:
+        return Failure(task.video_id, task.relpath, str(exc))
+    except Exception as exc:  # an unexpected failure of one video must not end the dataset run
+        return Failure(task.video_id, task.relpath, f"{task.path}: {type(exc).__name__}: {exc}")
+
+
+def _check_jpeg(path: Path, data: bytes) -> tuple[int, int, int]:
+    """(height, width, components) of a complete JPEG file; VideoError for anything else."""
+    if not data:
+        raise VideoError(f"{path}: empty file")
+    shape = jpeg_shape(data)
+    if shape is None:
+        raise VideoError(f"{path}: not a JPEG image (or its header is damaged)")
+    if not jpeg_complete(data):
+        raise VideoError(f"{path}: cut short (no JPEG end marker): the copy or the tool stopped while writing it")
+    return shape
+
+
+def _decode(path: Path, data: bytes, flag: int, size: tuple[int, int] | None, like: str = "") -> np.ndarray:
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is None:
+        raise VideoError(f"{path}: does not decode as a JPEG image")
+    if size is not None and img.shape[:2] != size:
+        raise VideoError(f"{path}: {img.shape[1]}x{img.shape[0]}, not {size[1]}x{size[0]} {like}; the store "
+                         "holds one size per video")
+    return img
+
+
+def _source_fields(task: ImportTask, lay, files, size: tuple[int, int], nbytes: int) -> dict[str, Any]:
+    """What the record says about where the video came from and how its files map to the store."""
+    fields = {"width": size[1], "height": size[0], "source": "imported", "layout": lay.name,
+              "frames_dir": task.rgb_rel, "flow_dirs": list(task.flow_rels), "source_bytes": nbytes,
+              "count_check": "layout",  # the layout's count rule, checked (no container count to compare)
+              "first_frame": lay.first_frame,  # the video frame store frame 0 shows
+              "rgb_files": f"{files.rgb[0]}..{files.rgb[-1]}",
+              "flow_files": f"{files.flow[0][0]}..{files.flow[-1][0]}" if files.flow else ""}
+    if files.dropped:
+        fields["dropped_flows"] = [f"{x}, {y}: from video frame {i} to {i + 1}, which starts at no stored frame"
+                                   for i, (x, y) in enumerate(files.dropped)]
+    if files.ignored:
+        fields["ignored"] = files.ignored
+    return fields

@@ -292,7 +292,7 @@ def main() -> None:
     if "tvl1" in algos and (args.model or "cuda" in devices):
         device = "cuda" if "cuda" in devices else "cpu"
         if device == "cpu":
-            print(f"\n# counting the fused TV-L1's work on CPU (eager references of the kernels, ~5 s a pair)")
+            print("\n# counting the fused TV-L1's work on CPU (eager references of the kernels, ~5 s a pair)")
         stats = fused_stats(prev, nxt, device)
         copy_bw = copy_bandwidth() if device == "cuda" else None
         launch_s = launch_seconds() if device == "cuda" else None

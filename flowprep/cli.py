@@ -61,6 +61,25 @@ def _interrupted(out: Path) -> click.ClickException:
     return exc
 
 
+def _run_and_report(run, out: Path, summary_json: Path | None) -> None:
+    """Run a store-building command (``run()`` -> ExtractSummary), print its summary (and write it as JSON),
+    exit 0 when every video made it, else 1; domain errors and Ctrl-C as one line."""
+    from data_manifest import ManifestError
+
+    from flowprep.pipeline import summary_json as to_json, summary_text
+
+    try:
+        summary = run()
+    except (FlowprepError, ManifestError) as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
+    click.echo(summary_text(summary))
+    if summary_json:
+        summary_json.write_text(to_json(summary))
+    sys.exit(0 if summary.ok else 1)
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(p) for p in text.split("/"))
@@ -140,10 +159,8 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
     store cannot be used (no videos, other settings, another run writing it); 2 on a bad option value.
     """
-    from data_manifest import ManifestError
-
     from flowprep.decode import Resize, parse_size
-    from flowprep.pipeline import ExtractConfig, extract as run_extract, summary_json as to_json, summary_text
+    from flowprep.pipeline import ExtractConfig, extract as run_extract
 
     ctx = click.get_current_context()
     if short_side is not None and ctx.get_parameter_source("size") is not click.core.ParameterSource.DEFAULT:
@@ -153,7 +170,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
     except ValueError:
         raise click.BadParameter(f"expected comma-separated CUDA device numbers such as 0,1, got {gpus!r}",
                                  param_hint="--gpus") from None
-    try:
+    def run():
         resize = Resize(None, None, short_side) if short_side is not None else parse_size(size)
         cfg = ExtractConfig(videos=videos, out=out, algo=algo, params=_parse_params(params), device=device,
                             backend=backend, batch_size=batch_size, gpus=gpu_ids,
@@ -164,15 +181,9 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                             scheduler=scheduler)
         quiet_decoders()
         quiet_pool_cleanup()
-        summary = run_extract(cfg)
-    except (FlowprepError, ManifestError) as exc:
-        raise _fail(exc) from exc
-    except KeyboardInterrupt:
-        raise _interrupted(out) from None
-    click.echo(summary_text(summary))
-    if summary_json:
-        summary_json.write_text(to_json(summary))
-    sys.exit(0 if summary.ok else 1)
+        return run_extract(cfg)
+
+    _run_and_report(run, out, summary_json)
 
 
 @main.command("import")
@@ -208,25 +219,16 @@ def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quali
     reason. Exit status: 0 when every video was imported; 1 when any failed (they are named) or the folders
     or the store cannot be used; 2 on a bad option value.
     """
-    from data_manifest import ManifestError
-
     from flowprep.importing import ImportConfig, import_frames
-    from flowprep.pipeline import summary_json as to_json, summary_text
 
-    try:
+    def run():
         cfg = ImportConfig(layout=layout_name, frames=frames, out=out, flow=flow, splits_dir=splits_dir, bound=bound,
                            codec=codec, jpeg_quality=jpeg_quality,
                            jobs=jobs if jobs is not None else os.cpu_count() or 1, allow_missing=allow_missing,
                            overwrite=overwrite, progress=not no_progress)
-        summary = import_frames(cfg)
-    except (FlowprepError, ManifestError) as exc:
-        raise _fail(exc) from exc
-    except KeyboardInterrupt:
-        raise _interrupted(out) from None
-    click.echo(summary_text(summary))
-    if summary_json:
-        summary_json.write_text(to_json(summary))
-    sys.exit(0 if summary.ok else 1)
+        return import_frames(cfg)
+
+    _run_and_report(run, out, summary_json)
 
 
 @main.command()

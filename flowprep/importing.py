@@ -9,7 +9,6 @@ x | y image (a second lossy step), codec raw stores the decoded pixels.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flowprep import __version__
 from flowprep.errors import LayoutError, OptionError, VideoError
 from flowprep.layouts import (LAYOUTS, file_names, find_videos, jpeg_complete, jpeg_shape, layout, look_alike,
                               match_files, relative, source_bytes, sub_folders)
 from flowprep.plan import Wanted
 from flowprep.quantize import DEFAULT_BOUND
+from flowprep.settings import tool_versions
 from flowprep.store_format import CODECS, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
 from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
 
@@ -54,9 +53,6 @@ class ImportSettings:
     def recorded(self) -> dict[str, Any]:
         """The config written into the store: the same keys as an extracted store's, and where the data came
         from: the layout, its index convention and how it maps to the store's, the bound as given."""
-        import cv2
-        import h5py
-
         lay = LAYOUTS[self.layout]
         return {
             "algo": "imported",
@@ -83,8 +79,7 @@ class ImportSettings:
                               f"decoded and encoded again as x | y JPEGs at quality {self.jpeg_quality}"
                               if self.codec == "jpeg" else "decoded pixels"),
             },
-            "versions": {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
-                         "h5py": h5py.__version__, "python": sys.version.split()[0]},
+            "versions": tool_versions(),
         }
 
 

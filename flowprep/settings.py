@@ -19,6 +19,16 @@ from flowprep.store_format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, F
 OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
 
 
+def tool_versions() -> dict[str, str]:
+    """The versions of the code that shaped a store's data, as recorded in its config."""
+    import cv2
+    import h5py
+    import numpy as np
+
+    return {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
+            "python": sys.version.split()[0]}
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Every setting that shapes the stored data; `recorded()` is what the store and its parts hold.
@@ -51,10 +61,6 @@ class RunSettings:
 
     def recorded(self) -> dict[str, Any]:
         """The config written into the store: every setting that shaped the data, and tool versions."""
-        import cv2
-        import h5py
-        import numpy as np
-
         extra = {}
         if self.algo == "raft":  # which weights: the file differs between machines, its SHA-256 does not
             from flowprep.torchflow.raft import weights_identity
@@ -75,8 +81,7 @@ class RunSettings:
             "index_convention": INDEX_CONVENTION,
             "flow_layout": FLOW_LAYOUT,
             "shard": f"{self.shard[0]}/{self.shard[1]}",
-            "versions": {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
-                         "h5py": h5py.__version__, "python": sys.version.split()[0]},
+            "versions": tool_versions(),
             **extra,
         }
 

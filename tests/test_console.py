@@ -88,6 +88,10 @@ def test_data_manifest_and_fusion_write_no_carriage_returns_to_a_file(tmp_path):
         assert text.strip() and "\r" not in text, cmd
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_a_training_run_says_how_to_resume_and_the_rerun_does(synth_store, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (the DataLoader worker gets it too)."""
     config = tmp_path / "tiny.toml"
@@ -97,7 +101,10 @@ def test_ctrl_c_on_a_training_run_says_how_to_resume_and_the_rerun_does(synth_st
            "--out", str(tmp_path / "runs"), "--no-test"]
     log = tmp_path / "interrupted.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        # a shell that started the tests in the background left SIGINT ignored, and children inherit that:
+        # restore the default, as a terminal's foreground job has it
+        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_sigint_default)
         deadline = time.time() + 120
         while not (run_dir / "checkpoint_last.pt").exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)

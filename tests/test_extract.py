@@ -574,3 +574,26 @@ def test_extract_says_how_long_it_will_take_and_logs_plain_lines(tmp_path):
     assert "s per field per job here (timed on the first frames of 2 of them), so about " in first
     assert "with 1 job(s)" in first and "\r" not in result.output
     assert "extract: 2/2 videos (100%)" in result.output
+
+
+def test_ctrl_c_says_how_to_resume_and_the_rerun_does(tmp_path):
+    """SIGINT to the process group, as a terminal's Ctrl-C: exit 130, one line saying what is kept and that
+    the same command resumes; no traceback, no warning from the pool's clean-up; the re-run resumes."""
+    videos = make_dataset(tmp_path / "videos", bad=False, classes=2, per_class=3, frames=8)
+    parts = tmp_path / "flows.h5.parts"
+    cmd = [sys.executable, "-m", "flowprep", "extract", "--videos", str(videos), "--out", str(tmp_path / "flows.h5"),
+           "--size", "96x72", "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*.h5")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "interrupted: the videos finished so far are kept in flows.h5.parts/; re-run the same command" in err
+    assert "Traceback" not in err and "leaked" not in err and "Aborted!" not in err, err
+    kept = len(list(parts.glob("*.h5")))
+    assert 1 <= kept < 6
+    again = subprocess.run(cmd + ["--no-progress"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"done 6 ({kept} from earlier runs)" in again.stdout, again.stdout + again.stderr

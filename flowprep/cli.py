@@ -63,11 +63,13 @@ def _interrupted(out: Path) -> click.ClickException:
 
 def _run_and_report(run, out: Path, summary_json: Path | None) -> None:
     """Run a store-building command (``run()`` -> ExtractSummary), print its summary (and write it as JSON),
-    exit 0 when every video made it, else 1; domain errors and Ctrl-C as one line."""
+    exit 0 when every video made it, else 1; domain errors and Ctrl-C as one line, and the worker pool's
+    clean-up warning kept off the output."""
     from data_manifest import ManifestError
 
     from flowprep.pipeline import summary_json as to_json, summary_text
 
+    quiet_pool_cleanup()
     try:
         summary = run()
     except (FlowprepError, ManifestError) as exc:
@@ -180,7 +182,6 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                             follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress,
                             scheduler=scheduler)
         quiet_decoders()
-        quiet_pool_cleanup()
         return run_extract(cfg)
 
     _run_and_report(run, out, summary_json)

@@ -8,7 +8,6 @@ x | y image (a second lossy step), codec raw stores the decoded pixels.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ from flowprep.layouts import (LAYOUTS, file_names, find_videos, jpeg_complete, j
                               match_files, relative, source_bytes, sub_folders)
 from flowprep.plan import Wanted
 from flowprep.quantize import DEFAULT_BOUND
-from flowprep.settings import tool_versions
-from flowprep.store_format import CODECS, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
+from flowprep.settings import check_store_options, tool_versions
+from flowprep.store_format import DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
 from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
 
 DEFAULT_IMPORT_CODEC = "jpeg-xy"  # keeps the tools' JPEG bytes: no second lossy encode
@@ -109,14 +108,7 @@ class ImportConfig:
     def validate(self) -> None:
         """Check every option before any file is touched; OptionError names the option and what it allows."""
         lay = layout(self.layout)
-        if self.codec not in CODECS:
-            raise OptionError(f"unknown --codec {self.codec!r}; choose one of {', '.join(CODECS)}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise OptionError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
-        if not math.isfinite(self.bound) or self.bound <= 0:
-            raise OptionError(f"--bound must be a positive, finite number of pixels, got {self.bound}")
-        if self.jobs < 1:
-            raise OptionError(f"--jobs must be at least 1, got {self.jobs}")
+        check_store_options(self.codec, self.jpeg_quality, self.bound, self.jobs)
         if lay.flow_tree is not None and self.flow is None:
             raise OptionError(f"--layout {lay.name} keeps flow in a tree of its own ({lay.flow_tree[0]}/ and "
                               f"{lay.flow_tree[1]}/ folders, tvl1_flow/ in the download): give it with --flow")

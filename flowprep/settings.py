@@ -19,6 +19,18 @@ from flowprep.store_format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, F
 OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
 
 
+def check_store_options(codec: str, jpeg_quality: int, bound: float, jobs: int) -> None:
+    """The options every store-building command shares; OptionError names the option and what it allows."""
+    if codec not in CODECS:
+        raise OptionError(f"unknown --codec {codec!r}; choose one of {', '.join(CODECS)}")
+    if not 1 <= jpeg_quality <= 100:
+        raise OptionError(f"--jpeg-quality must be 1..100, got {jpeg_quality}")
+    if not math.isfinite(bound) or bound <= 0:
+        raise OptionError(f"--bound must be a positive, finite number of pixels, got {bound}")
+    if jobs < 1:
+        raise OptionError(f"--jobs must be at least 1, got {jobs}")
+
+
 def tool_versions() -> dict[str, str]:
     """The versions of the code that shaped a store's data, as recorded in its config."""
     import cv2
@@ -120,17 +132,10 @@ class ExtractConfig:
 
     def validate(self) -> None:
         """Check every option before any file is touched; OptionError names the option and what it allows."""
-        if self.codec not in CODECS:
-            raise OptionError(f"unknown --codec {self.codec!r}; choose one of {', '.join(CODECS)}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise OptionError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
-        if not math.isfinite(self.bound) or self.bound <= 0:
-            raise OptionError(f"--bound must be a positive, finite number of pixels, got {self.bound}")
+        check_store_options(self.codec, self.jpeg_quality, self.bound, self.jobs)
         i, n = self.shard
         if not (n >= 1 and 1 <= i <= n):
             raise OptionError(f"--shard must be I/N with 1 <= I <= N, got {i}/{n}")
-        if self.jobs < 1:
-            raise OptionError(f"--jobs must be at least 1, got {self.jobs}")
         if self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.scheduler is not None:

@@ -76,9 +76,10 @@ def seconds_per_field(settings, pairs: list[tuple[np.ndarray, np.ndarray]]) -> f
         cv2.setNumThreads(threads)
 
 
-def estimate_text(paths: list[str], settings, jobs: int) -> str:
+def estimate_text(paths: list[str], settings, jobs: int | None) -> str:
     """One line: the videos to do, the fields they announce, and, for the OpenCV backend, the time a field
-    takes here and the run's expected duration (with a hint when it is long)."""
+    takes here and the run's expected duration over ``jobs`` on this machine (with a hint when it is long);
+    ``jobs`` None (the work runs elsewhere, on a cluster): the total of core time instead."""
     fields = announced_fields(paths)
     what = f"{len(paths)} videos to extract, about {fields} flow fields"
     if settings.backend != "opencv" or not paths:
@@ -87,11 +88,16 @@ def estimate_text(paths: list[str], settings, jobs: int) -> str:
     if not pairs:
         return f"{what} (none of the first videos decodes: no time estimate)"
     per_field = seconds_per_field(settings, pairs)
-    parallel = max(1, min(jobs, os.cpu_count() or 1))
-    total = fields * per_field / parallel
     h, w = pairs[0][0].shape
     text = (f"{what} at {w}x{h}; {settings.algo} takes {per_field:.3g} s per field per job here (timed on the "
-            f"first frames of {len(pairs)} of them), so about {format_seconds(total)} with {parallel} job(s)")
+            f"first frames of {len(pairs)} of them), so ")
+    if jobs is None:
+        total = fields * per_field
+        text += f"about {format_seconds(total)} of core time, shared by the cluster's workers"
+    else:
+        parallel = max(1, min(jobs, os.cpu_count() or 1))
+        total = fields * per_field / parallel
+        text += f"about {format_seconds(total)} with {parallel} job(s)"
     if total > SLOW_S:
         text += ("; for a quick first look try a smaller --size (e.g. 170x128) or --algo dis "
                  "(DIS medium: ~100x faster than TV-L1 per core)")

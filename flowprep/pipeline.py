@@ -119,7 +119,7 @@ def _extract_locked(cfg: ExtractConfig, settings: RunSettings, manifest, expecte
     def preface(tasks: list[VideoTask]) -> str:
         from flowprep.estimate import estimate_text
 
-        return estimate_text([t.path for t in tasks], settings, cfg.jobs)
+        return estimate_text([t.path for t in tasks], settings, None if cfg.scheduler else cfg.jobs)
 
     return build_store(cfg.store_path, settings, manifest, expected, wanted_of, task_of, executor,
                        overwrite=cfg.overwrite, progress=cfg.progress, t0=t0, preface=preface)

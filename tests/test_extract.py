@@ -574,6 +574,13 @@ def test_extract_says_how_long_it_will_take_and_logs_plain_lines(tmp_path):
     assert "s per field per job here (timed on the first frames of 2 of them), so about " in first
     assert "with 1 job(s)" in first and "\r" not in result.output
     assert "extract: 2/2 videos (100%)" in result.output
+    # on a cluster the jobs of this machine say nothing: the total of core time instead
+    from flowprep.estimate import estimate_text
+    from flowprep.settings import ExtractConfig
+
+    settings = ExtractConfig(videos=videos, out=tmp_path / "g.h5", resize=Resize(48, 36)).settings()
+    text = estimate_text([str(p) for p in sorted(videos.rglob("*.avi"))], settings, None)
+    assert text.endswith("of core time, shared by the cluster's workers") and "job(s)" not in text
 
 
 def test_ctrl_c_says_how_to_resume_and_the_rerun_does(tmp_path):

@@ -206,8 +206,12 @@ def read_contents(f, path: str | os.PathLike) -> dict[str, Any]:
     """What an open store file holds besides the data, every part checked: manifest text, expected ids,
     failures and per-video records."""
     try:
-        records = {vid: check_record(_json(g.attrs["record"], f"{path}: video {vid!r}", "its record"), path, vid)
-                   for vid, g in f["videos"].items()}
+        videos = f["videos"]
+        # names first, then each group: h5py's items() holds its global lock until the iteration ends, and
+        # a damaged record raising mid-iteration would leave it held while the error lives (other threads
+        # using h5py then wait forever)
+        records = {vid: check_record(_json(videos[vid].attrs["record"], f"{path}: video {vid!r}", "its record"),
+                                     path, vid) for vid in list(videos)}
         return {"manifest": as_str(f["manifest"][()]),
                 "expected_ids": [as_str(v) for v in f["expected_ids"][()]],
                 "failures": read_failures(f, path), "records": records}

@@ -208,3 +208,19 @@ def test_links_leaving_the_dataset_are_refused_unless_followed(tmp_path):
     with FlowStore(out) as store:
         assert {"v_1_0", "v_out", "v_in"} <= set(store.video_ids)
         assert any("followed (--follow-symlinks)" in p for p in store.manifest.problems)
+
+
+def test_a_damaged_record_leaves_h5py_usable_from_other_threads(good_store, tmp_path):
+    """h5py's items() iterator holds its global lock across yields: abandoned by a damaged record while the
+    error's traceback lives, it kept the lock, and the next h5py object that another thread freed (a worker
+    pool's result thread running the garbage collector) waited for it forever: a whole run hung."""
+    import threading
+
+    out = _damaged_copy(good_store, tmp_path, OPEN_DAMAGE["record is a list"][0])
+    with pytest.raises(StoreError) as info:
+        FlowStore(out)
+    done = threading.Event()
+    reader = threading.Thread(target=lambda: (h5py.File(good_store, "r").close(), done.set()), daemon=True)
+    reader.start()
+    assert done.wait(20), "h5py's lock is still held after the error: another thread cannot open a file"
+    assert info.value  # the error (and its traceback) still alive while the other thread used h5py

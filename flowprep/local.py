@@ -52,11 +52,8 @@ def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -
     from joblib.externals.loky import get_reusable_executor
 
     workers = min(jobs, len(waiting))
-    # timeout=None: idle workers stay until the shutdown below. With loky's default (a worker idle for 10 s
-    # ends itself), a test run on a loaded machine once waited forever on a task while its worker sat idle;
-    # that exit racing a submission is the suspect. Orphans end by exit_with_parent instead.
     executor = get_reusable_executor(max_workers=workers, env=QUIET_DECODER_ENV, initializer=exit_with_parent,
-                                     initargs=(os.getpid(),), timeout=None)
+                                     initargs=(os.getpid(),))
     running: dict = {}  # future -> task
     try:
         while waiting or running:

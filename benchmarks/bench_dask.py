@@ -38,7 +38,7 @@ def make_videos(root: Path, count: int, frames: int, w: int, h: int) -> Path:
 
 
 def timed_extract(videos: Path, out: Path, size: str, algo: str, scheduler: str | None) -> float:
-    from flowprep.decode import parse_size
+    from flowprep.video.decode import parse_size
     from flowprep.pipeline import ExtractConfig, extract
 
     cfg = ExtractConfig(videos=videos, out=out, algo=algo, jobs=2, resize=parse_size(size), overwrite=True,
@@ -52,7 +52,7 @@ def timed_extract(videos: Path, out: Path, size: str, algo: str, scheduler: str 
 
 
 def cluster_start_seconds() -> float:
-    from flowprep.cluster import Scheduler, connect
+    from flowprep.executors.cluster import Scheduler, connect
 
     t = time.perf_counter()
     with connect(Scheduler(None, 2)):
@@ -87,11 +87,11 @@ def transfer(tmp: Path, count: int, frames: int, size: str, algo: str) -> dict[s
     reading a part's record back."""
     from distributed import wait
 
-    from flowprep.cluster import Scheduler, connect
-    from flowprep.decode import parse_size
-    from flowprep.parts import Parts
+    from flowprep.executors.cluster import Scheduler, connect
+    from flowprep.video.decode import parse_size
+    from flowprep.store.parts import Parts
     from flowprep.settings import ExtractConfig
-    from flowprep.store_format import incompatibilities
+    from flowprep.store.format import incompatibilities
     from flowprep.work import VideoTask, extract_video
 
     w, h = (int(v) for v in size.split("x"))

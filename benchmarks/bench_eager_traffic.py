@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from flowprep.torchflow import _farneback, _tvl1, parity, tvl1_model
+from flowprep.flow.torchflow import _farneback, _tvl1, parity, tvl1_model
 
 
 class Traffic(TorchDispatchMode):

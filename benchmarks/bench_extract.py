@@ -55,7 +55,7 @@ def make_scene_video(path: Path, n: int, w: int, h: int, seed: int) -> None:
 
 
 def run_extract(videos: Path, out: Path, algo: str, jobs: int, codec: str, size: str):
-    from flowprep.decode import parse_size
+    from flowprep.video.decode import parse_size
     from flowprep.pipeline import ExtractConfig, extract
 
     cfg = ExtractConfig(videos=videos, out=out, algo=algo, jobs=jobs, codec=codec, resize=parse_size(size),

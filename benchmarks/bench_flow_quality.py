@@ -1,11 +1,11 @@
 """Flow quality and speed of every flow flowprep computes, against rendered scenes with exactly known motion.
 
-    python benchmarks/bench_flow_quality.py                  # the 20 scenes of flowprep.scenes at 340x256
+    python benchmarks/bench_flow_quality.py                  # the 20 scenes of flowprep.flow.scenes at 340x256
     python benchmarks/bench_flow_quality.py --quick          # 6 of them (one per kind of difficulty)
     python benchmarks/bench_flow_quality.py --raft-weights-small raft_small.pth --raft-weights-large raft_large.pth \
         --json quality.json
 
-Scenes (flowprep.scenes): translations from 0.4 px to 24.5 px (beyond the quantisation bound of 20 px),
+Scenes (flowprep.flow.scenes): translations from 0.4 px to 24.5 px (beyond the quantisation bound of 20 px),
 rotations, zooms, two occluding objects over a differently moving background, smooth / fine / flat /
 sharp-edged textures, and noise and JPEG variants; each frame is sampled from a continuous scene, so the
 true flow is what the frames show. Flows: OpenCV TV-L1 and Farneback (opencv and torch backends), DIS
@@ -41,9 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowprep import scenes  # noqa: E402
+from flowprep.flow import scenes  # noqa: E402
 from flowprep.errors import FlowprepError  # noqa: E402
-from flowprep.quantize import dequantize, quantize  # noqa: E402
+from flowprep.flow.quantize import dequantize, quantize  # noqa: E402
 
 BOUND = 20.0
 # Entries scored on only this many of the --quick scenes when run on CPU (torch TV-L1: bit-identical to
@@ -87,18 +87,18 @@ def batched(fn: Callable, batch: int) -> Callable:
 def flow_function(entry: Entry, args, raft_file: str) -> Callable:
     """A function (B, H, W) uint8 pairs -> (B, H, W, 2) float32 numpy computing ``entry``'s flow."""
     if entry.backend == "opencv":
-        from flowprep.flow import OpenCVFlow
+        from flowprep.flow.compute import OpenCVFlow
 
         flow = OpenCVFlow(entry.algo, **entry.params)  # one object reused across pairs, as extraction does
         return lambda prev, nxt: np.stack([flow(a, b) for a, b in zip(prev, nxt)])
     if entry.algo == "raft":
-        from flowprep.torchflow.raft import raft_flow
+        from flowprep.flow.torchflow.raft import raft_flow
 
         def fn(p, n):
             return raft_flow(p, n, model=entry.params["model"], iterations=args.raft_iterations, weights=raft_file,
                              device=args.device).cpu().numpy()
         return batched(fn, args.batch)
-    from flowprep.flow import compute_flow_batch
+    from flowprep.flow.compute import compute_flow_batch
 
     return batched(lambda p, n: compute_flow_batch(p, n, algo=entry.algo, device=args.device, **entry.params),
                    args.batch)
@@ -138,7 +138,7 @@ def truth_quantisation(frames: scenes.Frames) -> float:
 
 def raft_weights(model: str, given: str) -> tuple[str, str]:
     """(weights file or "", why not) for RAFT ``model``: the given file, else the torch cache."""
-    from flowprep.torchflow.raft import RaftWeightsError, weights_file
+    from flowprep.flow.torchflow.raft import RaftWeightsError, weights_file
 
     try:
         return str(weights_file(model, given)), ""
@@ -271,7 +271,7 @@ def tables(report: dict) -> str:
     results, names = report["results"], list(report["scenes"])
     threads = ("per core (1 OpenCV and 1 torch thread)" if report["threads"] == 1 else
                f"with {report['machine']['cv2_threads']} OpenCV and {report['machine']['torch_threads']} torch threads")
-    lines = [f"Flow against known motion: {len(names)} rendered scenes at {w}x{h} (flowprep.scenes); EPE in px, "
+    lines = [f"Flow against known motion: {len(names)} rendered scenes at {w}x{h} (flowprep.flow.scenes); EPE in px, "
              f"scenes weighted equally; fields/s on this machine, {threads}.", "",
              "| flow | backend | EPE all | EPE noc | <= 1 px | EPE occluded | u8 adds | u8 adds, > 20 px "
              "| fields/s | x TV-L1 |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -3,7 +3,7 @@
     python benchmarks/bench_interop.py [--scenes 8] [--videos 24] [--frames 60] [--quality 95]
 
 1. Flow files as the other tools write them: OpenCV TV-L1 (CPU, OpenCV's defaults) on rendered 340x256
-   scene pairs (flowprep.scenes: translations, rotation and zoom, occlusion, flat texture, JPEG-damaged
+   scene pairs (flowprep.flow.scenes: translations, rotation and zoom, occlusion, flat texture, JPEG-damaged
    input), quantised with bound 20 as dense_flow's CAST rounds it, x and y each encoded as a gray JPEG at
    OpenCV's default quality 95 (what dense_flow and denseflow call imencode with).
 2. For each way of storing them: bytes per field, and the error against the tool's own files as they
@@ -57,7 +57,7 @@ def scene_fields(count: int) -> list[tuple[str, np.ndarray]]:
     """(scene name, (H, W, 2) float32 TV-L1 flow) for the first ``count`` benchmark scenes."""
     import cv2
 
-    from flowprep.scenes import QUICK, SCENES, render
+    from flowprep.flow.scenes import QUICK, SCENES, render
 
     names = list(QUICK) + [n for n in SCENES if n not in QUICK]
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
@@ -158,7 +158,7 @@ def make_tree(root: Path, fields: list[tuple[str, np.ndarray]], videos: int, fra
 
 
 def import_speed(fields, videos: int, frames: int) -> None:
-    from flowprep.importing import ImportConfig, import_frames
+    from flowprep.interop.importing import ImportConfig, import_frames
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

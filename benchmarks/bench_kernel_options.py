@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from flowprep.torchflow import _tvl1_fused, kernel_build
+from flowprep.flow.torchflow import _tvl1_fused, kernel_build
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ bound 20, share of fields that are bit-identical).
     python benchmarks/bench_torchflow.py --kernels --model --devices none # no GPU: compile-time figures, model
 
 On CUDA, TV-L1 is timed with the fused Triton kernels (the default there) and with the eager PyTorch path.
-Beside each fused rate stands the static model (flowprep.torchflow.tvl1_model): the kernels' bytes per
+Beside each fused rate stands the static model (flowprep.flow.torchflow.tvl1_model): the kernels' bytes per
 pixel times the work the pairs really ran (counted on the device), at the bandwidth a device-to-device copy
 reaches in the same run and with the host's launches. --kernels prints each kernel's ahead-of-time CUDA build
 (registers, local memory, occupancy); --model the model for H100 and H200 (work counted on CUDA, or on CPU).
@@ -27,9 +27,9 @@ import time
 import numpy as np
 import torch
 
-from flowprep import torchflow
-from flowprep.flow import OpenCVFlow
-from flowprep.torchflow import parity
+from flowprep.flow import torchflow
+from flowprep.flow.compute import OpenCVFlow
+from flowprep.flow.torchflow import parity
 
 
 def make_pairs(n: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +95,7 @@ def copy_bandwidth(gib: float = 1.0) -> float:
 
 def fused_stats(prev: np.ndarray, nxt: np.ndarray, device: str) -> list[dict]:
     """The work the fused TV-L1 does on these pairs (stats; on CPU counted by the kernels' eager references)."""
-    from flowprep.torchflow import tvl1_model
+    from flowprep.flow.torchflow import tvl1_model
 
     p = torch.from_numpy(prev).float().to(device)
     q = torch.from_numpy(nxt).float().to(device)
@@ -156,7 +156,7 @@ def parity_row(ours: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> dict[str
 
 def launch_seconds(n: int = 2000) -> float:
     """Host seconds per fused-kernel launch (converged on one pair: the device work is nothing)."""
-    from flowprep.torchflow import _tvl1_fused
+    from flowprep.flow.torchflow import _tvl1_fused
 
     run = _tvl1_fused.launch()
     partial = torch.zeros(1, 340, dtype=torch.float64, device="cuda")
@@ -175,10 +175,10 @@ def launch_seconds(n: int = 2000) -> float:
 def print_model(stats: list[dict], batches: list[int], copy_bw: float | None, launch_s: float | None = None
                 ) -> dict:
     """The static model's fields/s for H100 and H200 (and, on a GPU, at this run's copy bandwidth)."""
-    from flowprep.torchflow import tvl1_model
+    from flowprep.flow.torchflow import tvl1_model
 
     gpus = dict(tvl1_model.GPUS)
-    print("\nStatic model of the fused TV-L1 (flowprep.torchflow.tvl1_model):")
+    print("\nStatic model of the fused TV-L1 (flowprep.flow.torchflow.tvl1_model):")
     print(tvl1_model.report(stats, batches, gpus))
     out = {gpu: {b: tvl1_model.predict(stats, b, bw, gpu).fields_per_s for b in batches} for gpu, bw in gpus.items()}
     if copy_bw:
@@ -236,10 +236,10 @@ def main() -> None:
 
     results = {"size": [width, height], "gpu": gpu, "speed": [], "parity": []}
     if args.kernels:
-        from flowprep.torchflow import kernel_build
+        from flowprep.flow.torchflow import kernel_build
 
         builds = kernel_build.build_all()
-        print("\nFused TV-L1 kernels compiled ahead of time (flowprep.torchflow.kernel_build):")
+        print("\nFused TV-L1 kernels compiled ahead of time (flowprep.flow.torchflow.kernel_build):")
         print(kernel_build.table(builds))
         results["kernels"] = [{"kernel": b.name, "arch": b.arch, "registers": b.registers, "stack": b.stack,
                                "shared": b.shared, "warps": b.num_warps, "occupancy_warps": b.occupancy}

@@ -23,7 +23,7 @@ UCF101_SPLIT1_VIEWS = 3783 * 25 * 10
 
 def make_store(folder: Path, size: str) -> Path:
     from data_manifest import make_synthetic
-    from flowprep.decode import parse_size
+    from flowprep.video.decode import parse_size
     from flowprep.pipeline import ExtractConfig, extract
 
     videos = make_synthetic(folder / "synth", classes=4, videos_per_class=6, frames=24)

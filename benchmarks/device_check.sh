@@ -30,7 +30,7 @@ JOBS=$(nproc)
 } 2>&1 | tee "$OUT/env.txt"
 
 # 0. The kernels' ahead-of-time builds (CPU; the same check as the default suite's) with this machine's Triton.
-timeout 60 python3 -m flowprep.torchflow.kernel_build 2>&1 | tee "$OUT/kernels.txt"
+timeout 60 python3 -m flowprep.flow.torchflow.kernel_build 2>&1 | tee "$OUT/kernels.txt"
 
 # 1. CUDA tests: fused kernels compiled against the eager CUDA path, CUDA against CPU; the build checks.
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m "gpu or not slow" tests/test_torchflow.py \

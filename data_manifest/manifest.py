@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from data_manifest.atomic import atomic_write
+from plumbing.atomic import atomic_write
 from data_manifest.errors import ManifestError, UnknownVideoError
 from data_manifest.holdout import DEFAULT_VAL_FRACTION, DEFAULT_VAL_SEED, check_val_args, holdout_ids
 

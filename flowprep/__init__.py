@@ -11,9 +11,9 @@ Heavy modules (cv2, h5py, torch) are imported where they are used, so `import fl
 __version__ = "0.1.0"
 
 from flowprep.errors import FlowprepError, OptionError, StoreError, VideoError  # noqa: E402
-from flowprep.flow import compute_flow, compute_flow_batch  # noqa: E402
-from flowprep.quantize import dequantize, quantize  # noqa: E402
-from flowprep.store_reader import FlowStore  # noqa: E402
+from flowprep.flow.compute import compute_flow, compute_flow_batch  # noqa: E402
+from flowprep.flow.quantize import dequantize, quantize  # noqa: E402
+from flowprep.store.reader import FlowStore  # noqa: E402
 
 __all__ = ["compute_flow", "compute_flow_batch", "quantize", "dequantize", "FlowStore", "FlowprepError",
            "OptionError", "StoreError", "VideoError", "__version__"]

@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 
 from flowprep.errors import FlowprepError, OptionError
-from flowprep.layouts import LAYOUTS
-from flowprep.params import ALGORITHMS
-from flowprep.store_format import CODECS
+from flowprep.interop.layouts import LAYOUTS
+from flowprep.flow.params import ALGORITHMS
+from flowprep.store.format import CODECS
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -27,11 +27,11 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 def quiet_decoders() -> None:
-    """Keep FFmpeg's per-packet warnings off this command's output (flowprep.decode.QUIET_DECODER_ENV): the
+    """Keep FFmpeg's per-packet warnings off this command's output (flowprep.video.decode.QUIET_DECODER_ENV): the
     reason of a damaged video is recorded anyway. A setting the user made is kept."""
     import cv2
 
-    from flowprep.decode import QUIET_DECODER_ENV
+    from flowprep.video.decode import QUIET_DECODER_ENV
 
     for key, value in QUIET_DECODER_ENV.items():
         os.environ.setdefault(key, value)
@@ -161,7 +161,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
     store cannot be used (no videos, other settings, another run writing it); 2 on a bad option value.
     """
-    from flowprep.decode import Resize, parse_size
+    from flowprep.video.decode import Resize, parse_size
     from flowprep.pipeline import ExtractConfig, extract as run_extract
 
     ctx = click.get_current_context()
@@ -220,7 +220,7 @@ def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quali
     reason. Exit status: 0 when every video was imported; 1 when any failed (they are named) or the folders
     or the store cannot be used; 2 on a bad option value.
     """
-    from flowprep.importing import ImportConfig, import_frames
+    from flowprep.interop.importing import ImportConfig, import_frames
 
     def run():
         cfg = ImportConfig(layout=layout_name, frames=frames, out=out, flow=flow, splits_dir=splits_dir, bound=bound,
@@ -251,7 +251,7 @@ def export(layout_name, store, out, jpeg_quality, jobs, no_progress):
     video was written; 1 when any failed or the store cannot be read; 2 on a bad option or an OUT holding
     other files.
     """
-    from flowprep.exporting import export_store, summary_text as export_text
+    from flowprep.interop.exporting import export_store, summary_text as export_text
 
     try:
         summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else os.cpu_count() or 1,
@@ -269,7 +269,7 @@ def info(store, as_json):
     """Summary of a store: counts, settings, failures, videos that decoded short. Exit 1 if unreadable."""
     from data_manifest import ManifestError
 
-    from flowprep.inspect import info_text, store_info
+    from flowprep.inspection import info_text, store_info
 
     try:
         data = store_info(store)
@@ -283,7 +283,7 @@ def info(store, as_json):
 @click.option("--no-progress", is_flag=True)
 def verify(store, no_progress):
     """Re-read every record, check counts and checksums. Exit 1 on any problem (or an unreadable store)."""
-    from flowprep.inspect import short_videos, verify as run_verify
+    from flowprep.inspection import short_videos, verify as run_verify
 
     try:
         problems = run_verify(store, progress=not no_progress)
@@ -308,7 +308,7 @@ def verify(store, no_progress):
 def show(store, video_id, out, count):
     """Picture of a video: RGB frames above their colour-coded flow. Exit 1 if the store or video is not
     there, 2 on a bad option."""
-    from flowprep.inspect import show as run_show
+    from flowprep.inspection import show as run_show
 
     try:
         path = run_show(store, video_id, out, count)
@@ -328,8 +328,8 @@ def merge(shards, out, partial):
     Every shard of the series (1/N .. N/N) must be given, each once, unless --partial. Exit status 1 when
     the shards do not fit together (other settings, overlap, missing shards), 2 on misuse.
     """
-    from flowprep.store_reader import FlowStore
-    from flowprep.store_writer import write_master
+    from flowprep.store.reader import FlowStore
+    from flowprep.store.writer import write_master
 
     try:
         path = write_master(out, shards, partial=partial)
@@ -347,7 +347,7 @@ def merge(shards, out, partial):
 @click.option("--algo", type=click.Choice(list(ALGORITHMS)), default="tvl1", show_default=True)
 def params(algo):
     """The flow parameters of an algorithm, their defaults and the values --param accepts."""
-    from flowprep.params import describe
+    from flowprep.flow.params import describe
 
     for line in describe(algo):
         click.echo(line)

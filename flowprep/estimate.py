@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from data_manifest.progress import format_seconds
-from flowprep.decode import probe
+from plumbing.progress import format_seconds
+from flowprep.video.decode import probe
 from flowprep.errors import VideoError
 
 PROBED = 200  # videos whose headers are read (evenly spread); the total is extrapolated from them
@@ -36,7 +36,7 @@ def _first_pairs(paths: list[str], resize, count: int = 3) -> list[tuple[np.ndar
     """The first two frames, gray and resized, of up to ``count`` of the videos that decode."""
     import cv2
 
-    from flowprep.decode import VideoReader
+    from flowprep.video.decode import VideoReader
 
     pairs = []
     for path in paths:
@@ -61,7 +61,7 @@ def seconds_per_field(settings, pairs: list[tuple[np.ndarray, np.ndarray]]) -> f
     work on the machine does not inflate it."""
     import cv2
 
-    from flowprep.flow import OpenCVFlow
+    from flowprep.flow.compute import OpenCVFlow
 
     flow = OpenCVFlow(settings.algo, **settings.params)
     threads = cv2.getNumThreads()

@@ -4,9 +4,9 @@ holds the steps below for every way of making a store (`flowprep import` uses th
 Data flows one way:
     plan   the manifest, the previous store and the finished parts -> a resume plan (flowprep.plan)
     work   each video to do, as a VideoTask, through one executor (CPU pool, device batcher) -> an
-           EncodedVideo or a Failure (flowprep.work, flowprep.local, flowprep.device)
-    parts  each finished video written by this process as a part file (flowprep.parts)
-    store  the previous store's kept videos and the parts assembled into the store (flowprep.store_writer)
+           EncodedVideo or a Failure (flowprep.work, flowprep.executors.local, flowprep.executors.device)
+    parts  each finished video written by this process as a part file (flowprep.store.parts)
+    store  the previous store's kept videos and the parts assembled into the store (flowprep.store.writer)
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flowprep.errors import OptionError, StoreError
-from flowprep.parts import DiskFull, Parts, class_change
+from flowprep.store.parts import DiskFull, Parts, class_change
 from flowprep.plan import ResumePlan, Wanted, plan_resume
 from flowprep.settings import ExtractConfig, RunSettings
-from flowprep.store_format import incompatibilities, open_store_file, read_config, read_contents
-from flowprep.store_writer import assemble, writer_lock
+from flowprep.store.format import incompatibilities, open_store_file, read_config, read_contents
+from flowprep.store.writer import assemble, writer_lock
 from flowprep.work import EncodedVideo, Failure, Outcome, Tally, VideoTask
 
 __all__ = ["ExtractConfig", "ExtractSummary", "extract", "build_store", "summary_text", "summary_json", "shard_ids"]
@@ -62,7 +62,7 @@ def extract(cfg: ExtractConfig, executor: Executor | None = None) -> ExtractSumm
     """Run the extraction described by ``cfg``; resumable, one failure never stops the run.
 
     ``executor(tasks, settings, on_outcome)`` runs the per-video work (default: `local_executor`, the
-    CPU pool or the device batcher, from ``cfg``; with ``cfg.scheduler``, `flowprep.cluster`'s Dask
+    CPU pool or the device batcher, from ``cfg``; with ``cfg.scheduler``, `flowprep.executors.cluster`'s Dask
     tasks). Raises OptionError for bad settings, ManifestError for a dataset that cannot be read,
     StoreError for an output that cannot be used (locked by another run, made with other settings or
     classes, not writable, a full disk).
@@ -79,7 +79,7 @@ def extract(cfg: ExtractConfig, executor: Executor | None = None) -> ExtractSumm
         raise OptionError(f"--out {cfg.store_path} is a folder; give a file name such as "
                           f"{cfg.store_path / 'flows.h5'}")
     if executor is None and cfg.scheduler is not None:
-        from flowprep.cluster import cluster_executor
+        from flowprep.executors.cluster import cluster_executor
 
         executor = cluster_executor(cfg)
     with writer_lock(cfg.store_path):
@@ -93,11 +93,11 @@ def local_executor(cfg: ExtractConfig) -> Executor:
         if not tasks:
             return
         if settings.backend == "opencv":
-            from flowprep.local import run_pool
+            from flowprep.executors.local import run_pool
 
             run_pool(tasks, settings, cfg.jobs, on_outcome)
         else:
-            from flowprep.device import run_devices
+            from flowprep.executors.device import run_devices
 
             run_devices(tasks, settings, cfg.devices(), cfg.batch_size, max(1, cfg.jobs), on_outcome)
     return run
@@ -133,7 +133,7 @@ def build_store(store: Path, settings: Any, manifest, expected: list[str], wante
     through ``executor``, write each finished one as a part, assemble the store.
 
     settings: what the executor hands each task's work; ``settings.recorded()`` is the config the store
-    holds (flowprep.settings.RunSettings, flowprep.importing.ImportSettings). wanted_of(video_id): what the
+    holds (flowprep.settings.RunSettings, flowprep.interop.importing.ImportSettings). wanted_of(video_id): what the
     dataset says of an expected video now, asked only for the videos the previous store or a part holds.
     task_of(video_id): the task of a video to do. action: "extract" or "import", for the progress and the
     summary. preface(tasks): a line shown before the work starts (extract: how long it will take).
@@ -177,7 +177,7 @@ def _size(path: Path) -> int | None:
 
 
 def previous_contents(store: Path, recorded: dict[str, Any], classes: list[str]) -> dict[str, Any] | None:
-    """What the finished store at ``store`` holds (flowprep.store_format.read_contents), or None when there
+    """What the finished store at ``store`` holds (flowprep.store.format.read_contents), or None when there
     is none. Refuses one made with other settings or for other classes (its labels would no longer match),
     a master file and anything that is not a finished store."""
     from data_manifest import Manifest, ManifestError
@@ -207,7 +207,7 @@ def _run(tasks: list[VideoTask], settings: Any, executor: Executor, parts: Parts
          progress: bool, action: str = "extract", preface: Callable[[list], str] | None = None) -> None:
     """Run ``tasks`` through ``executor``; each outcome is written (a part) or noted (a failure) as it comes.
     With ``progress``, first the line ``preface(tasks)`` gives (extract: how long it will take), then the bar."""
-    from data_manifest.progress import Progress
+    from plumbing.progress import Progress
 
     with Progress(len(tasks), unit="video", desc=action, enabled=progress and bool(tasks)) as bar:
         if progress and tasks and preface is not None:

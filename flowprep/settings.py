@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from flowprep import __version__
-from flowprep.decode import INTERPOLATION, Resize
+from flowprep.video.decode import INTERPOLATION, Resize
 from flowprep.errors import OptionError
-from flowprep.flow import default_backend, resolve_device
-from flowprep.params import BACKENDS, algorithm, resolve_params
-from flowprep.quantize import DEFAULT_BOUND, ROUNDING_RULE
-from flowprep.store_format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
+from flowprep.flow.compute import default_backend, resolve_device
+from flowprep.flow.params import BACKENDS, algorithm, resolve_params
+from flowprep.flow.quantize import DEFAULT_BOUND, ROUNDING_RULE
+from flowprep.store.format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
 
 OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
 
@@ -65,7 +65,7 @@ class RunSettings:
         if self.backend == "opencv":
             return f"opencv-{OPENCV_NAMES[self.algo]}-cpu"
         if self.algo == "raft":
-            from flowprep.torchflow.raft import weights_identity
+            from flowprep.flow.torchflow.raft import weights_identity
 
             sha = weights_identity(self.params["model"], self.params["weights"])["sha256"]
             return f"torchvision-raft_{self.params['model']}-{sha}-{self.device}"
@@ -75,7 +75,7 @@ class RunSettings:
         """The config written into the store: every setting that shaped the data, and tool versions."""
         extra = {}
         if self.algo == "raft":  # which weights: the file differs between machines, its SHA-256 does not
-            from flowprep.torchflow.raft import weights_identity
+            from flowprep.flow.torchflow.raft import weights_identity
 
             extra["raft_weights"] = weights_identity(self.params["model"], self.params["weights"])
         return {
@@ -122,7 +122,7 @@ class ExtractConfig:
     allow_missing: bool = False  # split files may name videos that are not on disk
     follow_symlinks: bool = False  # class folders and videos that are links leaving --videos
     progress: bool = True
-    scheduler: str | None = None  # a Dask scheduler's address or local:N (flowprep.cluster); None: this machine
+    scheduler: str | None = None  # a Dask scheduler's address or local:N (flowprep.executors.cluster); None: this machine
 
     def __post_init__(self):
         for name in ("videos", "out", "splits_dir"):  # accept str paths from Python callers
@@ -139,21 +139,21 @@ class ExtractConfig:
         if self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.scheduler is not None:
-            from flowprep.cluster import check_options
+            from flowprep.executors.cluster import check_options
 
             check_options(self)
         settings = self.settings()  # the algorithm, its parameters for the backend, the device
         if settings.device == "cuda" and self.scheduler is None:
             self.devices()
         if settings.algo == "raft":  # weights that are not there are named before any file is touched
-            from flowprep.torchflow.raft import weights_file
+            from flowprep.flow.torchflow.raft import weights_file
 
             weights_file(settings.params["model"], settings.params["weights"])
 
     def settings(self) -> RunSettings:
         """The recorded settings: parameters resolved for the backend, 'auto' device resolved."""
         algorithm(self.algo)  # an unknown algorithm is named before anything else
-        # on a cluster, the workers have the GPUs (flowprep.cluster checks them), not necessarily this machine
+        # on a cluster, the workers have the GPUs (flowprep.executors.cluster checks them), not necessarily this machine
         device = "cuda" if self.scheduler is not None and self.device == "cuda" else resolve_device(self.device)
         backend = self.backend or default_backend(self.algo, device)
         if backend not in BACKENDS:

@@ -3,7 +3,7 @@
 The CPU pool runs `extract_video` in worker processes; the device batcher and any other executor use the
 same pieces (`DecodedVideo` for decoding, `VideoEncoder` for the stored images and the record), so every
 path writes the same record. Nothing here touches the output files: the one process that owns the store
-writes what comes back (flowprep.parts).
+writes what comes back (flowprep.store.parts).
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
-from flowprep.decode import Resize, VideoReader, source_record
+from flowprep.video.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
-from flowprep.store_format import FLOW_IMAGES, encode_jpeg
+from flowprep.store.format import FLOW_IMAGES, encode_jpeg
 
 MIN_FRAMES = 2  # one flow field needs two frames
 
@@ -169,8 +169,8 @@ def extract_video(task: VideoTask, settings) -> Outcome:
     """
     import cv2
 
-    from flowprep.flow import OpenCVFlow
-    from flowprep.quantize import quantize
+    from flowprep.flow.compute import OpenCVFlow
+    from flowprep.flow.quantize import quantize
 
     cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
     try:

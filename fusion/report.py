@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_manifest.atomic import atomic_write
+from plumbing.atomic import atomic_write
 from fusion.aggregate import AGGREGATIONS
 from fusion.combine import CONFIDENCE_EPS
 from fusion.evaluate import CI_LEVEL, SWEEP_LABEL, TIE_RULE, Evaluation

@@ -28,7 +28,7 @@ def synth_store(tmp_path_factory):
     """A finished flow store of a small synthetic motion dataset (4 classes x 6 videos x 12 frames, 64x48,
     Farneback flow, JPEG codec), built once per test session. Returns the store path."""
     from data_manifest import make_synthetic
-    from flowprep.decode import parse_size
+    from flowprep.video.decode import parse_size
     from flowprep.pipeline import ExtractConfig, extract
 
     root = tmp_path_factory.mktemp("synth_store")

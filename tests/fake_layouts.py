@@ -1,6 +1,6 @@
 """Frame and flow trees as other tools write them, for `flowprep import` tests.
 
-Each writer follows its tool's documented rules, written here on their own (not from flowprep.layouts), for a
+Each writer follows its tool's documented rules, written here on their own (not from flowprep.interop.layouts), for a
 video of N frames f_0..f_{N-1} and its N-1 flow fields (field i from f_i to f_{i+1}):
 
 - twostreamfusion downloads (Feichtenhofer et al.): jpegs_256/<video>/frame%06d.jpg = f_{k-1} for k = 1..N;

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import torch
 
-from flowprep.torchflow import _tvl1, _tvl1_fused, ops, parity
+from flowprep.flow.torchflow import _tvl1, _tvl1_fused, ops, parity
 
 # compiled on a GPU; in the interpreter on CPU; otherwise (CPU, no interpreter) as the eager references
 DEVICE = "cuda" if not _tvl1_fused.interpreted() and torch.cuda.is_available() else "cpu"

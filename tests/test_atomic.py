@@ -1,4 +1,4 @@
-"""data_manifest.atomic: atomic writes (permissions from the umask, never a half file) and the exclusive lock
+"""plumbing.atomic: atomic writes (permissions from the umask, never a half file) and the exclusive lock
 that extractions and training runs hold on their outputs."""
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from data_manifest.atomic import LockHeld, exclusive_lock
+from plumbing.atomic import LockHeld, exclusive_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 # Holds the lock, forks a child that sleeps on (as a DataLoader worker would), then waits to be killed.
 HOLDER = """
 import os, sys, time
-from data_manifest.atomic import exclusive_lock
+from plumbing.atomic import exclusive_lock
 with exclusive_lock(sys.argv[1]):
     if os.fork() == 0:
         time.sleep(6)
@@ -64,7 +64,7 @@ def test_a_killed_holder_frees_the_lock_even_while_its_forked_child_lives(tmp_pa
 def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path, umask, mode):
     """Not mkstemp's 0600: colleagues on shared storage must be able to read checkpoints and reports."""
     from data_manifest import Manifest  # the manifest writer goes through atomic_write too
-    from data_manifest.atomic import atomic_open, atomic_write
+    from plumbing.atomic import atomic_open, atomic_write
 
     old = os.umask(umask)
     try:
@@ -83,7 +83,7 @@ def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path, umask, mode
 
 
 def test_a_temporary_name_in_use_is_never_written_over(tmp_path, monkeypatch):
-    import data_manifest.atomic as atomic
+    import plumbing.atomic as atomic
 
     names = iter(["0000aaaa", "0000bbbb"])
     monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(names))
@@ -99,7 +99,7 @@ def test_a_temporary_name_in_use_is_never_written_over(tmp_path, monkeypatch):
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
-    from data_manifest.atomic import atomic_open
+    from plumbing.atomic import atomic_open
 
     target = tmp_path / "checkpoint.pt"
     target.write_bytes(b"old")

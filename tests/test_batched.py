@@ -51,8 +51,8 @@ def test_resume_refuses_a_backend_switch(two_stores, tmp_path):
 def test_several_devices_split_the_work(tmp_path):
     """The one-process-per-device path, exercised with two CPU 'devices': every outcome comes back to the
     calling process, which alone writes."""
-    from flowprep.decode import Resize
-    from flowprep.device import run_devices
+    from flowprep.video.decode import Resize
+    from flowprep.executors.device import run_devices
     from flowprep.pipeline import ExtractConfig
     from flowprep.work import EncodedVideo, VideoTask
 
@@ -85,7 +85,7 @@ def test_torch_backend_jpeg_writer_keeps_every_field_in_order(two_stores, tmp_pa
     fields must still be the raw store's fields, in order, through the same JPEG encoding."""
     import cv2
 
-    from flowprep.store_format import encode_jpeg
+    from flowprep.store.format import encode_jpeg
 
     videos = two_stores["torch"].parent / "videos"
     out = tmp_path / "jpeg.h5"

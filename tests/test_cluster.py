@@ -213,8 +213,8 @@ def test_a_video_that_kills_its_workers_fails_alone(tmp_path):
     cause (after one more try), every other video is stored, and the next run resumes."""
     import dask
 
-    from flowprep.cluster import cluster_executor
-    from flowprep.decode import parse_size
+    from flowprep.executors.cluster import cluster_executor
+    from flowprep.video.decode import parse_size
     from flowprep.pipeline import ExtractConfig, extract
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=2, frames=4)
@@ -264,7 +264,7 @@ def test_misuse_exits_2_before_touching_anything(tmp_path, args, message):
 
 
 def test_dask_is_imported_only_with_scheduler():
-    code = ("import sys, flowprep.cli, flowprep.pipeline, flowprep.cluster; "
+    code = ("import sys, flowprep.cli, flowprep.pipeline, flowprep.executors.cluster; "
             "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert run.stdout.strip() == "[]"
@@ -330,7 +330,7 @@ def _facts(**changes):
     (_facts(sees=False), "cannot see /data/v.avi: the videos must be at the same path on every worker"),
 ])
 def test_workers_that_cannot_run_the_extraction_are_named(answer, message):
-    from flowprep.cluster import Scheduler, check_workers
+    from flowprep.executors.cluster import Scheduler, check_workers
     from flowprep.errors import ClusterError
     from flowprep.settings import RunSettings
 

@@ -16,7 +16,7 @@ from tests.test_fusion_cli import make_split
 REPO = Path(__file__).resolve().parents[1]
 # A command line with the plain-line interval at 0 s, so that a run of a few seconds prints progress lines
 # (the default, 30 s, would print none); the command itself is unchanged.
-EVERY_LINE = ("import sys, data_manifest.progress as p; p.LOG_EVERY_S = 0.0; sys.argv[0] = {name!r}; "
+EVERY_LINE = ("import sys, plumbing.progress as p; p.LOG_EVERY_S = 0.0; sys.argv[0] = {name!r}; "
               "from {cli} import main; main()")
 
 TINY = """\
@@ -124,13 +124,13 @@ def test_ctrl_c_on_a_training_run_says_how_to_resume_and_the_rerun_does(synth_st
 def test_ctrl_c_hints_name_what_a_rerun_would_do(tmp_path, monkeypatch):
     """--fresh and --resume change what "the same command" does: the hint says to drop them. No checkpoint
     yet: the hint says a re-run starts again. `trainer test`, fusion and data-manifest: nothing half-written."""
-    import trainer.train
+    import trainer.run
     from trainer.cli import main as trainer_main
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer.train, "run", interrupt)
+    monkeypatch.setattr(trainer.run, "run", interrupt)
     args = ["run", "temporal", "--out", str(tmp_path)]
     fresh_start = CliRunner().invoke(trainer_main, args)
     assert fresh_start.exit_code == 130

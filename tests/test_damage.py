@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from flowprep import FlowStore, StoreError, VideoError
 from flowprep.cli import main as cli
-from flowprep.decode import VideoReader
+from flowprep.video.decode import VideoReader
 from tests.test_extract import SIZE, make_dataset
 from tests.videos import moving_video, truncate
 
@@ -31,11 +31,11 @@ def good_store(tmp_path_factory):
 # -- a full disk -----------------------------------------------------------------------------------------
 
 def test_a_full_disk_stops_the_run_at_once_and_keeps_what_is_finished(tmp_path, monkeypatch):
-    import flowprep.parts
+    import flowprep.store.parts
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=3, frames=3)
     out = tmp_path / "f.h5"
-    real, calls = flowprep.parts.finish_file, []
+    real, calls = flowprep.store.parts.finish_file, []
 
     def fills_up(f, tmp, final):
         calls.append(final)
@@ -43,7 +43,7 @@ def test_a_full_disk_stops_the_run_at_once_and_keeps_what_is_finished(tmp_path, 
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(f, tmp, final)
 
-    monkeypatch.setattr(flowprep.parts, "finish_file", fills_up)
+    monkeypatch.setattr(flowprep.store.parts, "finish_file", fills_up)
     result = _extract(videos, out)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "no space left on device writing" in result.output and "kept in" in result.output
@@ -56,7 +56,7 @@ def test_a_full_disk_stops_the_run_at_once_and_keeps_what_is_finished(tmp_path, 
 
 
 def test_a_full_disk_during_assembly_leaves_no_temporary_and_keeps_the_parts(tmp_path, monkeypatch):
-    import flowprep.store_writer
+    import flowprep.store.writer
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=2, frames=3)
     out = tmp_path / "f.h5"
@@ -66,7 +66,7 @@ def test_a_full_disk_during_assembly_leaves_no_temporary_and_keeps_the_parts(tmp
         raise RuntimeError("Can't write data (file write failed: time = Tue Dec  1, filename = 'f.h5.tmp', "
                            "errno = 28, error message = 'No space left on device')")
 
-    monkeypatch.setattr(flowprep.store_writer, "_assemble_into", full)
+    monkeypatch.setattr(flowprep.store.writer, "_assemble_into", full)
     result = _extract(videos, out)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"no space left on device writing {out}.tmp" in result.output

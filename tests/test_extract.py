@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from flowprep import FlowStore, StoreError, quantize
 from flowprep.cli import main as cli
-from flowprep.decode import Resize, VideoReader
-from flowprep.flow import OpenCVFlow
+from flowprep.video.decode import Resize, VideoReader
+from flowprep.flow.compute import OpenCVFlow
 from tests.videos import announce_frames, damage, moving_video, truncate
 
 SIZE = "48x36"
@@ -356,7 +356,7 @@ def test_unwritable_out_is_one_line_naming_the_path(tmp_path):
 
 
 def test_second_writer_is_refused_at_once(tmp_path):
-    from flowprep.store_writer import writer_lock
+    from flowprep.store.writer import writer_lock
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
     with writer_lock(tmp_path / "f.h5"):  # as if another extract were running
@@ -405,8 +405,8 @@ def _abort_on_v_0_1(task, settings):
 def test_a_crashing_video_fails_alone_and_the_run_goes_on(tmp_path):
     """A native crash in one worker breaks the pool: the others finish, the videos in flight are retried
     one process each, the crasher crashes again and is recorded with the signal; the next run resumes."""
-    from flowprep.decode import parse_size
-    from flowprep.local import run_pool
+    from flowprep.video.decode import parse_size
+    from flowprep.executors.local import run_pool
     from flowprep.pipeline import ExtractConfig, extract
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=2, frames=4)
@@ -485,7 +485,7 @@ def test_resume_follows_the_dataset(tmp_path):
 
 def test_unfinished_work_for_other_classes_is_refused(tmp_path, monkeypatch):
     import flowprep.pipeline as pipeline
-    from flowprep.decode import parse_size
+    from flowprep.video.decode import parse_size
 
     videos = make_dataset(tmp_path / "v", bad=False, classes=2, per_class=1, frames=3)
     cfg = pipeline.ExtractConfig(videos=videos, out=tmp_path / "f.h5", algo="farneback", resize=parse_size(SIZE),
@@ -549,7 +549,7 @@ def test_decoder_warnings_stay_out_of_the_output(tmp_path):
 def test_the_flow_picture_has_a_colour_key_that_matches_the_coding():
     """The key's wheel shows, at each point, the colour of the flow from its centre to that point (the rim
     being the stated full speed); its speed bar runs from black to the colour of full speed to the right."""
-    from flowprep.inspect import KEY_WIDTH, colour_key, flow_to_color
+    from flowprep.inspection import KEY_WIDTH, colour_key, flow_to_color
 
     top = 2.5
     key = colour_key(top, 400)

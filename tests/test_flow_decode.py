@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from flowprep import FlowprepError, VideoError, compute_flow
-from flowprep.decode import MIN_DURATION_COVERED, Resize, VideoReader, parse_size, truncation_problem
+from flowprep.video.decode import MIN_DURATION_COVERED, Resize, VideoReader, parse_size, truncation_problem
 from flowprep.errors import OptionError
-from flowprep.flow import OpenCVFlow
-from flowprep.params import resolve_params
+from flowprep.flow.compute import OpenCVFlow
+from flowprep.flow.params import resolve_params
 from tests.videos import announce_frames, damage, moving_video, shifted_frames, truncate, write_video
 
 
@@ -177,7 +177,7 @@ def test_truncated_videos_fail_the_truncation_check(case):
 
 
 def test_duration_threshold_has_margin_on_both_sides():
-    from flowprep.decode import duration_covered
+    from flowprep.video.decode import duration_covered
 
     complete = min(duration_covered(a, d, f, t) for k, a, d, f, t in COMPLETE if k == "duration")
     cut = max(duration_covered(a, d, f, t) for k, a, d, f, t in TRUNCATED if k == "duration")
@@ -187,13 +187,13 @@ def test_duration_threshold_has_margin_on_both_sides():
 @pytest.mark.parametrize("fourcc,ext,share", [("MJPG", "avi", 0.9), ("FFV1", "mkv", 0.9)])
 def test_files_cut_near_the_end_are_truncated(tmp_path, fourcc, ext, share, monkeypatch):
     """By the container's declared sizes first; without that check, by the decoded frames."""
-    import flowprep.decode
+    import flowprep.video.decode
 
     cut = truncate(moving_video(tmp_path / f"cut.{ext}", n=40, fourcc=fourcc), share)
     with pytest.raises(VideoError, match="truncated: its (RIFF chunk|Matroska segment)") as info:
         list(VideoReader(cut))
     assert str(cut) in str(info.value)
-    monkeypatch.setattr(flowprep.decode, "container_cut", lambda path: None)
+    monkeypatch.setattr(flowprep.video.decode, "container_cut", lambda path: None)
     with pytest.raises(VideoError, match="truncated or corrupt: decoded 36"):
         list(VideoReader(cut))
 

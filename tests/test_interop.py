@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from flowprep import FlowStore
 from flowprep.cli import main as cli
-from flowprep.layouts import LAYOUTS, jpeg_shape, match_files
+from flowprep.interop.layouts import LAYOUTS, jpeg_shape, match_files
 from flowprep.errors import VideoError
 from tests.fake_datasets import make_fake_ucf101
 from tests.fake_layouts import H, W, decoded, flow, frame, jpeg, write_tree
@@ -276,9 +276,9 @@ def test_codecs_jpeg_encodes_again_raw_keeps_the_pixels(tmp_path, ucf):
 
 
 def test_a_killed_import_resumes_without_redoing_finished_videos(tmp_path, ucf):
-    from flowprep.importing import ImportConfig, import_frames
-    from flowprep.local import run_pool
-    from flowprep.importing import import_video
+    from flowprep.interop.importing import ImportConfig, import_frames
+    from flowprep.executors.local import run_pool
+    from flowprep.interop.importing import import_video
 
     _, videos = ucf
     tree = write_tree(tmp_path / "t", "denseflow", videos)

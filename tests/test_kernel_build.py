@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # CI and every CUDA build of torch have it: its absence is a broken install
     raise RuntimeError("tests/test_kernel_build.py needs Triton (pip install triton)") from exc
 
-from flowprep.torchflow import _tvl1_fused, kernel_build
+from flowprep.flow.torchflow import _tvl1_fused, kernel_build
 
 PER_ITERATION = ("primal", "dual", "median5")  # the kernels run every inner iteration (or outer, median5)
 MAX_REGISTERS = 64  # per thread: 32 of 64 warps resident per SM with 8-warp blocks, or more

@@ -1,8 +1,8 @@
-"""data_manifest.progress: plain periodic lines when the output is not a terminal, a bar when it is."""
+"""plumbing.progress: plain periodic lines when the output is not a terminal, a bar when it is."""
 import io
 
-from data_manifest import progress
-from data_manifest.progress import Progress, format_seconds
+from plumbing import progress
+from plumbing.progress import Progress, format_seconds
 
 
 def test_format_seconds_by_hand():

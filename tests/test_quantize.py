@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from flowprep import FlowprepError, dequantize, quantize
-from flowprep.quantize import clipped_fraction
+from flowprep.flow.quantize import clipped_fraction
 
 
 def test_zero_maps_to_128_and_ends_to_0_and_255():

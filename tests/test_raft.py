@@ -1,4 +1,4 @@
-"""RAFT through torchvision (flowprep.torchflow.raft): shapes, batching, padding, determinism, weights.
+"""RAFT through torchvision (flowprep.flow.torchflow.raft): shapes, batching, padding, determinism, weights.
 
 Pretrained weights are never available here (nothing is downloaded), so every test uses a randomly
 initialised model saved to a file with a fixed seed. Its flow is meaningless as motion, so accuracy is
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from flowprep.errors import FlowprepError
-from flowprep.torchflow import TorchFlowError, parity
-from flowprep.torchflow import raft
+from flowprep.flow.torchflow import TorchFlowError, parity
+from flowprep.flow.torchflow import raft
 
 optical_flow = pytest.importorskip("torchvision.models.optical_flow")
 

@@ -1,4 +1,4 @@
-"""flowprep.scenes: the true flow is what the rendered frames show.
+"""flowprep.flow.scenes: the true flow is what the rendered frames show.
 
 Every scene of the benchmark's catalogue is checked two ways at 170x128: exactly, by evaluating the
 continuous scene at p + flow(p) in the second frame, and on the uint8 frames, by warping the second frame
@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from flowprep import scenes
+from flowprep.flow import scenes
 
 cv2 = pytest.importorskip("cv2")
 

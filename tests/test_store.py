@@ -8,8 +8,8 @@ import pytest
 
 from flowprep import FlowStore, StoreError
 from flowprep.errors import OptionError
-from flowprep.parts import Parts
-from flowprep.store_writer import assemble, write_master, writer_lock
+from flowprep.store.parts import Parts
+from flowprep.store.writer import assemble, write_master, writer_lock
 from flowprep.work import VideoEncoder, VideoTask
 
 CONFIG = {"algo": "tvl1", "params": {}, "bound": 20.0, "rounding": "r", "codec": "jpeg", "jpeg_quality": 95,
@@ -98,13 +98,13 @@ def test_write_assemble_read(tmp_path, manifest_text, codec):
 
 
 def test_a_part_write_that_fails_leaves_nothing(tmp_path, monkeypatch):
-    import flowprep.parts
+    import flowprep.store.parts
 
     def broken(group, video, codec):
         group.create_dataset("rgb_jpeg", data=np.zeros(10, np.uint8))  # something was written...
         raise OSError(5, "Input/output error")  # ...when the disk failed
 
-    monkeypatch.setattr(flowprep.parts, "write_video", broken)
+    monkeypatch.setattr(flowprep.store.parts, "write_video", broken)
     with pytest.raises(StoreError, match=r"writing .*\.tmp failed .*Input/output error"):
         _write_part(tmp_path, "a", 3, 0)
     assert list(tmp_path.iterdir()) == []  # no part, no temporary file
@@ -113,10 +113,10 @@ def test_a_part_write_that_fails_leaves_nothing(tmp_path, monkeypatch):
 def test_a_full_disk_in_a_part_write_is_named_and_leaves_no_temporary(tmp_path, monkeypatch):
     import errno
 
-    import flowprep.parts
-    from flowprep.parts import DiskFull
+    import flowprep.store.parts
+    from flowprep.store.parts import DiskFull
 
-    monkeypatch.setattr(flowprep.parts, "finish_file", lambda f, tmp, final: (_ for _ in ()).throw(
+    monkeypatch.setattr(flowprep.store.parts, "finish_file", lambda f, tmp, final: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(DiskFull, match="no space left on device writing .*\\.tmp; free space"):
         _write_part(tmp_path, "a", 3, 0)
@@ -294,7 +294,7 @@ def test_jpeg_xy_keeps_each_plane_as_its_own_gray_jpeg(tmp_path, manifest_text):
 
 @pytest.mark.parametrize("plane", [0, 1])
 def test_jpeg_xy_damage_in_either_plane_names_the_field(tmp_path, manifest_text, plane):
-    from flowprep.inspect import verify
+    from flowprep.inspection import verify
 
     parts = tmp_path / "parts"
     parts.mkdir()

@@ -1,4 +1,4 @@
-"""The PyTorch flow backend (flowprep.torchflow) against OpenCV and against known motion.
+"""The PyTorch flow backend (flowprep.flow.torchflow) against OpenCV and against known motion.
 
 Frames are small synthetic scenes (textured, sharp edges, noise, optionally JPEG-compressed) moved by a
 known sub-pixel shift and rotation, so that the whole file runs in well under a minute on 2 CPU cores.
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from flowprep import quantize, torchflow
-from flowprep.flow import OpenCVFlow
-from flowprep.torchflow import ops, parity
+from flowprep import quantize
+from flowprep.flow import torchflow
+from flowprep.flow.compute import OpenCVFlow
+from flowprep.flow.torchflow import ops, parity
 
 cv2 = pytest.importorskip("cv2")
 

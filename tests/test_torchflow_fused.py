@@ -1,4 +1,4 @@
-"""The fused Triton TV-L1 kernels (flowprep.torchflow._tvl1_fused) against the eager PyTorch path.
+"""The fused Triton TV-L1 kernels (flowprep.flow.torchflow._tvl1_fused) against the eager PyTorch path.
 
 The kernels are compiled for CUDA; here they run in Triton's CPU interpreter, which evaluates the same
 float32 operations with numpy. Triton reads TRITON_INTERPRET when it is imported, so each check runs in a
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowprep import torchflow
+from flowprep.flow import torchflow
 
 pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]

@@ -280,7 +280,7 @@ def test_resnet101_recipes_use_the_batch_of_their_iteration_schedule():
 def test_bare_unwraps_ddp_and_compile_in_either_order():
     import torch
 
-    from trainer.train import _bare
+    from trainer.train import bare_model as _bare
 
     class FakeDDP(torch.nn.Module):  # DistributedDataParallel keeps the network as .module
         def __init__(self, module):
@@ -295,7 +295,8 @@ def test_bare_unwraps_ddp_and_compile_in_either_order():
 
 
 def test_select_best_takes_higher_top1_then_lower_loss_and_never_a_non_finite_loss():
-    from trainer.train import Position, select_best
+    from trainer.train import Position
+    from trainer.run import select_best
 
     start = Position().best  # no checkpoint yet: any finite validation wins
     first = select_best(start, {"val_top1": 50.0, "val_loss": 1.2, "val_top5": 90.0}, 1)

@@ -261,11 +261,11 @@ def test_a_second_job_on_a_run_directory_and_a_foreign_checkpoint_are_refused(re
                                                                               tmp_path):
     import shutil
 
-    from data_manifest.atomic import exclusive_lock
+    from plumbing.atomic import exclusive_lock
 
     run_dir, _ = reference
     before = {name: (run_dir / name).read_bytes() for name in ("scores_test.npz", "checkpoint_last.pt")}
-    from trainer.train import lock_path
+    from trainer.jobs import lock_path
 
     with exclusive_lock(lock_path(run_dir)):  # as if another trainer were writing there
         for args in (["run", "temporal", "--config", str(ref_config)], ["test", "temporal"]):
@@ -354,7 +354,7 @@ def test_run_and_fusion_outputs_get_the_umask_permissions(synth_store, tmp_path)
 def test_demo_temporal_stream_learns_the_motion_classes(tmp_path):
     """The shipped demo config on a 6-class synthetic set: temporal well above chance (1/6)."""
     from data_manifest import make_synthetic
-    from flowprep.decode import parse_size
+    from flowprep.video.decode import parse_size
     from flowprep.pipeline import ExtractConfig, extract
 
     videos = make_synthetic(tmp_path / "synth", classes=6, videos_per_class=12)

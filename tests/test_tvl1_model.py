@@ -1,4 +1,4 @@
-"""The static performance model of the fused TV-L1 (flowprep.torchflow.tvl1_model): the host schedule it
+"""The static performance model of the fused TV-L1 (flowprep.flow.torchflow.tvl1_model): the host schedule it
 simulates is the one the fused loop runs, and its bytes are the kernels' bytes times the counted work."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowprep.torchflow import _tvl1_fused, tvl1_model
+from flowprep.flow.torchflow import _tvl1_fused, tvl1_model
 
 
 def test_schedule_by_hand():

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from data_manifest.atomic import atomic_open
+from plumbing.atomic import atomic_open
 from trainer.errors import CheckpointError
 
 FORMAT = "trainer-checkpoint/1"

@@ -118,7 +118,7 @@ def run(stream, config, sets, data, split, out, resume, fresh, no_test, no_progr
     Exit status: 0 done, 1 data/file problem (the message says which and the fix), 2 bad options or config,
     130 interrupted.
     """
-    from trainer.train import run as run_training
+    from trainer.run import run as run_training
 
     cfg = _call(_config, stream, config, sets, data, split, out)
     try:
@@ -145,7 +145,7 @@ def test(stream, sets, data, split, out, checkpoint, subset, no_progress):
     device, precision, channels_last, compile, missing_videos); the rest comes from the checkpoint.
     """
     from trainer.config import parse_set
-    from trainer.train import resolve_test_config, test as run_test
+    from trainer.testing import resolve_test_config, test as run_test
 
     base = _call(_config, stream, None, (), None, split, out)
     path = checkpoint or base.run_dir / "checkpoint_best.pt"

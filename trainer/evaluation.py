@@ -109,7 +109,7 @@ def video_logits(model, dataset: VideoFrames, cfg: TrainConfig, env: Env, progre
     """
     import torch
 
-    from data_manifest.progress import Progress
+    from plumbing.progress import Progress
 
     per_batch = max(1, cfg.test_batch // (dataset.frames * dataset.crops))  # videos per loader batch
     loader = video_loader(dataset, per_batch, min(cfg.workers, len(dataset)), pin=env.cuda)

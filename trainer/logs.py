@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from data_manifest.atomic import atomic_write
+from plumbing.atomic import atomic_write
 
 COLUMNS = ("epoch", "iteration", "lr", "loss", "top1", "top5", "val_loss", "val_top1", "val_top5",
            "batch_time", "data_time", "data_wait", "samples_per_s", "epoch_time")

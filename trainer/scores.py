@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_manifest.atomic import atomic_open
+from plumbing.atomic import atomic_open
 
 SCORE_FORMAT = "twostream-scores/1"
 REQUIRED_KEYS = ("video_ids", "labels", "logits", "class_names", "meta")

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data_manifest.atomic import exclusive_lock_or, fsync_dir
+from plumbing.atomic import exclusive_lock_or, fsync_dir
 from flowprep.errors import OptionError, StoreError
-from flowprep.store_format import (FORMAT, JPEG_CODECS, incompatibilities, is_disk_full, open_store_file,
+from flowprep.store.format import (FORMAT, JPEG_CODECS, incompatibilities, is_disk_full, open_store_file,
                                    read_config, read_contents)
 
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
@@ -59,7 +59,7 @@ def finish_file(f, tmp: Path, final: Path) -> Path:
 def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
     """Hold the exclusive right to write ``store`` (and its parts folder); StoreError if another run has it.
 
-    The lock is an flock on ``<store>.lock`` (data_manifest.atomic.exclusive_lock): the kernel drops it when
+    The lock is an flock on ``<store>.lock`` (plumbing.atomic.exclusive_lock): the kernel drops it when
     the holder dies, even by SIGKILL. Also the first write of a run, so an --out that cannot be written
     fails here, with the path named.
     """

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from flowprep.decode import QUIET_DECODER_ENV
+from flowprep.video.decode import QUIET_DECODER_ENV
 from flowprep.work import Failure, Outcome, VideoTask, extract_video
 
 Work = Callable[[VideoTask, object], Outcome]

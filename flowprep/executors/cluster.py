@@ -6,7 +6,7 @@ file system is needed for the output and there is still one writer. The videos m
 absolute path on every worker (a shared file system, or the same copy everywhere).
 
   --backend opencv (the CPU default)  one task per video: `flowprep.work.extract_video`, as in the local pool
-  --backend torch (--device cuda)     one task per chunk of videos: `flowprep.device.DeviceRun` batches the
+  --backend torch (--device cuda)     one task per chunk of videos: `flowprep.executors.device.DeviceRun` batches the
                                       chunk's frame pairs on the worker's device; chunks of one worker run
                                       one at a time (one process per GPU: start one single-thread worker
                                       per GPU, each seeing its own GPU as cuda:0, as dask-cuda does)
@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import urlsplit
 
-from flowprep.decode import QUIET_DECODER_ENV
+from flowprep.video.decode import QUIET_DECODER_ENV
 from flowprep.errors import ClusterError, OptionError
 from flowprep.work import Failure, Outcome, VideoTask, extract_video
 
@@ -258,7 +258,7 @@ _DEVICE = threading.Lock()  # one device run at a time per worker process: a GPU
 def _device_task(tasks: list[VideoTask], settings, batch_size: int, decoders: int) -> list[Outcome]:
     """``tasks`` through one `DeviceRun` on this worker's device (``settings.device``: cpu, or cuda, the
     first GPU this worker sees)."""
-    from flowprep.device import DeviceRun
+    from flowprep.executors.device import DeviceRun
 
     _quiet()
     outcomes: list[Outcome] = []

@@ -1,12 +1,12 @@
 """Dense optical flow in PyTorch, batched, on CPU or CUDA: TV-L1 and Farneback as OpenCV computes them.
 
-    from flowprep import torchflow
+    from flowprep.flow import torchflow
     flow = torchflow.compute_flow_batch(prev, nxt, algo="tvl1", device="cuda")  # (B, H, W, 2) float32
 
 prev, nxt: (B, H, W) or (H, W) gray frames, numpy or torch. uint8 frames are used as 0..255 values, as
 OpenCV does; float frames follow OpenCV too: TV-L1 takes them as 0..1 and multiplies by 255, Farneback
 uses them as they are. The result is a float32 tensor on ``device``, x then y, in pixels, flow from prev
-to nxt (prev[y, x] ~ nxt[y + v, x + u]). Parameter names and defaults are flowprep.flow's (OpenCV's).
+to nxt (prev[y, x] ~ nxt[y + v, x + u]). Parameter names and defaults are flowprep.flow.compute's (OpenCV's).
 
 On CPU the results are bit-identical to opencv-contrib-python 4.14 on the frames we tested (see
 docs/torchflow.md for where exact agreement stops and by how much). Only torch and numpy are needed.
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from flowprep.errors import FlowprepError, OptionError
-from flowprep.params import FARNEBACK, TVL1, resolve_params
+from flowprep.flow.params import FARNEBACK, TVL1, resolve_params
 
 __all__ = ["compute_flow_batch", "tvl1", "farneback", "TorchFlowError", "TVL1_PARAMS", "FARNEBACK_PARAMS"]
 
-# Accepted parameters and OpenCV's defaults: those of flowprep.params, the one parameter table.
+# Accepted parameters and OpenCV's defaults: those of flowprep.flow.params, the one parameter table.
 TVL1_PARAMS: dict[str, Any] = TVL1.defaults()
 FARNEBACK_PARAMS: dict[str, Any] = FARNEBACK.defaults()
 # Execution options of TV-L1 that do not change the result on CPU (see tvl1()).
@@ -74,7 +74,7 @@ def _pair(prev: Any, nxt: Any, device: Any) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def _check_params(params: dict[str, Any], options: tuple[str, ...], algo: str) -> dict[str, Any]:
-    """Execution ``options`` as given, and the flow parameters resolved by flowprep.params for the torch
+    """Execution ``options`` as given, and the flow parameters resolved by flowprep.flow.params for the torch
     backend (the same table, ranges and restrictions as `flowprep extract`)."""
     given = {k: v for k, v in params.items() if k not in options}
     try:
@@ -100,7 +100,7 @@ def tvl1(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params: Any)
     and the eager path runs instead.
     """
     params = _check_params(params, TVL1_OPTIONS, "tvl1")
-    from flowprep.torchflow._tvl1 import tvl1_flow
+    from flowprep.flow.torchflow._tvl1 import tvl1_flow
 
     p, n, integer = _pair(prev, nxt, device)
     if not integer:  # OpenCV's TV-L1 reads float frames as 0..1
@@ -143,7 +143,7 @@ def _check_fused(device: torch.device, params: dict[str, Any]) -> None:
     if not _has_triton():
         raise TorchFlowError("fused=True needs Triton (pip install triton; CUDA builds of torch include it)")
     if device.type == "cpu":
-        from flowprep.torchflow import _tvl1_fused
+        from flowprep.flow.torchflow import _tvl1_fused
 
         if not _tvl1_fused.interpreted():
             raise TorchFlowError("fused=True on CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
@@ -157,7 +157,7 @@ def farneback(prev: Any, nxt: Any, device: str | torch.device = "cpu", **params:
     OPTFLOW_FARNEBACK_GAUSSIAN = 256); defaults in FARNEBACK_PARAMS.
     """
     params = _check_params(params, (), "farneback")
-    from flowprep.torchflow._farneback import farneback_flow
+    from flowprep.flow.torchflow._farneback import farneback_flow
 
     p, n, _ = _pair(prev, nxt, device)
     with torch.no_grad():
@@ -175,7 +175,7 @@ def compute_flow_batch(prev: Any, nxt: Any, algo: str = "tvl1", device: str | to
     if algo == "farneback":
         return farneback(prev, nxt, device=device, **params)
     if algo == "raft":
-        from flowprep.torchflow.raft import raft_flow
+        from flowprep.flow.torchflow.raft import raft_flow
 
         return raft_flow(prev, nxt, device=device, **_check_params(params, (), "raft"))
     try:

@@ -15,7 +15,7 @@ Costs it leaves out: programs launched for a pair that converged inside a window
 are masked; their share is reported), the eager operations around the kernels (pyramid, gradients,
 allocations: under 3% of the bytes at 340x256) and L2 hits (a batch's fields are far larger than L2).
 
-    python -m flowprep.torchflow.tvl1_model --pairs 16 --batches 32,128,256
+    python -m flowprep.flow.torchflow.tvl1_model --pairs 16 --batches 32,128,256
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flowprep.torchflow import _tvl1, _tvl1_fused
+from flowprep.flow.torchflow import _tvl1, _tvl1_fused
 
 # Peak memory bandwidth: H100 SXM (HBM3) and H200 (HBM3e), from NVIDIA's data sheets.
 GPUS = {"H100": 3.35e12, "H200": 4.8e12}
@@ -167,7 +167,7 @@ def report(stats: list[dict], batches: list[int], gpus: dict[str, float] = GPUS)
 
 def scene_pairs(n: int, height: int = 256, width: int = 340) -> tuple[torch.Tensor, torch.Tensor]:
     """n pairs of varied synthetic motion (parity.synthetic_pair: texture, shapes, noise, some JPEG'd)."""
-    from flowprep.torchflow import parity
+    from flowprep.flow.torchflow import parity
 
     rng = np.random.default_rng(1234)
     prev, nxt = [], []

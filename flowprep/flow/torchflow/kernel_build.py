@@ -7,8 +7,8 @@ arguments, compiles it for sm_80 / sm_90, and reads the cubin's resource usage w
 shipped in the Triton wheel (triton/backends/nvidia/bin). A kernel that does not compile, or that uses local
 memory (spills or local arrays: STACK > 0), is what tests/test_kernel_build.py fails on.
 
-    python -m flowprep.torchflow.kernel_build            # the table, sm_80 and sm_90
-    python -m flowprep.torchflow.kernel_build --arch 90 --size 170x128
+    python -m flowprep.flow.torchflow.kernel_build            # the table, sm_80 and sm_90
+    python -m flowprep.flow.torchflow.kernel_build --arch 90 --size 170x128
 
 Occupancy is that of an H100/H200 SM (the same limits hold for an A100 but for 48 KB less shared memory):
 65,536 32-bit registers, at most 64 resident warps and 32 resident blocks, registers allocated per warp in
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from flowprep.torchflow import _tvl1, _tvl1_fused
+from flowprep.flow.torchflow import _tvl1, _tvl1_fused
 
 ARCHS = (80, 90)
 # A fused run's kernels, as the benchmark frames are sized; any size gives the same signatures (see

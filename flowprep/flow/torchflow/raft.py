@@ -1,6 +1,6 @@
 """RAFT flow (Teed & Deng, ECCV 2020) through torchvision's raft_small / raft_large, batched, CPU or CUDA.
 
-    from flowprep.torchflow.raft import raft_flow
+    from flowprep.flow.torchflow.raft import raft_flow
     flow = raft_flow(prev, nxt, model="small", iterations=12, device="cuda")   # (B, H, W, 2) float32
 
 Weights are never downloaded. They come from ``weights`` (a file) or, when that is "", from the file that
@@ -216,13 +216,13 @@ def raft_flow(prev: Any, nxt: Any, *, model: str = "large", iterations: int = 12
     [-1, 1], as the transforms of torchvision's Raft weights do, padded by replication (pad_amounts) and
     the flow cropped back. model: "small" or "large"; iterations: RAFT's recurrent updates (torchvision's
     num_flow_updates), the last prediction is returned; weights: a file, or "" for the torch cache.
-    Parameters are assumed resolved by flowprep.params.
+    Parameters are assumed resolved by flowprep.flow.params.
 
     Returns (B, H, W, 2) float32 on ``device``, x then y, in pixels, flow from prev to nxt
     (prev[y, x] ~ nxt[y + v, x + u]). Raises RaftWeightsError for missing or mismatched weights and
     TorchFlowError for bad frames or devices.
     """
-    from flowprep.torchflow import _pair
+    from flowprep.flow.torchflow import _pair
 
     p, n, integer = _pair(prev, nxt, device)  # (B, H, W) float32 on the device
     net = _model(model, weights, p.device)

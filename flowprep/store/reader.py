@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from flowprep.errors import StoreError
-from flowprep.store_format import (CHANNELS, FLOW_IMAGES, as_str, check_offsets, incompatibilities, open_store_file,
+from flowprep.store.format import (CHANNELS, FLOW_IMAGES, as_str, check_offsets, incompatibilities, open_store_file,
                                    read_config, read_contents)
 
 DATASET_CACHE = 1024  # open per-video datasets a reader keeps (per process)

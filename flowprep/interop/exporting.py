@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from flowprep.errors import OptionError, StoreError
-from flowprep.layouts import LAYOUTS, export_names
-from flowprep.store_format import DEFAULT_JPEG_QUALITY, encode_jpeg
+from flowprep.interop.layouts import LAYOUTS, export_names
+from flowprep.store.format import DEFAULT_JPEG_QUALITY, encode_jpeg
 from flowprep.work import Failure, VideoTask
 
 EXPORT_LAYOUTS = tuple(name for name, lay in LAYOUTS.items() if lay.lists is not None)
@@ -93,10 +93,10 @@ def export_store(store_path: str | os.PathLike, out: str | os.PathLike, layout_n
     """Write the store's videos in ``layout_name``'s names and numbering into ``out`` with its annotation
     lists (module docstring). OptionError for bad options or an OUT that holds other files, StoreError
     for a store that cannot be read; a video that cannot be written is a failure in the summary."""
-    from data_manifest.atomic import atomic_write, exclusive_lock_or
+    from plumbing.atomic import atomic_write, exclusive_lock_or
 
-    from flowprep.store_format import COMPAT_KEYS
-    from flowprep.store_reader import FlowStore
+    from flowprep.store.format import COMPAT_KEYS
+    from flowprep.store.reader import FlowStore
 
     if layout_name not in EXPORT_LAYOUTS:
         raise OptionError(f"unknown export --layout {layout_name!r}; choose one of {', '.join(EXPORT_LAYOUTS)}")
@@ -126,10 +126,10 @@ def export_store(store_path: str | os.PathLike, out: str | os.PathLike, layout_n
 
 def _export_locked(out: Path, lay, config, manifest, records, marker, jobs: int, jpeg_quality: int, progress: bool,
                    t0: float) -> ExportSummary:
-    from data_manifest.atomic import atomic_write
-    from data_manifest.progress import Progress
+    from plumbing.atomic import atomic_write
+    from plumbing.progress import Progress
 
-    from flowprep.local import run_pool
+    from flowprep.executors.local import run_pool
 
     settings = ExportSettings(marker["store"], str(out), lay.name, int(jpeg_quality))
     summary = ExportSummary(out, lay.name, len(records))
@@ -193,7 +193,7 @@ _READERS: dict[str, Any] = {}  # one FlowStore per worker process: opening one r
 
 
 def _reader(path: str):
-    from flowprep.store_reader import FlowStore
+    from flowprep.store.reader import FlowStore
 
     if path not in _READERS:
         _READERS[path] = FlowStore(path)

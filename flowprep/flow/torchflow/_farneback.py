@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowprep.torchflow import ops
+from flowprep.flow.torchflow import ops
 
 OPTFLOW_FARNEBACK_GAUSSIAN = 256
 MIN_SIZE = 32

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from flowprep.containers import container_cut
+from flowprep.video.containers import container_cut
 from flowprep.errors import OptionError, VideoError
 
 DEFAULT_SIZE = (340, 256)  # (width, height), the two-stream convention
@@ -17,7 +17,7 @@ MAX_SIDE = 8192  # frame sides accepted for --size / --short-side: 8K UHD video 
 # messages again (e.g. OPENCV_FFMPEG_LOGLEVEL=24).
 QUIET_DECODER_ENV = {"OPENCV_FFMPEG_LOGLEVEL": "-8", "OPENCV_LOG_LEVEL": "ERROR"}
 INTERPOLATION = "INTER_LINEAR"  # cv2 flag used for resizing, recorded in every store
-# Truncation checks. First, at opening, the container's own chunk sizes (flowprep.containers: AVI, MP4/MOV,
+# Truncation checks. First, at opening, the container's own chunk sizes (flowprep.video.containers: AVI, MP4/MOV,
 # MKV/WebM): a file shorter than they declare is cut, even inside its last frame or its index. Then, after
 # decoding, the frame count: how far the count a container announces can be trusted depends on where it
 # comes from (measured on FFmpeg-made files cut at 50-95 %, damaged in the middle, and variable-frame-rate ones):

@@ -1,4 +1,4 @@
-"""Fused TV-L1 kernels in Triton: the CUDA path of flowprep.torchflow's TV-L1 (``fused=True``).
+"""Fused TV-L1 kernels in Triton: the CUDA path of flowprep.flow.torchflow's TV-L1 (``fused=True``).
 
 The eager path (_tvl1) runs an inner iteration as about 50 whole-batch tensor operations, each one a kernel
 that reads and writes (B, H, W) float32 arrays, and freezes converged pairs with torch.where, so a GPU
@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from flowprep.torchflow import ops
+from flowprep.flow.torchflow import ops
 
 # One pixel per thread: BLOCK = 32 * NUM_WARPS. More pixels per thread multiply the registers (median5:
 # 40-42 at 1 pixel per thread, 64-66 at 2, 123-128 at 4, 248-254 at 8; the warp kernel spills from 8 on;
@@ -517,7 +517,7 @@ def _median5_reference(src, dst, active) -> None:
 
 
 def _primal_reference(ix, iy, rho_c, u1, u2, p, active, pairs, partial, l_t, theta) -> None:
-    from flowprep.torchflow import _tvl1
+    from flowprep.flow.torchflow import _tvl1
 
     # the primal half of the eager iteration (its dual half, with a dummy taut, is dropped)
     (n1, n2), _, err = _tvl1._iteration(ix, iy, ix * ix + iy * iy, rho_c, (u1, u2), p, l_t, theta, 1.0, 0.0)
@@ -529,7 +529,7 @@ def _primal_reference(ix, iy, rho_c, u1, u2, p, active, pairs, partial, l_t, the
 
 
 def _dual_reference(u1, u2, p, active, pairs, taut) -> None:
-    from flowprep.torchflow import _tvl1
+    from flowprep.flow.torchflow import _tvl1
 
     on = (active != 0)[:, None, None]
     new = _tvl1._dual_step(p[0], p[1], u1, taut) + _tvl1._dual_step(p[2], p[3], u2, taut)

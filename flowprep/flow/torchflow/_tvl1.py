@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowprep.torchflow import ops
+from flowprep.flow.torchflow import ops
 
 FLT_EPSILON = 1.1920928955078125e-07
 
@@ -194,7 +194,7 @@ def _proc_one_scale_fused(i0, i1, u, *, tau, lambda_, theta, warps, epsilon, inn
     pairs covered] between two host checks; ``median_launches``; ``syncs``) and ``launches`` (each
     kernel's first Launch, described).
     """
-    from flowprep.torchflow import _tvl1_fused
+    from flowprep.flow.torchflow import _tvl1_fused
 
     b, h, w = i0.shape
     level = None

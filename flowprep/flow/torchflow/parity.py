@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowprep.quantize import quantize
+from flowprep.flow.quantize import quantize
 
 
 def _scene(x: np.ndarray, y: np.ndarray, rng_state: dict) -> np.ndarray:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from flowprep.decode import MAX_SIDE  # the largest frame side extract writes: a larger one is damage
+from flowprep.video.decode import MAX_SIDE  # the largest frame side extract writes: a larger one is damage
 from flowprep.errors import StoreError
 
 FORMAT = "flowprep-store/1"

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from data_manifest.atomic import atomic_write
+from plumbing.atomic import atomic_write
 from flowprep.errors import StoreError
-from flowprep.store_format import as_str, check_record, is_disk_full, part_key
-from flowprep.store_writer import finish_file, new_file, write_video
+from flowprep.store.format import as_str, check_record, is_disk_full, part_key
+from flowprep.store.writer import finish_file, new_file, write_video
 from flowprep.work import EncodedVideo
 
 

@@ -1,4 +1,4 @@
-"""`flowprep import`: frames and flow another tool wrote (flowprep.layouts) -> the same store extract writes.
+"""`flowprep import`: frames and flow another tool wrote (flowprep.interop.layouts) -> the same store extract writes.
 
 The steps are extract's (flowprep.pipeline.build_store: resume plan, per-video work in the CPU pool, parts,
 assembly); what differs is the work: `import_video` reads one video's files instead of decoding and
@@ -16,12 +16,12 @@ from typing import Any, Callable
 import numpy as np
 
 from flowprep.errors import LayoutError, OptionError, VideoError
-from flowprep.layouts import (LAYOUTS, file_names, find_videos, jpeg_complete, jpeg_shape, layout, look_alike,
+from flowprep.interop.layouts import (LAYOUTS, file_names, find_videos, jpeg_complete, jpeg_shape, layout, look_alike,
                               match_files, relative, source_bytes, sub_folders)
 from flowprep.plan import Wanted
-from flowprep.quantize import DEFAULT_BOUND
+from flowprep.flow.quantize import DEFAULT_BOUND
 from flowprep.settings import check_store_options, tool_versions
-from flowprep.store_format import DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
+from flowprep.store.format import DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
 from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
 
 DEFAULT_IMPORT_CODEC = "jpeg-xy"  # keeps the tools' JPEG bytes: no second lossy encode
@@ -134,7 +134,7 @@ def import_frames(cfg: ImportConfig, executor: Callable | None = None):
     from data_manifest.build import build_from_folders
 
     from flowprep.pipeline import build_store
-    from flowprep.store_writer import writer_lock
+    from flowprep.store.writer import writer_lock
 
     cfg.validate()
     settings = cfg.settings()
@@ -187,7 +187,7 @@ def _names_seen(lay, frames: Path) -> str:
 def _pool(jobs: int):
     def run(tasks, settings, on_outcome) -> None:
         if tasks:
-            from flowprep.local import run_pool
+            from flowprep.executors.local import run_pool
 
             run_pool(tasks, settings, jobs, on_outcome, work=import_video)
     return run
@@ -203,7 +203,7 @@ def _read(path: Path) -> bytes:
 def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
     """Read one video's RGB and flow JPEGs, check them and build its record (flowprep.work.VideoEncoder, the
     one record builder). Never raises for bad input: a video that cannot be used comes back as a Failure
-    with the reason (flowprep.layouts.match_files names the numbering problems; here: folders missing, files
+    with the reason (flowprep.interop.layouts.match_files names the numbering problems; here: folders missing, files
     that are not JPEGs or are cut short, images of other sizes)."""
     import cv2
 

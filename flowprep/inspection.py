@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from flowprep.decode import EXACT_SLACK_FRAMES, EXACT_SLACK_SHARE, count_check_kind
+from flowprep.video.decode import EXACT_SLACK_FRAMES, EXACT_SLACK_SHARE, count_check_kind
 from flowprep.errors import OptionError, StoreError
-from flowprep.quantize import dequantize
-from flowprep.store_reader import FlowStore
+from flowprep.flow.quantize import dequantize
+from flowprep.store.reader import FlowStore
 
 SHOWN_SHORT = 10  # short videos named in `info` text before "... and N more"
 
@@ -105,7 +105,7 @@ VERIFY_CHUNK = 64  # images decoded at a time by verify: memory stays bounded fo
 def verify(path: str | Path, progress: bool = False) -> list[str]:
     """Re-read every record: checksums, counts, offsets, decodability. Returns the problems found (empty =
     good); a store whose metadata cannot be read raises StoreError."""
-    from data_manifest.progress import Progress
+    from plumbing.progress import Progress
 
     problems: list[str] = []
     with FlowStore(path, check_crc=False) as store:  # the checksums are compared here, to name every problem

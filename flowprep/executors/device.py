@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flowprep.decode import QUIET_DECODER_ENV
+from flowprep.video.decode import QUIET_DECODER_ENV
 from flowprep.errors import VideoError
 from flowprep.work import DecodedVideo, Failure, Outcome, VideoEncoder, VideoTask
 
@@ -157,8 +157,8 @@ class DeviceRun:
         that ended. Empties both lists."""
         import torch
 
-        from flowprep import torchflow
-        from flowprep.quantize import quantize
+        from flowprep.flow import torchflow
+        from flowprep.flow.quantize import quantize
 
         s = self.settings
         while batch:
@@ -215,7 +215,7 @@ class DeviceRun:
 def _device_main(index, tasks, settings, device, batch_size, decoders, results) -> None:
     """Device number ``index``'s process: run its tasks, send each outcome, then ("end", index, error text
     or "")."""
-    from flowprep.local import exit_with_parent
+    from flowprep.executors.local import exit_with_parent
 
     os.environ.update(QUIET_DECODER_ENV)
     exit_with_parent(os.getppid())
@@ -236,7 +236,7 @@ def run_devices(tasks: list[VideoTask], settings, devices: list[str], batch_size
         return
     import multiprocessing as mp
 
-    from flowprep.local import exit_text
+    from flowprep.executors.local import exit_text
 
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     results = ctx.Queue(maxsize=8 * len(devices))

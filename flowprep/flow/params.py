@@ -1,6 +1,6 @@
 """The one table of flow algorithms and their parameters: defaults, types, allowed values, backends.
 
-Every path that computes flow (`flowprep extract`, `flowprep.compute_flow`, `flowprep.torchflow`) resolves
+Every path that computes flow (`flowprep extract`, `flowprep.compute_flow`, `flowprep.flow.torchflow`) resolves
 its parameters through `resolve_params`, so a value is refused in one place, before any video is read,
 with the same message everywhere. A backend that lacks an option (the PyTorch TV-L1 has no 3x3 median)
 is a restriction in this table, not a second check downstream.

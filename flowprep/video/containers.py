@@ -2,7 +2,7 @@
 
 A download or copy that stopped leaves a file shorter than its container declares. The decoder then gives
 the frames up to the cut, the last one possibly half decoded, and a cut inside the last frames of a short
-clip stays within the frame-count slack that real UCF101 files need (see flowprep.decode). The container
+clip stays within the frame-count slack that real UCF101 files need (see flowprep.video.decode). The container
 headers are exact about it:
 - AVI (RIFF): each RIFF chunk ('AVI ', then 'AVIX' for OpenDML files over 1 GB) declares its size;
 - MP4/MOV/3GP (ISO base media, ISO/IEC 14496-12): each top-level box ('ftyp', 'moov', 'mdat'...) declares

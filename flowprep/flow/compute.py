@@ -1,6 +1,6 @@
 """Dense optical flow between two frames: OpenCV on CPU (TV-L1, Farneback, DIS), PyTorch on CPU or CUDA.
 
-Parameters are resolved and checked by flowprep.params, the one table of algorithms and their values.
+Parameters are resolved and checked by flowprep.flow.params, the one table of algorithms and their values.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from flowprep.errors import FlowprepError, OptionError
-from flowprep.params import ALGORITHMS, BACKENDS, algorithm, resolve_params
+from flowprep.flow.params import ALGORITHMS, BACKENDS, algorithm, resolve_params
 
 DEVICES = ("cpu", "cuda", "auto")
 _DIS_PRESET_IDS = {"ultrafast": 0, "fast": 1, "medium": 2}  # cv2.DISOPTICAL_FLOW_PRESET_*
@@ -109,7 +109,7 @@ def compute_flow_batch(prev: np.ndarray, nxt: np.ndarray, algo: str = "tvl1", de
                        **params: Any) -> np.ndarray:
     """Batched PyTorch flow: (B, H, W) uint8 pairs -> (B, H, W, 2) float32 numpy."""
     try:
-        from flowprep import torchflow
+        from flowprep.flow import torchflow
     except ImportError as exc:
         raise FlowprepError(f"the PyTorch flow backend is not available ({exc})") from exc
     out = torchflow.compute_flow_batch(prev, nxt, algo=algo, device=resolve_device(device), **params)

@@ -1,0 +1,1 @@
+"""Flow fields: the parameter table, OpenCV and PyTorch flow, quantisation, scene cuts."""

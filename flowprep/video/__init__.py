@@ -1,0 +1,1 @@
+"""Decoding videos: containers and their frame-count rules, the frame reader."""

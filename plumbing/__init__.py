@@ -1,0 +1,1 @@
+"""The plumbing every package shares: atomic writes and locks, progress lines."""

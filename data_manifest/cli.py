@@ -1,10 +1,8 @@
 """The data-manifest command line: synth, build, check, info. Thin: parse, call the library, report."""
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -15,24 +13,14 @@ from data_manifest.holdout import DEFAULT_VAL_FRACTION, DEFAULT_VAL_SEED
 from data_manifest.manifest import SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_UNUSED, SUBSET_VAL, Manifest
 from data_manifest.synth import (CLASS_NAMES, DEFAULT_CLASSES, DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_SIZE,
                                  DEFAULT_VIDEOS_PER_CLASS, make_synthetic)
+from plumbing.cli import one_line_errors
 
 _SUBSET_LABELS = ((SPLIT_TRAIN, "train"), (SPLIT_TEST, "test"), (SPLIT_UNUSED, "unused"), (SPLIT_NONE, "unlisted"))
 
 
-EXIT_INTERRUPTED = 130  # after Ctrl-C (SIGINT): 128 + 2, as a shell reports it
-
-
-@contextlib.contextmanager
-def _domain_errors(interrupted: str = "nothing was written; re-run the same command") -> Iterator[None]:
-    """Turn the library's ManifestError into a one-line CLI error (exit 1), and Ctrl-C into a line saying
-    what was kept (``interrupted``) instead of click's bare "Aborted!" (exit 130)."""
-    try:
-        yield
-    except ManifestError as e:
-        raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: {interrupted}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+def _domain_errors(interrupted: str = "nothing was written; re-run the same command"):
+    """ManifestError as one line (exit 1); Ctrl-C as a line saying what was kept (exit 130)."""
+    return one_line_errors((ManifestError,), interrupted=interrupted)
 
 
 def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

@@ -13,17 +13,19 @@ from pathlib import Path
 
 import click
 
+from plumbing.cli import one_line_errors
 from flowprep.errors import FlowprepError, OptionError
 from flowprep.interop.layouts import LAYOUTS
 from flowprep.flow.params import ALGORITHMS
 from flowprep.store.format import CODECS
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    """OptionError -> usage error (exit 2); any other domain error -> plain error (exit 1)."""
-    if isinstance(exc, OptionError):
-        return click.UsageError(str(exc))
-    return click.ClickException(str(exc))
+def _errors(interrupted: str = "nothing was written; re-run the same command"):
+    """OptionError as a usage error (exit 2), the other domain errors (a damaged manifest is a
+    ManifestError) as one line (exit 1), Ctrl-C as a line saying what was kept (exit 130)."""
+    from data_manifest import ManifestError
+
+    return one_line_errors((FlowprepError, ManifestError), usage=(OptionError,), interrupted=interrupted)
 
 
 def quiet_decoders() -> None:
@@ -53,29 +55,16 @@ def quiet_pool_cleanup() -> None:
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, TRACKER_QUIET]))
 
 
-def _interrupted(out: Path) -> click.ClickException:
-    """Ctrl-C: say what is kept and how to go on (exit status 130, as for SIGINT)."""
-    exc = click.ClickException(f"interrupted: the videos finished so far are kept in {out.name}.parts/; "
-                               "re-run the same command to resume where it stopped")
-    exc.exit_code = 130
-    return exc
-
-
 def _run_and_report(run, out: Path, summary_json: Path | None) -> None:
     """Run a store-building command (``run()`` -> ExtractSummary), print its summary (and write it as JSON),
     exit 0 when every video made it, else 1; domain errors and Ctrl-C as one line, and the worker pool's
     clean-up warning kept off the output."""
-    from data_manifest import ManifestError
-
     from flowprep.pipeline import summary_json as to_json, summary_text
 
     quiet_pool_cleanup()
-    try:
+    with _errors(f"the videos finished so far are kept in {out.name}.parts/; re-run the same command to "
+                 "resume where it stopped"):
         summary = run()
-    except (FlowprepError, ManifestError) as exc:
-        raise _fail(exc) from exc
-    except KeyboardInterrupt:
-        raise _interrupted(out) from None
     click.echo(summary_text(summary))
     if summary_json:
         summary_json.write_text(to_json(summary))
@@ -253,11 +242,9 @@ def export(layout_name, store, out, jpeg_quality, jobs, no_progress):
     """
     from flowprep.interop.exporting import export_store, summary_text as export_text
 
-    try:
+    with _errors():
         summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else os.cpu_count() or 1,
                                jpeg_quality=jpeg_quality, progress=not no_progress)
-    except FlowprepError as exc:
-        raise _fail(exc) from exc
     click.echo(export_text(summary))
     sys.exit(0 if summary.ok else 1)
 
@@ -267,14 +254,10 @@ def export(layout_name, store, out, jpeg_quality, jobs, no_progress):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(store, as_json):
     """Summary of a store: counts, settings, failures, videos that decoded short. Exit 1 if unreadable."""
-    from data_manifest import ManifestError
-
     from flowprep.inspection import info_text, store_info
 
-    try:
+    with _errors():
         data = store_info(store)
-    except (FlowprepError, ManifestError) as exc:  # a damaged /manifest is a ManifestError
-        raise _fail(exc) from exc
     click.echo(json.dumps(data, indent=1) if as_json else info_text(data))
 
 
@@ -285,11 +268,9 @@ def verify(store, no_progress):
     """Re-read every record, check counts and checksums. Exit 1 on any problem (or an unreadable store)."""
     from flowprep.inspection import short_videos, verify as run_verify
 
-    try:
+    with _errors():
         problems = run_verify(store, progress=not no_progress)
         notes = short_videos(store)
-    except FlowprepError as exc:
-        raise _fail(exc) from exc
     for n in notes:
         click.echo(f"NOTE {n['video_id']}: decoded {n['decoded']} of the {n['announced']} frames its container "
                    f"announces (short by {n['short_by']}, within the accepted shortfall)")
@@ -310,10 +291,8 @@ def show(store, video_id, out, count):
     there, 2 on a bad option."""
     from flowprep.inspection import show as run_show
 
-    try:
+    with _errors():
         path = run_show(store, video_id, out, count)
-    except FlowprepError as exc:
-        raise _fail(exc) from exc
     click.echo(f"wrote {path}")
 
 
@@ -331,13 +310,11 @@ def merge(shards, out, partial):
     from flowprep.store.reader import FlowStore
     from flowprep.store.writer import write_master
 
-    try:
+    with _errors():
         path = write_master(out, shards, partial=partial)
         with FlowStore(path) as store:
             click.echo(f"{path}: {len(store.video_ids)} videos from {len(shards)} shard(s)")
             absent = store.missing_shards
-    except FlowprepError as exc:
-        raise _fail(exc) from exc
     if absent:
         click.echo(f"warning: shard {', '.join(absent)} not merged (--partial): the store lacks their videos",
                    err=True)

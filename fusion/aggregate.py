@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.errors import FusionError
+from plumbing.ranking import view_mean
 
 DEFAULT_AGGREGATION = "mean-logits"
 AGGREGATIONS = {
@@ -30,7 +31,7 @@ def aggregate(logits: np.ndarray, method: str = DEFAULT_AGGREGATION) -> np.ndarr
         raise FusionError(f"unknown aggregation {method!r}; choose one of {', '.join(AGGREGATIONS)}")
     v, _, _, c = logits.shape
     if method == "mean-logits":
-        return logits.mean(axis=(1, 2), dtype=np.float64)
+        return view_mean(logits)
     if method == "max":
         return logits.max(axis=(1, 2)).astype(np.float64)
     out = np.empty((v, c), dtype=np.float64)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import click
@@ -11,8 +10,10 @@ from fusion import inputs
 from fusion.aggregate import AGGREGATIONS, DEFAULT_AGGREGATION
 from fusion.errors import FusionError
 from fusion.evaluate import DEFAULT_BOOTSTRAP, DEFAULT_SEED, Options, evaluate
+from plumbing.cli import one_line_errors
 
-EXIT_INTERRUPTED = 130  # after Ctrl-C (SIGINT): 128 + 2, as a shell reports it
+REPORT_INTERRUPTED = ("report files are written whole or not at all, so none is half-written; re-run the same "
+                      "command to make the report (it starts over, reading the same score files)")
 _NUMBER = re.compile(r"^(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -118,7 +119,7 @@ def report(split, runs, spatial, temporal, scores, val, aggregation, weights, al
     if twice:
         raise click.UsageError(f"stream name {', '.join(map(repr, twice))} given more than once; --spatial, "
                                "--temporal and every --scores NAME=PATH must name a different stream")
-    try:
+    with one_line_errors((FusionError,), interrupted=REPORT_INTERRUPTED):
         if split == "all":
             if explicit or val_named:
                 raise click.UsageError("--split all reads the run directory; it cannot be combined with "
@@ -135,14 +136,6 @@ def report(split, runs, spatial, temporal, scores, val, aggregation, weights, al
                           allow_missing=allow_missing, bootstrap=bootstrap, seed=seed)
         out_dir = Path(out) if out else Path(runs) / (f"fusion-split{k}" if k is not None else "fusion")
         _report_one(test_paths, val_named, k, hint, options, out_dir)
-    except FusionError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except KeyboardInterrupt:
-        # instead of click's bare "Aborted!": say that nothing is half-written and what to do
-        click.echo("\ninterrupted: report files are written whole or not at all, so none is half-written; "
-                   "re-run the same command to make the report (it starts over, reading the same score files)",
-                   err=True)
-        sys.exit(EXIT_INTERRUPTED)
 
 
 def _val_paths(test_paths, val_named) -> tuple[list | None, list[str]]:

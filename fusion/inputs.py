@@ -5,29 +5,30 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.scores import Scores, ScoreFileError, read_scores
+from trainer.config import DEFAULT_OUT, STREAMS, run_dir
+from trainer.scores import Scores, ScoreFileError, read_scores, score_file_name
 
 from fusion.errors import InputError
 
-DEFAULT_RUNS = "runs"
-DEFAULT_STREAMS = ("spatial", "temporal")
+DEFAULT_RUNS = DEFAULT_OUT
+DEFAULT_STREAMS = STREAMS
 SPLITS = (1, 2, 3)
-TEST_FILE = "scores_test.npz"
-VAL_FILE = "scores_val.npz"
+TEST_FILE = score_file_name("test")
+VAL_FILE = score_file_name("val")
 
 
 def default_paths(runs: str | os.PathLike, split: int, subset: str = "test") -> list[tuple[str, Path]]:
     """The trainer's score files of a split: ``runs/{stream}-split{k}/scores_{subset}.npz`` per stream."""
-    name = TEST_FILE if subset == "test" else VAL_FILE
-    return [(s, Path(runs) / f"{s}-split{split}" / name) for s in DEFAULT_STREAMS]
+    return [(s, run_dir(runs, s, split) / score_file_name(subset)) for s in DEFAULT_STREAMS]
 
 
 def val_path_for(test_path: str | os.PathLike) -> Path | None:
     """The validation file the trainer writes beside a test file (``scores_test*`` -> ``scores_val*``)."""
     p = Path(test_path)
-    if not p.name.startswith("scores_test"):
+    test, val = score_file_name("test").removesuffix(".npz"), score_file_name("val").removesuffix(".npz")
+    if not p.name.startswith(test):
         return None
-    return p.with_name("scores_val" + p.name[len("scores_test"):])
+    return p.with_name(val + p.name[len(test):])
 
 
 def missing_hint(name: str, split: int | None) -> str:

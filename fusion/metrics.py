@@ -1,45 +1,13 @@
-"""Pure accuracy metrics on video-level scores.
-
-Tie rule, used everywhere: classes are ranked by score, highest first, and equal scores are ranked by class
-index, lowest first. So the prediction is ``argmax`` (first index of the maximum) and a video counts as top-k
-correct when fewer than k classes rank before its label.
-"""
+"""Pure accuracy metrics on video-level scores. Classes are ranked by plumbing.ranking's one tie rule (the
+rule `trainer test` uses too): highest score first, equal scores by class index, lowest first."""
 from __future__ import annotations
 
 import numpy as np
 
-TOP5 = 5
+from plumbing.ranking import TOP5, label_ranks, predictions, topk_accuracy, topk_correct
 
-
-def label_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Rank of the true label per video under the tie rule (0 = predicted).
-
-    scores (V, C) float, labels (V,) int in [0, C) -> (V,) int64.
-    """
-    scores = np.asarray(scores)
-    labels = np.asarray(labels, dtype=np.int64)
-    v, c = scores.shape
-    own = scores[np.arange(v), labels][:, None]  # (V, 1)
-    higher = (scores > own).sum(axis=1)
-    # Equal scores at a lower class index rank first (argmax takes the first index).
-    tied_before = ((scores == own) & (np.arange(c)[None, :] < labels[:, None])).sum(axis=1)
-    return (higher + tied_before).astype(np.int64)
-
-
-def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """(V,) bool: the label is among the first k classes; k is capped at the number of classes C."""
-    k = min(int(k), np.asarray(scores).shape[1])
-    return label_ranks(scores, labels) < k
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
-    """Share of videos whose label is among the first min(k, C) classes, in [0, 1]."""
-    return float(topk_correct(scores, labels, k).mean())
-
-
-def predictions(scores: np.ndarray) -> np.ndarray:
-    """(V,) int64 predicted class: argmax, the first index wins a tie."""
-    return np.argmax(np.asarray(scores), axis=1).astype(np.int64)
+__all__ = ["TOP5", "label_ranks", "predictions", "topk_accuracy", "topk_correct", "confusion_matrix",
+           "per_class_accuracy", "mean_class_accuracy", "bootstrap_indices", "bootstrap_interval"]
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:

@@ -141,15 +141,19 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive_lock_or(path: str | os.PathLike, busy, unwritable) -> Iterator[Path]:
-    """exclusive_lock, with the two ways of not getting it turned into the caller's own errors: ``busy(pid)``
-    when another process holds it, ``unwritable(oserror)`` when the lock file cannot be made. Errors raised
-    while the lock is held pass through unchanged."""
+def exclusive_lock_or(path: str | os.PathLike, error: type[Exception], holder: str, target: str | os.PathLike,
+                      choose: str, rerun: str = "a killed run resumes") -> Iterator[Path]:
+    """exclusive_lock, with the two ways of not getting it turned into one ``error`` each, worded the same
+    for every tool: another ``holder`` (a command, e.g. "flowprep extract") is writing ``target``; or
+    ``target`` cannot be written, and the user should ``choose`` another place (e.g. "an --out"). ``rerun``
+    says what a re-run after stopping the holder does. Errors raised while the lock is held pass unchanged."""
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(exclusive_lock(path))
         except LockHeld as exc:
-            raise busy(exc.holder) from None
+            raise error(f"another {holder} (pid {exc.holder}) is writing {target}; wait for it to finish or "
+                        f"stop it, then re-run ({rerun})") from None
         except OSError as exc:
-            raise unwritable(exc) from exc
+            raise error(f"cannot write {target}: {exc.strerror or exc} ({exc.filename or path}); choose "
+                        f"{choose} in a folder you can write to") from exc
         yield Path(path)

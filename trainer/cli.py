@@ -5,12 +5,12 @@ torch is imported only inside the commands, so `trainer --help` stays fast.
 from __future__ import annotations
 
 import json
-import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from plumbing.cli import one_line_errors
 from trainer.errors import ConfigError, TrainerError
 
 STREAM = click.Choice(["spatial", "temporal"])
@@ -37,30 +37,22 @@ def _domain_errors():
     return tuple(errors)
 
 
+def _errors(interrupted: str | Callable[[], str] = "nothing was written; re-run the same command"):
+    """Config errors as usage errors (exit 2), the data's and files' as one line (exit 1), Ctrl-C as a line
+    saying what was kept (exit 130)."""
+    return one_line_errors(_domain_errors(), usage=(ConfigError,), interrupted=interrupted)
+
+
 def _call(fn, *args, **kwargs):
-    try:
+    with _errors():
         return fn(*args, **kwargs)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except _domain_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-# Exit status after Ctrl-C (SIGINT): 128 + 2, as a shell reports a process that SIGINT ended.
-EXIT_INTERRUPTED = 130
-
-
-def _interrupted(message: str):
-    """After Ctrl-C: say what was kept and how to go on (rank 0 only: a terminal's Ctrl-C reaches every
-    process of a torchrun job), instead of click's bare "Aborted!"."""
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(f"\ninterrupted: {message}", err=True)
-    sys.exit(EXIT_INTERRUPTED)
 
 
 def _resume_hint(cfg, resume, fresh) -> str:
     """What a re-run does after an interrupted `trainer run`: continue from the run's last checkpoint."""
-    last = cfg.run_dir / "checkpoint_last.pt"
+    from trainer.checkpoint import LAST
+
+    last = cfg.run_dir / LAST
     if not last.is_file():
         return (f"no checkpoint had been written yet ({last} is written at each validation), so a re-run "
                 "starts the training again")
@@ -121,10 +113,8 @@ def run(stream, config, sets, data, split, out, resume, fresh, no_test, no_progr
     from trainer.run import run as run_training
 
     cfg = _call(_config, stream, config, sets, data, split, out)
-    try:
-        _call(run_training, cfg, resume=resume, fresh=fresh, test=not no_test, progress=not no_progress)
-    except KeyboardInterrupt:
-        _interrupted(_resume_hint(cfg, resume, fresh))
+    with _errors(lambda: _resume_hint(cfg, resume, fresh)):
+        run_training(cfg, resume=resume, fresh=fresh, test=not no_test, progress=not no_progress)
 
 
 @main.command()
@@ -146,19 +136,18 @@ def test(stream, sets, data, split, out, checkpoint, subset, no_progress):
     """
     from trainer.config import parse_set
     from trainer.testing import resolve_test_config, test as run_test
+    from trainer.checkpoint import BEST
 
     base = _call(_config, stream, None, (), None, split, out)
-    path = checkpoint or base.run_dir / "checkpoint_best.pt"
+    path = checkpoint or base.run_dir / BEST
     overrides = _call(parse_set, sets)
     if data is not None:
         overrides["data"] = data
     cfg = _call(resolve_test_config, stream, path, base.out, overrides, split)
     which = ("val", "test") if subset == "both" else (subset,)
-    try:
-        results = _call(run_test, cfg, path, which=which, progress=not no_progress)
-    except KeyboardInterrupt:
-        _interrupted("score files are written whole or not at all, so none is half-written; re-run the same "
-                     "command to run the test protocol again (it starts over)")
+    with _errors("score files are written whole or not at all, so none is half-written; re-run the same "
+                 "command to run the test protocol again (it starts over)"):
+        results = run_test(cfg, path, which=which, progress=not no_progress)
     if not results:
         click.echo(f"nothing tested: the {subset} subset of split {cfg.split} is empty")
 

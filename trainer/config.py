@@ -65,6 +65,12 @@ TEST_TIME_KEYS = frozenset({"data", "workers", "device", "compile", "channels_la
                             "test_crops", "test_crop_scale", "test_batch", "missing_videos"})
 
 UNSET = None  # a preset-filled key that the file and --set left alone
+DEFAULT_OUT = "runs"
+
+
+def run_dir(out: str | Path, stream: str, split: int | str) -> Path:
+    """The run directory of one stream and split: OUT/STREAM-splitK (checkpoints, log, score files)."""
+    return Path(out) / f"{stream}-split{split}"
 
 
 def _h(text: str, default: Any = UNSET, **kw) -> Any:
@@ -82,7 +88,7 @@ class TrainConfig:
     # -- data
     data: str = _h("flow store written by `flowprep extract` (file or master file)", "flows.h5")
     split: int = _h("split of the dataset's train/test lists (1-based)", 1)
-    out: str = _h("runs folder; the run directory is <out>/<stream>-split<split>", "runs")
+    out: str = _h("runs folder; the run directory is <out>/<stream>-split<split>", DEFAULT_OUT)
     val_fraction: float = _h("share of the train list held out for model selection (0 = no hold-out)", 0.1)
     val_seed: int = _h("seed of the hold-out choice (data_manifest.holdout)", 0)
     missing_videos: str = _h("videos of the split absent from the store: error | skip (recorded in meta)",
@@ -180,12 +186,8 @@ class TrainConfig:
         return 2 if self.is_clip else 2 * self.flow_length
 
     @property
-    def run_name(self) -> str:
-        return f"{self.stream}-split{self.split}"
-
-    @property
     def run_dir(self) -> Path:
-        return Path(self.out) / self.run_name
+        return run_dir(self.out, self.stream, self.split)
 
     def derived(self) -> dict[str, Any]:
         """The computed values, recorded next to the config."""

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from plumbing.ranking import TOP5, topk_accuracy, topk_correct, view_mean
+
 from trainer import transforms as T
 from trainer.config import TrainConfig
 from trainer.data import Subsets, VideoFrames, VideoItem, shard, video_loader
@@ -73,18 +75,6 @@ def to_memory_format(x, cfg: TrainConfig, env: Env):
     if cfg.channels_last and env.cuda:
         return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
     return x
-
-
-def topk_correct(logits, labels, ks=(1, 5)) -> list[int]:
-    """How many rows have their label among the k highest scores, per k. logits (N, C), labels (N,)."""
-    import torch
-
-    logits = torch.as_tensor(logits)
-    labels = torch.as_tensor(labels)
-    k_max = min(max(ks), logits.shape[1])
-    top = logits.topk(k_max, dim=1).indices
-    hit = top == labels[:, None]
-    return [int(hit[:, :min(k, k_max)].any(dim=1).sum()) for k in ks]
 
 
 @dataclass
@@ -188,11 +178,10 @@ def evaluate(model, store, video_ids: list[str], labels: dict[str, int], cfg: Tr
     model.train(was_training)
     loss = c1 = c5 = 0.0
     for label, row in zip(scored.labels, scored.logits):
-        mean = torch.from_numpy(row.reshape(-1, row.shape[-1]).mean(axis=0, keepdims=True))  # (1, C)
-        target = torch.tensor([label])
-        loss += float(nnf.cross_entropy(mean, target))
-        a, b = topk_correct(mean, target)
-        c1, c5 = c1 + a, c5 + b
+        mean = view_mean(row[None])  # (1, C) float64: the video's score, as the test protocol and fusion take it
+        loss += float(nnf.cross_entropy(torch.from_numpy(mean), torch.tensor([label])))
+        c1 += int(topk_correct(mean, [label], 1)[0])
+        c5 += int(topk_correct(mean, [label], TOP5)[0])
     loss, c1, c5, n = all_sum(env, [loss, c1, c5, float(len(scored.labels))])
     n = max(n, 1.0)
     return {"val_loss": loss / n, "val_top1": 100.0 * c1 / n, "val_top5": 100.0 * c5 / n}
@@ -281,9 +270,9 @@ def write_subset_scores(path: Path, scores: SubsetScores, subset: str, subsets: 
 
 
 def accuracy(logits: np.ndarray, labels: list[int]) -> tuple[float, float]:
-    """Top-1 and top-5 (%) of video scores = raw logits averaged over all views. logits (V, F, K, C)."""
+    """Top-1 and top-5 (%) of video scores = raw logits averaged over all views (plumbing.ranking's rule, the
+    one `fusion report` uses). logits (V, F, K, C)."""
     if len(labels) == 0:
         return float("nan"), float("nan")
-    mean = logits.reshape(logits.shape[0], -1, logits.shape[-1]).mean(axis=1)
-    c1, c5 = topk_correct(mean, np.asarray(labels))
-    return 100.0 * c1 / len(labels), 100.0 * c5 / len(labels)
+    mean = view_mean(logits)
+    return 100.0 * topk_accuracy(mean, labels, 1), 100.0 * topk_accuracy(mean, labels, TOP5)

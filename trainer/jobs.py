@@ -37,11 +37,7 @@ def run_lock(cfg: TrainConfig, env: Env):
     if not env.is_main:
         yield
         return
-    busy = lambda pid: TrainerError(f"another trainer (pid {pid}) is writing {cfg.run_dir}; wait for it to "  # noqa: E731
-                                    "finish or stop it (a killed run resumes), or choose another --out")
-    unwritable = lambda exc: TrainerError(f"cannot write {cfg.run_dir}: {exc.strerror or exc}; choose an "  # noqa: E731
-                                          "--out you can write to")
-    with exclusive_lock_or(lock_path(cfg.run_dir), busy, unwritable):
+    with exclusive_lock_or(lock_path(cfg.run_dir), TrainerError, "trainer", cfg.run_dir, "an --out"):
         yield
 
 

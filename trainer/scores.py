@@ -29,6 +29,11 @@ REQUIRED_KEYS = ("video_ids", "labels", "logits", "class_names", "meta")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def score_file_name(subset: str) -> str:
+    """The name of a run's score file of ``subset`` (test, val): scores_SUBSET.npz."""
+    return f"scores_{subset}.npz"
+
+
 class ScoreFileError(Exception):
     """A score file is missing, damaged or inconsistent; the message names the file and the fix."""
 

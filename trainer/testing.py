@@ -12,6 +12,7 @@ from trainer.data import Subsets, open_store, split_subsets
 from trainer.distributed import Env, barrier, broadcast_object, setup, teardown
 from trainer.errors import CheckpointError, ConfigError
 from trainer.evaluation import SubsetScores, accuracy, model_to_memory_format, score_subset, write_subset_scores
+from trainer.scores import score_file_name
 from trainer.jobs import load_everywhere, report_videos, run_lock, say
 from trainer.models import build_model, saved_init
 
@@ -67,7 +68,7 @@ def _test_model(state: dict[str, Any], checkpoint: Path, subsets: Subsets, cfg: 
 def _write_and_report(scores: SubsetScores, subset: str, subsets: Subsets, cfg: TrainConfig, env: Env,
                       provenance: dict[str, Any]) -> dict[str, Any]:
     """Rank 0: the score file of one subset, and its accuracy line on the console."""
-    path = cfg.run_dir / f"scores_{subset}.npz"
+    path = cfg.run_dir / score_file_name(subset)
     write_subset_scores(path, scores, subset, subsets, cfg, provenance)
     top1, top5 = accuracy(scores.logits, [subsets.labels[v] for v in scores.video_ids])
     chance = 100.0 / len(subsets.classes)

@@ -114,11 +114,8 @@ def export_store(store_path: str | os.PathLike, out: str | os.PathLike, layout_n
               "jpeg_quality": int(jpeg_quality), "store_config": {k: config.get(k) for k in COMPAT_KEYS}}
     if out.exists() and not out.is_dir():
         raise OptionError(f"OUT {out} is a file; give a folder to export into")
-    busy = lambda pid: StoreError(f"another flowprep export (pid {pid}) is writing {out}; wait for it to "  # noqa: E731
-                                  "finish or stop it, then re-run (a stopped export resumes)")
-    unwritable = lambda exc: StoreError(  # noqa: E731
-        f"cannot write {out}: {exc.strerror or exc}; choose an OUT in a folder you can write to")
-    with exclusive_lock_or(out / ".export.lock", busy, unwritable):
+    with exclusive_lock_or(out / ".export.lock", StoreError, "flowprep export", out, "an OUT",
+                           rerun="a stopped export resumes"):
         _check_out(out, marker)
         atomic_write(out / MARKER, json.dumps(marker, indent=1, sort_keys=True) + "\n")
         return _export_locked(out, lay, config, manifest, records, marker, jobs, jpeg_quality, progress, t0)

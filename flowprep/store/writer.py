@@ -65,11 +65,7 @@ def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
     """
     store = Path(store)
     path = store.with_name(store.name + ".lock")
-    busy = lambda pid: StoreError(f"another flowprep extract (pid {pid}) is writing {store}; wait for it "  # noqa: E731
-                                  "to finish or stop it, then re-run (a killed run resumes)")
-    unwritable = lambda exc: StoreError(f"cannot write {store}: {exc.strerror or exc} ({exc.filename or path}); "  # noqa: E731
-                                        "choose an --out in a folder you can write to")
-    with exclusive_lock_or(path, busy, unwritable):
+    with exclusive_lock_or(path, StoreError, "flowprep extract", store, "an --out"):
         yield path
 
 

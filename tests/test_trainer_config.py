@@ -308,3 +308,16 @@ def test_select_best_takes_higher_top1_then_lower_loss_and_never_a_non_finite_lo
     assert select_best(start, {"val_top1": 100.0, "val_loss": float("inf")}, 1) is None
     assert select_best(first, {}, 3) == {"epoch": 3, "val_top1": None, "val_loss": None,
                                          "selected_by": "last epoch (no hold-out)"}
+
+
+def test_what_a_key_may_change_between_is_declared_with_the_key():
+    """Run controls and protocol keys may differ between a run and its resumption or its test; the sets are
+    derived from each field's declaration, not kept as separate lists."""
+    from trainer.config import FIELDS, RESUME_KEYS, TEST_TIME_KEYS
+
+    controls = {"data", "workers", "device", "compile", "channels_last", "missing_videos", "test_frames",
+                "test_crops", "test_crop_scale", "test_batch"}
+    assert RESUME_KEYS == controls | {"out", "val_every", "val_every_iters", "val_frames"}
+    assert TEST_TIME_KEYS == controls | {"precision"}
+    assert not {"lr", "arch", "flow_length", "seed", "split"} & (RESUME_KEYS | TEST_TIME_KEYS)
+    assert all(set(f.metadata["may_change"]) <= {"resume", "test"} for f in FIELDS.values())

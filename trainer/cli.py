@@ -131,8 +131,8 @@ def test(stream, sets, data, split, out, checkpoint, subset, no_progress):
     The scores go to OUT/STREAM-splitK; a --checkpoint of another run is refused there when that folder
     holds checkpoints of its own (pass --out to give it a folder of its own).
 
-    Only test-time keys can be --set (data, test_frames, test_crops, test_crop_scale, test_batch, workers,
-    device, precision, channels_last, compile, missing_videos); the rest comes from the checkpoint.
+    Only test-time keys can be --set (the error of any other key names them); the rest comes from the
+    checkpoint.
     """
     from trainer.config import parse_set
     from trainer.testing import resolve_test_config, test as run_test

@@ -56,14 +56,6 @@ PRESET_DROPOUT = {"spatial": (0.8,), "temporal": (0.7,)}
 # checkpoint after every epoch would cost more than the training in between.
 PRESET_VAL_EVERY_ITERS = 1000
 
-# Keys that may differ between a run and its resumption, or be changed at `trainer test` time:
-# they change speed, placement or the test protocol, not the trained weights.
-RUNTIME_KEYS = frozenset({"data", "workers", "device", "compile", "channels_last", "test_frames", "test_crops",
-                          "test_crop_scale", "test_batch", "val_every", "val_every_iters", "val_frames",
-                          "missing_videos", "out"})
-TEST_TIME_KEYS = frozenset({"data", "workers", "device", "compile", "channels_last", "precision", "test_frames",
-                            "test_crops", "test_crop_scale", "test_batch", "missing_videos"})
-
 UNSET = None  # a preset-filled key that the file and --set left alone
 DEFAULT_OUT = "runs"
 
@@ -73,11 +65,20 @@ def run_dir(out: str | Path, stream: str, split: int | str) -> Path:
     return Path(out) / f"{stream}-split{split}"
 
 
-def _h(text: str, default: Any = UNSET, **kw) -> Any:
-    """A dataclass field with a help line (used in the docs and in the written config.toml)."""
+# What a key may change between: a run and its resumption (RESUME), a run and `trainer test` of its checkpoint
+# (TEST). Keys that may change steer speed, placement, validation or the test protocol, not the trained
+# weights; every other key is part of what was trained and must stay as the run was made.
+RESUME, TEST = "resume", "test"
+CONTROL = (RESUME, TEST)  # run controls: where the data is, how many workers, which device, ...
+
+
+def _h(text: str, default: Any = UNSET, may_change: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with a help line (used in the docs and in the written config.toml) and what it may
+    change between (RESUME, TEST)."""
+    meta = {"help": text, "may_change": frozenset(may_change)}
     if isinstance(default, (list, tuple)):
-        return field(default=tuple(default), metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text}, **kw)
+        return field(default=tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,17 @@ class TrainConfig:
 
     stream: str = _h("spatial (RGB frames) or temporal (stacked optical flow)", "temporal")
     # -- data
-    data: str = _h("flow store written by `flowprep extract` (file or master file)", "flows.h5")
+    data: str = _h("flow store written by `flowprep extract` (file or master file)", "flows.h5",
+                   may_change=CONTROL)
     split: int = _h("split of the dataset's train/test lists (1-based)", 1)
-    out: str = _h("runs folder; the run directory is <out>/<stream>-split<split>", DEFAULT_OUT)
+    out: str = _h("runs folder; the run directory is <out>/<stream>-split<split>", DEFAULT_OUT,
+                  may_change=(RESUME,))
     val_fraction: float = _h("share of the train list held out for model selection (0 = no hold-out)", 0.1)
     val_seed: int = _h("seed of the hold-out choice (data_manifest.holdout)", 0)
     missing_videos: str = _h("videos of the split absent from the store: error | skip (recorded in meta)",
-                             "error")
-    workers: int = _h("DataLoader worker processes per GPU (0 = load in the main process)", 8)
+                             "error", may_change=CONTROL)
+    workers: int = _h("DataLoader worker processes per GPU (0 = load in the main process)", 8,
+                      may_change=CONTROL)
     # -- sampling and augmentation
     samples_per_video: int = _h("training samples per video per epoch (frames or stacks; reference: 3)", 1)
     flow_length: int = _h("L: flow fields per temporal stack (2D backbones); input channels = 2L", 10)
@@ -124,23 +128,27 @@ class TrainConfig:
     max_iters: int = _h("stop after this many iterations (0 = no limit; stream preset for iter-step)")
     epochs: int = _h("number of epochs (step and cosine schedules; derived from max_iters for iter-step)", 0)
     precision: str = _h("auto (CUDA: bf16 autocast on compute capability >= 8, else fp16 with a GradScaler; "
-                        "CPU: fp32) | fp32 | bf16 | fp16", "auto")
-    channels_last: bool = _h("channels_last (channels_last_3d for clips) memory format on CUDA", True)
-    compile: bool = _h("torch.compile the model", False)
-    device: str = _h("auto | cpu | cuda", "auto")
+                        "CPU: fp32) | fp32 | bf16 | fp16", "auto", may_change=(TEST,))
+    channels_last: bool = _h("channels_last (channels_last_3d for clips) memory format on CUDA", True,
+                             may_change=CONTROL)
+    compile: bool = _h("torch.compile the model", False, may_change=CONTROL)
+    device: str = _h("auto | cpu | cuda", "auto", may_change=CONTROL)
     seed: int = _h("random seed: initial weights; dropout (offset by rank); each sample's crop, flip and "
                    "position (keyed by seed, epoch and sample index)", 0)
     # -- validation (model selection) and test protocol
-    val_every: int = _h("validate on the hold-out (and checkpoint) every this many epochs", 1)
+    val_every: int = _h("validate on the hold-out (and checkpoint) every this many epochs", 1,
+                        may_change=(RESUME,))
     val_every_iters: int = _h("validate (and checkpoint) only once this many iterations have passed since the "
-                              "last validation (preset: 1000 for iter-step, else 0)")
-    val_frames: int = _h("frames or stacks per hold-out video in the per-epoch validation (centre crop)", 5)
-    test_frames: int = _h("frames or stacks per video at uniform spacing in the test protocol", 25)
+                              "last validation (preset: 1000 for iter-step, else 0)", may_change=(RESUME,))
+    val_frames: int = _h("frames or stacks per hold-out video in the per-epoch validation (centre crop)", 5,
+                         may_change=(RESUME,))
+    test_frames: int = _h("frames or stacks per video at uniform spacing in the test protocol", 25,
+                          may_change=CONTROL)
     test_crops: int = _h("crops per frame: 10 (4 corners + centre and their flips) | 5 (no flips) | 1 (centre)",
-                         10)
+                         10, may_change=CONTROL)
     test_crop_scale: float = _h("test crop side as a fraction of the short side, resized to input_size",
-                                PAPER_TEST_CROP)
-    test_batch: int = _h("views per forward pass in testing", 250)
+                                PAPER_TEST_CROP, may_change=CONTROL)
+    test_batch: int = _h("views per forward pass in testing", 250, may_change=CONTROL)
 
     def __post_init__(self) -> None:
         """Coerce every value to its field's type, fill the stream presets, check values and combinations.
@@ -220,6 +228,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+RESUME_KEYS = frozenset(k for k, f in FIELDS.items() if RESUME in f.metadata["may_change"])
+TEST_TIME_KEYS = frozenset(k for k, f in FIELDS.items() if TEST in f.metadata["may_change"])
 # Filled from the stream presets when left unset (None): they depend on the stream, backbone or schedule.
 PRESET_KEYS = frozenset({"lr", "dropout", "lr_steps", "max_iters", "val_every_iters"})
 

@@ -47,11 +47,6 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def finite_positive(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[str]]:
     """(epochs, values) of the rows whose ``key`` can be drawn on a log axis, and a note for each one that
     cannot (NaN, infinite, zero or negative): e.g. ``"hold-out loss nan at epoch 3"``. Rows without the

@@ -12,7 +12,7 @@ from typing import Any
 from plumbing.atomic import atomic_write
 from trainer import checkpoint as ckpt
 from trainer import logs
-from trainer.config import RUNTIME_KEYS, TrainConfig
+from trainer.config import RESUME_KEYS, TrainConfig
 from trainer.data import Subsets, check_sample_length, open_store, split_subsets
 from trainer.distributed import Env, barrier, broadcast_object, setup, teardown
 from trainer.errors import CheckpointError, ConfigError, TrainerError
@@ -27,7 +27,7 @@ log = logging.getLogger("trainer")
 def _config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     now = cfg.to_dict()
     return [f"{k}: {saved.get(k)!r} in the run, {now[k]!r} now" for k in now
-            if k not in RUNTIME_KEYS and saved.get(k) != now[k]]
+            if k not in RESUME_KEYS and saved.get(k) != now[k]]
 
 
 def run(cfg: TrainConfig, resume: str | os.PathLike | None = None, fresh: bool = False, test: bool = True,

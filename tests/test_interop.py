@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from flowprep import FlowStore
 from flowprep.cli import main as cli
-from flowprep.interop.layouts import LAYOUTS, jpeg_shape, match_files
+from flowprep.interop.jpegs import jpeg_shape
+from flowprep.interop.layouts import LAYOUTS, match_files
 from flowprep.errors import VideoError
 from tests.fake_datasets import make_fake_ucf101
 from tests.fake_layouts import H, W, decoded, flow, frame, jpeg, write_tree

@@ -13,8 +13,8 @@ import numpy as np
 
 from plumbing.atomic import exclusive_lock_or, fsync_dir
 from flowprep.errors import OptionError, StoreError
-from flowprep.store.format import (FORMAT, JPEG_CODECS, incompatibilities, is_disk_full, open_store_file,
-                                   read_config, read_contents)
+from flowprep.store.format import (FORMAT, JPEG_CODECS, incompatibilities, is_disk_full, making_command,
+                                   open_store_file, read_config, read_contents)
 
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 
@@ -65,8 +65,9 @@ def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
     """
     store = Path(store)
     path = store.with_name(store.name + ".lock")
-    busy = lambda pid: StoreError(f"another flowprep extract (pid {pid}) is writing {store}; wait for it "  # noqa: E731
-                                  "to finish or stop it, then re-run (a killed run resumes)")
+    busy = lambda pid: StoreError(  # noqa: E731  the holder's command, from the work it keeps in <store>.parts/
+        f"another flowprep {making_command(store) or 'run'} (pid {pid}) is writing {store}; wait for it to finish "
+        "or stop it, then re-run (a killed run resumes)")
     unwritable = lambda exc: StoreError(f"cannot write {store}: {exc.strerror or exc} ({exc.filename or path}); "  # noqa: E731
                                         "choose an --out in a folder you can write to")
     with exclusive_lock_or(path, busy, unwritable):

@@ -53,7 +53,9 @@ def exported_rounding(frames: Path) -> str | None:
         marker = json.loads((Path(frames).parent / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(marker, dict) or marker.get("format") != FORMAT or not isinstance(marker.get("store_config"), dict):
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+        return None
+    if not isinstance(marker.get("store_config"), dict):
         return None
     return rounding_of(marker["store_config"])
 

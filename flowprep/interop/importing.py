@@ -99,7 +99,7 @@ class ImportConfig:
     bound: float = DEFAULT_BOUND
     codec: str = DEFAULT_IMPORT_CODEC
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
-    rounding: str | None = None  # None: the export's own rule (an OUT/rawframes of `flowprep export`), else the layout's
+    rounding: str | None = None  # None: an export's own rule (OUT/rawframes of `flowprep export`), else the layout's
     jobs: int = 1
     allow_missing: bool = False
     overwrite: bool = False

@@ -36,10 +36,8 @@ writer's rule (``rounding``): dense_flow and denseflow round (cvRound), mmaction
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from flowprep.errors import VideoError
 

@@ -66,8 +66,8 @@ def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
     store = Path(store)
     path = store.with_name(store.name + ".lock")
     busy = lambda pid: StoreError(  # noqa: E731  the holder's command, from the work it keeps in <store>.parts/
-        f"another flowprep {making_command(store) or 'extract'} (pid {pid}) is writing {store}; wait for it to finish "
-        "or stop it, then re-run (a killed run resumes)")
+        f"another flowprep {making_command(store) or 'extract'} (pid {pid}) is writing {store}; wait for it to "
+        "finish or stop it, then re-run (a killed run resumes)")
     unwritable = lambda exc: StoreError(f"cannot write {store}: {exc.strerror or exc} ({exc.filename or path}); "  # noqa: E731
                                         "choose an --out in a folder you can write to")
     with exclusive_lock_or(path, busy, unwritable):

@@ -156,11 +156,14 @@ def test_a_feichtenhofer_video_missing_from_jpegs_256_fails(tmp_path):
 def test_symbolic_link_loops_are_named_and_hide_nothing(tmp_path, tree):
     os.symlink("v_loop", tree.frames / "YoYo" / "v_loop")  # points at itself
     os.symlink("..", tree.frames / "YoYo" / "v_up")  # points above itself
+    inner = tree.folder("v_ApplyEyeMakeup_g01_c01") / "img_00007.jpg"
+    os.symlink(inner.name, inner)  # a frame that is a loop
     result, failed = _import(tree, tmp_path / "f.h5")
-    assert result.exit_code == 1 and set(failed) == {"v_loop", "v_up"}
+    assert result.exit_code == 1 and set(failed) == {"v_loop", "v_up", "v_ApplyEyeMakeup_g01_c01"}
     assert all("symbolic link that loops" in r for r in failed.values())
+    assert f"{inner}: a symbolic link that loops" in failed["v_ApplyEyeMakeup_g01_c01"]
     with FlowStore(tmp_path / "f.h5") as store:
-        assert set(store.video_ids) == set(VIDEOS)
+        assert set(store.video_ids) == set(VIDEOS) - {"v_ApplyEyeMakeup_g01_c01"}
     top = tmp_path / "only_a_loop"
     top.mkdir()
     os.symlink("v_a", top / "v_a")

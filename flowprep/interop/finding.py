@@ -42,6 +42,7 @@ class Listing:
     dirs: list[Path]
     files: list[str]
     loops: list[Path]
+    error: str = ""  # why the folder could not be listed
 
 
 def _above_or_same(target: Path, d: Path) -> bool:
@@ -55,8 +56,8 @@ def listing(d: Path) -> Listing:
     dirs, files, loops = [], [], []
     try:
         it = os.scandir(d)
-    except OSError:
-        return Listing([], [], [])
+    except OSError as exc:
+        return Listing([], [], [], exc.strerror or str(exc))
     with it:
         for e in it:
             if e.name.startswith("."):

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from flowprep.errors import LayoutError, OptionError, VideoError
-from flowprep.interop.finding import file_names, find_videos, relative, source_bytes, sub_folders
+from flowprep.interop.finding import file_names, find_videos, listing, loop_text, relative, source_bytes, sub_folders
 from flowprep.interop.jpegs import check_jpeg, decoder
 from flowprep.interop.layouts import LAYOUTS, layout, look_alike, match_files
 from flowprep.plan import Wanted
@@ -224,6 +224,16 @@ def _read(path: Path) -> bytes:
         raise VideoError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
+def _names(d: Path) -> list[str]:
+    """The file names in a video's folder; VideoError when it cannot be listed or holds a looping link."""
+    seen = listing(d)
+    if seen.error:
+        raise VideoError(f"{d}: cannot be listed ({seen.error})")
+    if seen.loops:
+        raise VideoError(loop_text(seen.loops[0]))
+    return seen.files
+
+
 def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
     """Read one video's RGB and flow JPEGs, check them and build its record (flowprep.work.VideoEncoder, the
     one record builder). Never raises for bad input: a video that cannot be used comes back as a Failure
@@ -242,13 +252,11 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
             raise VideoError(task.problem)
         if not rgb_dir.is_dir():
             raise VideoError(f"{rgb_dir}: no frames folder for this video ({lay.tool} layout)")
-        names = file_names(rgb_dir)
         for what, d in (("flow x", x_dir), ("flow y", y_dir)):
             if not d.is_dir():
                 raise VideoError(f"{d}: no {what} folder for this video ({lay.tool} layout)")
         nbytes = source_bytes([rgb_dir, x_dir, y_dir])  # before reading, so a change during the run shows
-        x_names = names if x_dir == rgb_dir else file_names(x_dir)
-        y_names = x_names if y_dir == x_dir else file_names(y_dir)
+        names, x_names, y_names = (_names(d) for d in (rgb_dir, x_dir, y_dir))
         files = match_files(lay, names, x_names, y_names, (str(rgb_dir), str(x_dir), str(y_dir)))
         encoder = VideoEncoder(task, settings.codec, settings.jpeg_quality)
         size, first = None, None

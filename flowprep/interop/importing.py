@@ -175,6 +175,11 @@ def import_frames(cfg: ImportConfig, executor: Callable | None = None):
         manifest = Manifest(manifest.dataset, manifest.classes, manifest.records, [*manifest.problems, *notes],
                             manifest.num_splits)
     by_id = {r.video_id: r for r in manifest.records}
+    if stray := sorted(set(found) - set(by_id)):  # no class folder, no split file, no UCF101 name: no label
+        raise LayoutError(f"{len(stray)} folders in {cfg.frames} have no class (no class folder, not in the split "
+                          f"files, not a UCF101 name v_<Class>_gXX_cYY): {', '.join(stray[:5])}"
+                          + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+                          + "; move them out of --frames, or give the split files that name them (--splits)")
     expected = [r.video_id for r in manifest.records]
     flow_root = cfg.flow or cfg.frames
 

@@ -245,8 +245,10 @@ def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: 
     rgb_numbers = _numbers(rgb_names, lay.rgb, where[0])
     if not rgb_numbers:
         flows = [n for n in x_names if holds_layout_files(lay, [n])] if where[1] == where[0] else []
-        gone = f"; it holds {len(flows)} flow images ({_shown(flows)}) but no frames: the frames are gone" \
-            if flows else (look_alike(lay, rgb_names) or found_names(rgb_names))
+        never = " (mmaction2's tools/misc/flow_extraction.py writes them only with --save-rgb)" \
+            if lay.other_flow_names else ""
+        gone = f"; it holds {len(flows)} flow images ({_shown(flows)}) but no frames: the frames are gone, or were " \
+            f"never written{never}" if flows else (look_alike(lay, rgb_names) or found_names(rgb_names))
         raise VideoError(f"{where[0]}: no RGB images named {lay.pattern} ({lay.tool})" + gone)
     px, py, x_numbers, y_numbers = _flow_numbers(lay, x_names, y_names, where)
     firsts = {min(n) for n in (rgb_numbers, x_numbers, y_numbers) if n}

@@ -150,13 +150,14 @@ def find_videos(lay: Layout, frames: Path, flow: Path | None) -> tuple[dict[str,
         else:
             bare.append(t)
     for t, inside in classes:
-        if not any(_holds(lay, d) for d in inside.dirs):
+        holds = {d: _holds(lay, d) for d in inside.dirs}  # one listing per video folder
+        if not any(holds.values()):
             raise LayoutError(f"{t}: a class folder none of whose {len(inside.dirs) + len(inside.loops)} video "
                               f"folders holds a frame or flow image of the {lay.name} layout; the class would "
                               "vanish and the labels of the classes after it shift: restore its videos, or move "
                               "the folder out of --frames")
         for d in inside.dirs:
-            add(d, t.name, holds=_holds(lay, d))
+            add(d, t.name, holds=holds[d])
         for link in inside.loops:
             add(link, t.name, loop_text(link), False)
     for t in bare:

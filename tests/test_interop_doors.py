@@ -207,7 +207,7 @@ def _truncated(v: np.ndarray, b: float = 20.0) -> np.ndarray:
     return (v * (255 / float(2 * b))).astype(np.uint8)
 
 
-def test_truncated_flow_reads_back_centred_and_the_rule_is_one_option(tmp_path):
+def test_truncated_flow_reads_back_centred_and_the_rule_is_one_option(tmp_path, monkeypatch):
     from flowprep.flow.quantize import TRUNCATION_RULE, dequantize
     from trainer import transforms as T
     from trainer.data import open_store
@@ -219,43 +219,43 @@ def test_truncated_flow_reads_back_centred_and_the_rule_is_one_option(tmp_path):
     folder.mkdir(parents=True)
     for k in range(N):
         (folder / f"img_{k + 1:05d}.jpg").write_bytes(jpeg(frame(k)))
-    for k, v in enumerate(true, start=1):  # lossless enough: PNG-like quality via JPEG 100 is not exact,
-        q = _truncated(v)                  # so compare what the files decode to
+    for k, v in enumerate(true, start=1):  # as flow_extraction.py writes them (default names, gray JPEGs)
+        q = _truncated(v)
         (folder / f"x_{k:05d}.jpg").write_bytes(jpeg(q[..., 0]))
         (folder / f"y_{k:05d}.jpg").write_bytes(jpeg(q[..., 1]))
     frames = tmp_path / "t"
+    monkeypatch.setattr(T, "FLOW_CENTER", T.FLOW_CENTER)  # open_store sets the store's zero: restored after
     out, rounded = tmp_path / "trunc.h5", tmp_path / "round.h5"
     assert run_cli("import", "--layout", "mmaction2", "--frames", frames, "--out", out, "--no-progress").exit_code == 0
     assert run_cli("import", "--layout", "mmaction2", "--frames", frames, "--out", rounded, "--rounding", "round",
                    "--no-progress").exit_code == 0
-    try:
-        with FlowStore(out) as store, FlowStore(rounded) as other:
-            assert store.rounding == "truncate" and store.attrs["rounding"] == TRUNCATION_RULE
-            assert store.attrs["dequantize"] == "v = (u8 + 0.5) * 2b / 255 - b" and store.flow_zero == 127.0
-            assert other.rounding == "round" and other.flow_zero == 128.0
-            q = store.read_flow("v_YoYo_g01_c01", range(N - 1))
-            assert np.all(q[0] == 127)  # zero flow, truncated
-            assert np.all(store.dequantize(q[0]) == 0.0)  # ... reads back as zero, not 0.08 px low
-            err = store.dequantize(q[1:]) - np.stack(true[1:])
-            assert abs(float(err.mean())) < 0.01  # no bias: JPEG noise only
-            assert other.dequantize(q[0]).mean() == pytest.approx(-0.0784, abs=1e-3)  # the wrong rule's bias
-            assert np.array_equal(store.dequantize(q), dequantize(q, 20.0, "truncate"))
-            assert open_store(out) is not None and T.FLOW_CENTER == 127.0  # the trainer centres on the store's zero
-            assert open_store(rounded) is not None and T.FLOW_CENTER == 128.0
-            info = run_cli("info", out)
-            assert "rounding   truncate" in info.output and "flow_extraction.py" in info.output
-        # a flowprep export of a rounded store imports back rounded (its export.json says so)
-        exp = tmp_path / "exp"
-        assert run_cli("export", "--layout", "mmaction2", rounded, exp, "--no-progress").exit_code == 0
-        back = tmp_path / "back.h5"
-        assert run_cli("import", "--layout", "mmaction2", "--frames", exp / "rawframes", "--out", back,
-                       "--no-progress").exit_code == 0
-        with FlowStore(back) as b:
-            assert b.rounding == "round"
-        bad = run_cli("import", "--layout", "tsn", "--frames", frames, "--out", tmp_path / "x.h5", "--rounding", "up")
-        assert bad.exit_code == 2
-    finally:
-        T.FLOW_CENTER = 128.0
+    with FlowStore(out) as store, FlowStore(rounded) as other:
+        assert store.rounding == "truncate" and store.attrs["rounding"] == TRUNCATION_RULE
+        assert store.attrs["dequantize"] == "v = (u8 + 0.5) * 2b / 255 - b" and store.flow_zero == 127.0
+        assert other.rounding == "round" and other.flow_zero == 128.0
+        q = store.read_flow("v_YoYo_g01_c01", range(N - 1))
+        assert np.all(q[0] == 127)  # zero flow, truncated
+        assert np.all(store.dequantize(q[0]) == 0.0)  # ... reads back as zero, not 0.08 px low
+        err = store.dequantize(q[1:]) - np.stack(true[1:])
+        assert abs(float(err.mean())) < 0.01  # no bias: JPEG noise only
+        biased = other.dequantize(q[1:]) - np.stack(true[1:])
+        assert float(biased.mean()) == pytest.approx(-20 / 255, abs=0.02)  # read as rounded: half a step low
+        assert other.dequantize(q[0]).mean() == pytest.approx(-0.0784, abs=1e-3)  # the wrong rule's bias
+        assert np.array_equal(store.dequantize(q), dequantize(q, 20.0, "truncate"))
+        assert open_store(out) is not None and T.FLOW_CENTER == 127.0  # the trainer centres on the store's zero
+        assert open_store(rounded) is not None and T.FLOW_CENTER == 128.0
+        info = run_cli("info", out)
+        assert "rounding   truncate" in info.output and "flow_extraction.py" in info.output
+    # a flowprep export of a rounded store imports back rounded (its export.json says so)
+    exp = tmp_path / "exp"
+    assert run_cli("export", "--layout", "mmaction2", rounded, exp, "--no-progress").exit_code == 0
+    back = tmp_path / "back.h5"
+    assert run_cli("import", "--layout", "mmaction2", "--frames", exp / "rawframes", "--out", back,
+                   "--no-progress").exit_code == 0
+    with FlowStore(back) as b:
+        assert b.rounding == "round"
+    bad = run_cli("import", "--layout", "tsn", "--frames", frames, "--out", tmp_path / "x.h5", "--rounding", "up")
+    assert bad.exit_code == 2
 
 
 def test_show_follows_the_stores_rounding(tmp_path, tree):
@@ -354,10 +354,11 @@ def test_lock_and_info_name_flowprep_import_while_an_import_runs(tmp_path, tree)
 
 
 @pytest.mark.slow
-def test_the_trainer_names_a_video_whose_flow_fails_its_checksums(tmp_path, tree):
+def test_the_trainer_names_a_video_whose_flow_fails_its_checksums(tmp_path, tree, monkeypatch):
     import h5py
     from torch.utils.data import DataLoader
 
+    from trainer import transforms as T
     from trainer.config import load_config
     from trainer.data import TrainViews, open_store
     from trainer.errors import DataError
@@ -367,6 +368,7 @@ def test_the_trainer_names_a_video_whose_flow_fails_its_checksums(tmp_path, tree
     with h5py.File(out, "r+") as f:
         crcs = f["videos/v_YoYo_g01_c01/flow_crcs"]
         crcs[0::2] = crcs[0::2] ^ 1  # every x image
+    monkeypatch.setattr(T, "FLOW_CENTER", T.FLOW_CENTER)  # open_store sets the store's zero: restored after
     store = open_store(str(out))
     cfg = load_config("temporal", overrides={"flow_length": 2})
     views = TrainViews(store, ["v_YoYo_g01_c01"], {"v_YoYo_g01_c01": 1}, cfg)

@@ -258,15 +258,19 @@ def test_truncated_flow_reads_back_centred_and_the_rule_is_one_option(tmp_path, 
     assert bad.exit_code == 2
 
 
-def test_show_follows_the_stores_rounding(tmp_path, tree):
+def test_show_follows_the_stores_rounding(tmp_path, tree, monkeypatch):
     from flowprep.inspection import show
+    from flowprep.store.reader import FlowStore as Reader
 
     out = tmp_path / "f.h5"
     assert _import(tree, out)[0].exit_code == 0
+    seen = []
+    real = Reader.dequantize
+    monkeypatch.setattr(Reader, "dequantize", lambda self, q: seen.append(self.rounding) or real(self, q))
     assert show(out, "v_YoYo_g01_c01", tmp_path / "s.png", 2).is_file()
+    assert seen == ["truncate"]  # the picture's speeds are read with the store's rule
     with FlowStore(out) as store:
-        q = np.full((2, 2), 127, np.uint8)
-        assert np.all(store.dequantize(q) == 0.0)
+        assert np.all(store.dequantize(np.full((2, 2), 127, np.uint8)) == 0.0)
 
 
 # -- export ------------------------------------------------------------------------------------------------------

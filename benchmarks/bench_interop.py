@@ -1,6 +1,6 @@
 """Figures behind `flowprep import`'s default codec (jpeg-xy) and its speed. Prints tables; not a test.
 
-    python benchmarks/bench_interop.py [--scenes 8] [--videos 24] [--frames 60] [--quality 95]
+    python benchmarks/bench_interop.py [--scenes 8] [--videos 24] [--frames 60] [--quality 95] [--speed-only]
 
 1. Flow files as the other tools write them: OpenCV TV-L1 (CPU, OpenCV's defaults) on rendered 340x256
    scene pairs (flowprep.flow.scenes: translations, rotation and zoom, occlusion, flat texture, JPEG-damaged
@@ -188,6 +188,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--quality", type=int, default=95, help="quality of the second encode (codec jpeg, export)")
+    ap.add_argument("--speed-only", action="store_true", help="only table 5 (import speed)")
     args = ap.parse_args()
     import cv2
 
@@ -195,7 +196,8 @@ def main() -> None:
     t = time.perf_counter()
     fields = scene_fields(args.scenes)
     print(f"TV-L1 on {len(fields)} scene pairs at {W}x{H}: {time.perf_counter() - t:.1f} s")
-    codec_figures(fields, args.quality)
+    if not args.speed_only:
+        codec_figures(fields, args.quality)
     import_speed(fields, args.videos, args.frames)
 
 

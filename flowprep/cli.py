@@ -189,6 +189,10 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
               help="Official split files (ucfTrainTestlist/ or the HMDB51 split folder): classes, labels, splits.")
 @click.option("--bound", type=float, default=20.0, show_default=True,
               help="The bound the flow was quantised with (the files do not say; recorded).")
+@click.option("--rounding", type=click.Choice(["round", "truncate"]), default=None,
+              help="How the tool quantised flow to u8 (the files do not say; recorded, and followed when the "
+                   "store is read). Default: the layout's usual writer's (mmaction2: truncate, as its "
+                   "flow_extraction.py; the others: round), or for a `flowprep export` the store's own.")
 @click.option("--out", default="flows.h5", show_default=True, type=click.Path(path_type=Path),
               help="Store file to write.")
 @click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg-xy", show_default=True,
@@ -200,8 +204,8 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
-def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quality, jobs, allow_missing, overwrite,
-            no_progress, summary_json):
+def import_(layout_name, frames, flow, splits_dir, bound, rounding, out, codec, jpeg_quality, jobs, allow_missing,
+            overwrite, no_progress, summary_json):
     """Import frames and flow another tool wrote into a store like extract's. Re-run to resume.
 
     Every video's files are checked against the layout's numbering and count rules; a video that breaks them
@@ -213,7 +217,7 @@ def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quali
 
     def run():
         cfg = ImportConfig(layout=layout_name, frames=frames, out=out, flow=flow, splits_dir=splits_dir, bound=bound,
-                           codec=codec, jpeg_quality=jpeg_quality,
+                           rounding=rounding, codec=codec, jpeg_quality=jpeg_quality,
                            jobs=jobs if jobs is not None else os.cpu_count() or 1, allow_missing=allow_missing,
                            overwrite=overwrite, progress=not no_progress)
         return import_frames(cfg)

@@ -9,7 +9,6 @@ import numpy as np
 
 from flowprep.video.decode import EXACT_SLACK_FRAMES, EXACT_SLACK_SHARE, count_check_kind
 from flowprep.errors import OptionError, StoreError
-from flowprep.flow.quantize import dequantize
 from flowprep.store.reader import FlowStore
 
 SHOWN_SHORT = 10  # short videos named in `info` text before "... and N more"
@@ -91,8 +90,12 @@ def _flow_lines(c: dict[str, Any]) -> list[str]:
     if not isinstance(imported, dict):
         return [f"flow       {c['algo']} ({c['implementation']}), bound {c['bound']}, {c['rounding']}",
                 "params     " + ", ".join(f"{k}={v}" for k, v in c["params"].items())]
+    from flowprep.flow.quantize import rounding_of
+
     return [f"flow       imported from {imported.get('tool')} (layout {imported.get('layout')}), not computed; bound "
-            f"{c['bound']} as given with --bound (the files do not record it); rounding: {c['rounding']}",
+            f"{c['bound']} as given with --bound (the files do not record it)",
+            f"rounding   {rounding_of(c)}: {c['rounding']}, read back as {c.get('dequantize')}"
+            + (f" ({imported['rounding']})" if imported.get("rounding") else ""),
             f"source     frames {imported.get('frames')}, flow {imported.get('flow')}; "
             f"{imported.get('source_index_convention')}",
             f"mapping    {imported.get('mapping')}",
@@ -111,7 +114,8 @@ def verify(path: str | Path, progress: bool = False) -> list[str]:
     with FlowStore(path, check_crc=False) as store:  # the checksums are compared here, to name every problem
         missing = set(store.expected_ids) - set(store.video_ids) - {f["video_id"] for f in store.failures}
         problems += [f"{vid}: expected but neither stored nor recorded as failed" for vid in sorted(missing)]
-        problems += [f"{f['video_id']}: failed at extraction: {f['reason']}" for f in store.failures]
+        made = "import" if store.attrs.get("algo") == "imported" else "extraction"
+        problems += [f"{f['video_id']}: failed at {made}: {f['reason']}" for f in store.failures]
         with Progress(len(store.video_ids), unit="video", desc="verify", enabled=progress) as bar:
             for vid in store.video_ids:
                 problems += _video_problems(store, vid)
@@ -127,16 +131,16 @@ def _video_problems(store: FlowStore, vid: str) -> list[str]:
     try:
         for kind, count in (("rgb", store.num_frames(vid)), ("flow", store.num_flows(vid))):
             if zlib.crc32(store.raw_bytes(vid, kind).tobytes()) != rec[f"{kind}_crc32"]:
-                problems.append(f"{vid}: {kind} checksum mismatch (stored data damaged)")
+                problems.append(f"{vid}: {kind} checksum mismatch (stored data damaged); {store.redo}")
             damaged = store.damaged_images(vid, kind) or []
-            problems += [f"{vid}: {kind} image {i} does not match its checksum" for i in damaged]
+            problems += [f"{vid}: {kind} image {i} does not match its checksum; {store.redo}" for i in damaged]
             read = store.read_rgb if kind == "rgb" else store.read_flow
             for lo in range(0, count, VERIFY_CHUNK):
                 idx = [i for i in range(lo, min(count, lo + VERIFY_CHUNK)) if i not in damaged]
                 read(vid, idx)  # every image must decode to the recorded size (StoreError otherwise)
     except (StoreError, OSError, KeyError, ValueError, AttributeError, RuntimeError, TypeError) as exc:
         # a damaged dataset, or h5py reporting a damaged object as any of these
-        problems.append(f"{vid}: unreadable ({type(exc).__name__}: {exc}); re-extract it")
+        problems.append(f"{vid}: unreadable ({type(exc).__name__}: {exc}); {store.redo}")
     return problems
 
 
@@ -211,7 +215,7 @@ def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Pa
         m = store.num_flows(video_id)
         idx = np.unique(np.linspace(0, m - 1, min(count, m)).round().astype(int))
         rgb = store.read_rgb(video_id, idx)
-        flow = dequantize(store.read_flow(video_id, idx), store.attrs["bound"])
+        flow = store.dequantize(store.read_flow(video_id, idx))  # the store's bound and rounding rule
     top = max(float(np.percentile(np.hypot(flow[..., 0], flow[..., 1]), 99)), 1e-6)
     colour = [flow_to_color(f, top) for f in flow]
     zoom = max(1, -(-192 // rgb.shape[1]))  # small frames are enlarged (nearest) so a person can see them

@@ -10,7 +10,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 
 # Permissions asked for when a file is created; the kernel takes the process umask off (0644 under umask
@@ -141,17 +141,19 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive_lock_or(path: str | os.PathLike, error: type[Exception], holder: str, target: str | os.PathLike,
-                      choose: str, rerun: str = "a killed run resumes") -> Iterator[Path]:
+def exclusive_lock_or(path: str | os.PathLike, error: type[Exception], holder: str | Callable[[], str],
+                      target: str | os.PathLike, choose: str, rerun: str = "a killed run resumes") -> Iterator[Path]:
     """exclusive_lock, with the two ways of not getting it turned into one ``error`` each, worded the same
-    for every tool: another ``holder`` (a command, e.g. "flowprep extract") is writing ``target``; or
+    for every tool: another ``holder`` (a command, e.g. "flowprep extract", or a function that finds it out)
+    is writing ``target``; or
     ``target`` cannot be written, and the user should ``choose`` another place (e.g. "an --out"). ``rerun``
     says what a re-run after stopping the holder does. Errors raised while the lock is held pass unchanged."""
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(exclusive_lock(path))
         except LockHeld as exc:
-            raise error(f"another {holder} (pid {exc.holder}) is writing {target}; wait for it to finish or "
+            who = holder() if callable(holder) else holder
+            raise error(f"another {who} (pid {exc.holder}) is writing {target}; wait for it to finish or "
                         f"stop it, then re-run ({rerun})") from None
         except OSError as exc:
             raise error(f"cannot write {target}: {exc.strerror or exc} ({exc.filename or path}); choose "

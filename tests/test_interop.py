@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from flowprep import FlowStore
 from flowprep.cli import main as cli
-from flowprep.interop.layouts import LAYOUTS, jpeg_shape, match_files
+from flowprep.interop.jpegs import jpeg_shape
+from flowprep.interop.layouts import LAYOUTS, match_files
 from flowprep.errors import VideoError
 from tests.fake_datasets import make_fake_ucf101
 from tests.fake_layouts import H, W, decoded, flow, frame, jpeg, write_tree
@@ -119,15 +120,17 @@ def test_tsn_frame_0_is_recorded_not_shifted(tmp_path, ucf):
 def test_feichtenhofer_without_split_files_takes_the_class_from_the_ucf_name(tmp_path, ucf):
     _, videos = ucf
     tree = write_tree(tmp_path / "t", "feichtenhofer", videos)
-    (tree.frames / "stray_clip").mkdir()  # no frames in it: noted, left out
+    (tree.frames / "stray_clip").mkdir()  # no class to give it: refused, not left out without a word
     out = tmp_path / "f.h5"
+    refused = _import(tree, out)
+    assert refused.exit_code == 1 and "have no class" in refused.output and "stray_clip" in refused.output
+    (tree.frames / "stray_clip").rmdir()
     result = _import(tree, out)
     assert result.exit_code == 0, result.output
     with FlowStore(out) as store:
         m = store.manifest
         assert m.dataset == "folder" and m.classes == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
         assert m.by_id("v_HandStandPushups_g01_c01").path == "HandstandPushups/v_HandStandPushups_g01_c01"
-        assert any("stray_clip" in p for p in m.problems)
     info = run_cli("info", out)
     assert info.exit_code == 0 and "imported" in info.output and "feichtenhofer" in info.output
     # without split files, export writes one list pair of every video

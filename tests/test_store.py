@@ -314,8 +314,9 @@ def test_jpeg_xy_damage_in_either_plane_names_the_field(tmp_path, manifest_text,
             store.read_stored("a", "flow", [2])
         assert store.damaged_images("a", "flow") == [2] and store.damaged_images("a", "rgb") == []
     problems = verify(out)
-    assert "a: flow image 2 does not match its checksum" in problems
-    assert "a: flow checksum mismatch (stored data damaged)" in problems
+    redo = "re-extract that video (`flowprep extract` made this store)"  # the fix, with the command that made it
+    assert f"a: flow image 2 does not match its checksum; {redo}" in problems
+    assert f"a: flow checksum mismatch (stored data damaged); {redo}" in problems
 
 
 def test_raw_stores_have_no_stored_jpegs(tmp_path, manifest_text):

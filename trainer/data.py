@@ -39,7 +39,9 @@ class Subsets:
 def open_store(path: str):
     from flowprep import FlowStore
 
-    return FlowStore(path)
+    store = FlowStore(path)
+    T.FLOW_CENTER = store.flow_zero  # zero flow as this store quantised it: 128 rounded, 127 truncated
+    return store
 
 
 def _usable(store, vid: str, cfg: TrainConfig) -> bool:
@@ -165,7 +167,7 @@ class TrainViews:
                             READ_RETRIES, exc)
         else:
             raise DataError(f"{vid}: {READ_RETRIES} positions failed to decode; run `flowprep verify` "
-                            f"and re-extract that video")
+                            f"and {getattr(self.store, 'redo', 're-extract that video')}")
         planar = self.stream == "temporal"
         h, w = frames.shape[2:] if planar else frames.shape[1:3]
         box = T.sample_crop_box(h, w, self.scales, self.corner, rng)

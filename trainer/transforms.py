@@ -21,7 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's Kinetics-400 video models were trained with these statistics.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-FLOW_CENTER = 128.0  # quantised zero flow (floor(127.5 + 0.5)); (u8 - 128) / 128 maps flow into [-1, 1)
+FLOW_CENTER = 128.0  # quantised zero flow (floor(127.5 + 0.5)); data.open_store sets the store's (FlowStore.flow_zero)
 FLOW_SCALE = 128.0
 
 

@@ -2,6 +2,11 @@
 
 u8 = floor(255 * (clip(v, -b, b) + b) / (2b) + 0.5): round half up, so zero flow maps to 128.
 The inverse is v = u8 * 2b / 255 - b. Both the bound and the rounding rule are recorded in every store.
+
+Imported flow may have been truncated instead (mmaction2's flow_extraction.py: ``astype(np.uint8)``), so
+u8 = floor(255 * (clip(v, -b, b) + b) / (2b)): zero flow maps to 127, and the value u8 stands for the
+middle of its step, v = (u8 + 0.5) * 2b / 255 - b. ``ROUNDINGS`` names both rules; a store records its
+one rule's formula under "rounding", and `rounding_of` reads the name back.
 """
 from __future__ import annotations
 
@@ -11,6 +16,18 @@ from flowprep.errors import OptionError
 
 DEFAULT_BOUND = 20.0
 ROUNDING_RULE = "floor(255*(clip(v,-b,b)+b)/(2b)+0.5)"
+TRUNCATION_RULE = "floor(255*(clip(v,-b,b)+b)/(2b))"
+ROUNDINGS = {"round": ROUNDING_RULE, "truncate": TRUNCATION_RULE}  # rule name -> the formula a store records
+DEQUANTIZE = {"round": "v = u8 * 2b / 255 - b", "truncate": "v = (u8 + 0.5) * 2b / 255 - b"}
+ZERO_FLOW = {"round": 128.0, "truncate": 127.0}  # the u8 value zero flow is stored as: where to centre it
+_OFFSET = {"round": 0.0, "truncate": 0.5}  # added to u8 before scaling back
+
+
+def rounding_of(config: dict) -> str:
+    """The rule name ("round" or "truncate") of a store's config. Stores written before truncation could be
+    recorded carry another text (an imported store's note on its tool): every one of them was read as
+    rounded, and extract always rounded, so anything but the truncation formula is "round"."""
+    return "truncate" if config.get("rounding") == TRUNCATION_RULE else "round"
 
 
 def _check_bound(bound: float) -> float:
@@ -41,10 +58,17 @@ def quantize(flow, bound: float = DEFAULT_BOUND):
     return np.clip(q, 0, 255).astype(np.uint8)
 
 
-def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """uint8 (any shape) -> float32 flow in pixels in [-bound, bound]."""
+def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND, rounding: str = "round") -> np.ndarray:
+    """uint8 (any shape) -> float32 flow in pixels: the inverse of ``rounding`` ("round": [-bound, bound];
+    "truncate": each step's middle, [-bound + bound/255, bound + bound/255]). FlowStore.dequantize passes
+    the store's own bound and rule."""
     bound = _check_bound(bound)
-    return np.asarray(q, dtype=np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)
+    if rounding not in _OFFSET:
+        raise OptionError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    q = np.asarray(q, dtype=np.float32)
+    if _OFFSET[rounding]:
+        q = q + np.float32(_OFFSET[rounding])
+    return q * np.float32(2.0 * bound / 255.0) - np.float32(bound)
 
 
 def clipped_fraction(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> float:

@@ -11,7 +11,10 @@ mmaction2's RawframeDataset with ``start_index`` 1 expects. Both tools call the 
 What is copied: stored RGB JPEGs, and with codec jpeg-xy the flow's x and y JPEGs, are written byte for
 byte. A jpeg store's x | y images are decoded and each half encoded again as a gray JPEG (a second lossy
 step), a raw store's pixels encoded once. Each video is written into a temporary folder and renamed, so an
-export that is stopped leaves whole video folders; running it again writes the others.
+export that is stopped leaves whole video folders; running it again writes the others. Each folder holds
+``.flowprep-export.json``, what the store said of its video when it was written (counts, checksums, class):
+a re-export rewrites the folders whose video changed since, and removes the folders of videos no longer in
+the store (or now in another class), so OUT always shows the store as it is.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import numpy as np
 
 from flowprep.errors import OptionError, StoreError
 from flowprep.interop.layouts import LAYOUTS, export_names
-from flowprep.store.format import DEFAULT_JPEG_QUALITY, encode_jpeg
+from flowprep.store.format import DEFAULT_JPEG_QUALITY, encode_jpeg, is_disk_full
 from flowprep.work import Failure, VideoTask
 
 EXPORT_LAYOUTS = tuple(name for name, lay in LAYOUTS.items() if lay.lists is not None)
@@ -35,6 +38,31 @@ FRAMES_DIR = "rawframes"
 MARKER = "export.json"
 FORMAT = "flowprep-export/1"
 CHUNK = 64  # frames or fields read from the store at a time
+STAMP = ".flowprep-export.json"  # in each video folder: what the store said of the video it was written from
+_STAMPED = ("class_name", "label", "num_frames", "num_flows", "rgb_crc32", "flow_crc32")
+
+
+def exported_rounding(frames: Path) -> str | None:
+    """The rounding rule ("round", "truncate") of the store that `flowprep export` wrote ``frames`` from,
+    when ``frames`` is an export's OUT/rawframes (OUT/export.json says so); else None."""
+    from flowprep.flow.quantize import rounding_of
+
+    if Path(frames).name != FRAMES_DIR:
+        return None
+    try:
+        marker = json.loads((Path(frames).parent / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+        return None
+    if not isinstance(marker.get("store_config"), dict):
+        return None
+    return rounding_of(marker["store_config"])
+
+
+@dataclass(frozen=True)
+class DiskFull(Failure):
+    """A video that could not be written because the disk is full: the export stops (as extract does)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +81,7 @@ class ExportedVideo:
     frames: int  # img_ files
     flows: int  # flow_x_ (and flow_y_) files
     kept: bool = False
+    rewritten: bool = False  # an earlier export's folder of it was out of date
 
 
 @dataclass
@@ -65,6 +94,8 @@ class ExportSummary:
     failed: list[dict[str, str]] = field(default_factory=list)
     lists: list[str] = field(default_factory=list)
     not_in_store: int = 0  # videos of the manifest the store lacks (failed at extraction): in no list
+    removed: int = 0  # folders of videos no longer in the store (or moved to another class), removed
+    rewritten: int = 0  # folders whose video changed in the store since an earlier export, written again
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -80,8 +111,11 @@ def _check_out(out: Path, marker: dict[str, Any]) -> None:
     try:
         before = json.loads((out / MARKER).read_text())
     except (OSError, ValueError):
-        raise OptionError(f"OUT {out} holds files that `flowprep export` did not write; give a new or empty "
-                          "folder") from None
+        before = None
+    if not isinstance(before, dict) or before.get("format") != FORMAT:
+        raise OptionError(f"OUT {out} holds files that `flowprep export` did not write ({out / MARKER} is "
+                          f"{'not there' if not (out / MARKER).exists() else 'not an export record'}); give a new "
+                          "or empty folder") from None
     keys = ("store", "layout", "jpeg_quality", "store_config")
     if diff := [k for k in keys if before.get(k) != marker.get(k)]:
         raise StoreError(f"{out} holds an export made with another {', '.join(diff)} ({before.get('layout')} of "
@@ -117,8 +151,13 @@ def export_store(store_path: str | os.PathLike, out: str | os.PathLike, layout_n
     with exclusive_lock_or(out / ".export.lock", StoreError, "flowprep export", out, "an OUT",
                            rerun="a stopped export resumes"):
         _check_out(out, marker)
-        atomic_write(out / MARKER, json.dumps(marker, indent=1, sort_keys=True) + "\n")
-        return _export_locked(out, lay, config, manifest, records, marker, jobs, jpeg_quality, progress, t0)
+        try:
+            atomic_write(out / MARKER, json.dumps(marker, indent=1, sort_keys=True) + "\n")
+            return _export_locked(out, lay, config, manifest, records, marker, jobs, jpeg_quality, progress, t0)
+        except OSError as exc:  # a failed atomic write leaves no temporary file; written folders are whole
+            what = "no space left on device" if is_disk_full(exc) else exc.strerror or str(exc)
+            raise StoreError(f"{what} writing {exc.filename or out}; free space (or fix the problem) and re-run "
+                             "the same command: the video folders written so far are kept") from None
 
 
 def _export_locked(out: Path, lay, config, manifest, records, marker, jobs: int, jpeg_quality: int, progress: bool,
@@ -138,6 +177,7 @@ def _export_locked(out: Path, lay, config, manifest, records, marker, jobs: int,
     if lay.first_frame:
         summary.notes.append(f"{lay.tool} never writes a video's first frame: store frame 0 of each video is not "
                              "written (its flow field 0 is, as flow_x/y_00001)")
+    summary.removed = _remove_stale(out / FRAMES_DIR, {f"{rec['class_name']}/{vid}" for vid, rec in records.items()})
     tasks, done = [], {}
     for vid, rec in records.items():
         rel = f"{rec['class_name']}/{vid}"
@@ -149,12 +189,15 @@ def _export_locked(out: Path, lay, config, manifest, records, marker, jobs: int,
 
     with Progress(len(tasks), unit="video", desc="export", enabled=progress and bool(tasks)) as bar:
         def on_outcome(outcome) -> None:
+            if isinstance(outcome, DiskFull):
+                raise StoreError(outcome.reason)
             if isinstance(outcome, Failure):
                 summary.failed.append({"video_id": outcome.video_id, "path": outcome.path, "reason": outcome.reason})
             else:
                 done[outcome.video_id] = outcome
                 summary.kept += outcome.kept
                 summary.written += not outcome.kept
+                summary.rewritten += outcome.rewritten
             bar.update(1, failed=len(summary.failed))
 
         if tasks:
@@ -197,20 +240,55 @@ def _reader(path: str):
     return _READERS[path]
 
 
+def _remove_stale(frames: Path, wanted: set[str]) -> int:
+    """Remove from an earlier export's ``frames`` (OUT/rawframes) the video folders not in ``wanted``
+    ("<Class>/<video>"), the hidden leftovers of a stopped run, and class folders left empty. Returns how
+    many video folders went."""
+    removed = 0
+    if not frames.is_dir():
+        return 0
+    for cls in sorted(p for p in frames.iterdir() if p.is_dir() and not p.is_symlink()):
+        for d in sorted(cls.iterdir()):
+            hidden = d.name.startswith(".") and d.name.endswith((".tmp", ".old"))
+            if d.is_dir() and (hidden or (not d.name.startswith(".") and f"{cls.name}/{d.name}" not in wanted)):
+                shutil.rmtree(d)
+                removed += not hidden
+        if not any(cls.iterdir()):
+            cls.rmdir()
+    return removed
+
+
+def _stamp(store, video_id: str) -> dict[str, Any]:
+    rec = store.record(video_id)
+    return {"video_id": video_id, **{k: rec.get(k) for k in _STAMPED}}
+
+
+def _stamped(folder: Path) -> dict[str, Any] | None:
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
 def export_video(task: VideoTask, settings: ExportSettings):
     """Write one video's folder (temporary name, then renamed); an ExportedVideo, or a Failure with the
-    reason. A folder already there was written whole by an earlier run of the same export: kept."""
+    reason (DiskFull when the disk is full). A folder already there whose stamp matches the store's video
+    was written whole by an earlier run: kept; one whose video changed is written again."""
     import cv2
 
     cv2.setNumThreads(1)
     lay = LAYOUTS[settings.layout]
     final = Path(task.path)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    old = final.with_name(f".{final.name}.{os.getpid()}.old")
     try:
         store = _reader(settings.store)
         n = store.num_frames(task.video_id)
         rgb, fields = export_names(lay, n)
-        if final.is_dir():
+        stamp = _stamp(store, task.video_id)
+        stale = final.is_dir()
+        if stale and _stamped(final) == stamp:
             return ExportedVideo(task.video_id, len(rgb), len(fields), kept=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -235,12 +313,20 @@ def export_video(task: VideoTask, settings: ExportSettings):
             for (_, xn, yn), (x, y) in zip(chunk, pairs):
                 (tmp / xn).write_bytes(np.asarray(x).tobytes())
                 (tmp / yn).write_bytes(np.asarray(y).tobytes())
+        (tmp / STAMP).write_text(json.dumps(stamp, sort_keys=True) + "\n")
+        if stale:  # the earlier export's folder of this video is out of date: replaced
+            os.rename(final, old)
         os.rename(tmp, final)
-        return ExportedVideo(task.video_id, len(rgb), len(fields))
+        return ExportedVideo(task.video_id, len(rgb), len(fields), rewritten=stale)
     except (StoreError, OSError, ValueError, KeyError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            return DiskFull(task.video_id, task.relpath, f"no space left on device writing {final}; free space "
+                            "and re-run the same command: the video folders written so far are kept")
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         return Failure(task.video_id, task.relpath, f"{final}: {type(exc).__name__}: {what}")
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def summary_text(s: ExportSummary) -> str:
@@ -248,6 +334,10 @@ def summary_text(s: ExportSummary) -> str:
              f"videos: {s.videos} in the store, written {s.written}, kept from an earlier run {s.kept}, "
              f"failed {len(s.failed)}",
              f"lists: {len(s.lists)} ({', '.join(s.lists[:4])}{' ...' if len(s.lists) > 4 else ''})"]
+    if s.rewritten:
+        lines.append(f"written again: {s.rewritten} video(s) that changed in the store since the earlier export")
+    if s.removed:
+        lines.append(f"removed: {s.removed} video folder(s) of videos no longer in the store (or now in another class)")
     if s.not_in_store:
         lines.append(f"not in the lists: {s.not_in_store} video(s) of the dataset that the store lacks")
     lines += [f"note: {n}" for n in s.notes]

@@ -16,10 +16,11 @@ from typing import Any, Callable
 import numpy as np
 
 from flowprep.errors import LayoutError, OptionError, VideoError
-from flowprep.interop.layouts import (LAYOUTS, file_names, find_videos, jpeg_complete, jpeg_shape, layout, look_alike,
-                              match_files, relative, source_bytes, sub_folders)
+from flowprep.interop.finding import file_names, find_videos, listing, loop_text, relative, source_bytes, sub_folders
+from flowprep.interop.jpegs import check_jpeg, decoder
+from flowprep.interop.layouts import LAYOUTS, layout, look_alike, match_files
 from flowprep.plan import Wanted
-from flowprep.flow.quantize import DEFAULT_BOUND
+from flowprep.flow.quantize import DEFAULT_BOUND, DEQUANTIZE, ROUNDINGS
 from flowprep.settings import check_store_options, tool_versions
 from flowprep.store.format import DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
 from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
@@ -36,6 +37,7 @@ class ImportTask(VideoTask):
     flow_y: str = ""
     rgb_rel: str = ""
     flow_rels: tuple[str, str] = ("", "")
+    problem: str = ""  # why it cannot be imported, known from its folders alone (flowprep.interop.finding)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class ImportSettings:
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     frames: str = ""  # the roots imported from (provenance only)
     flow: str = ""
+    rounding: str = "round"  # how the tool quantised the flow (flowprep.flow.quantize.ROUNDINGS)
+    rounding_why: str = ""  # where that rule comes from (provenance only)
 
     def recorded(self) -> dict[str, Any]:
         """The config written into the store: the same keys as an extracted store's, and where the data came
@@ -59,8 +63,8 @@ class ImportSettings:
             "implementation": f"imported-{lay.name}",
             "flow_input": f"not computed here: imported from {lay.tool}'s files",
             "bound": float(self.bound),
-            "rounding": lay.rounding,
-            "dequantize": "v = u8 * 2b / 255 - b",
+            "rounding": ROUNDINGS[self.rounding],  # the one rule; FlowStore.rounding reads its name back
+            "dequantize": DEQUANTIZE[self.rounding],
             "codec": self.codec,
             # jpeg-xy stores the tool's JPEGs as read; jpeg encodes each field's x | y image at this quality
             "jpeg_quality": int(self.jpeg_quality) if self.codec == "jpeg" else None,
@@ -73,6 +77,7 @@ class ImportSettings:
                 "layout": lay.name, "tool": lay.tool, "frames": self.frames, "flow": self.flow,
                 "source_index_convention": lay.index_convention(), "mapping": lay.mapping(),
                 "bound": "given with --bound: the files do not record the bound they were quantised with",
+                "rounding": f"{self.rounding}: {self.rounding_why}",
                 "origin": "imported, not computed by flowprep",
                 "stored_as": ("the tool's JPEG bytes, unchanged" if self.codec == "jpeg-xy" else
                               f"decoded and encoded again as x | y JPEGs at quality {self.jpeg_quality}"
@@ -94,6 +99,7 @@ class ImportConfig:
     bound: float = DEFAULT_BOUND
     codec: str = DEFAULT_IMPORT_CODEC
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    rounding: str | None = None  # None: an export's own rule (OUT/rawframes of `flowprep export`), else the layout's
     jobs: int = 1
     allow_missing: bool = False
     overwrite: bool = False
@@ -109,6 +115,8 @@ class ImportConfig:
         """Check every option before any file is touched; OptionError names the option and what it allows."""
         lay = layout(self.layout)
         check_store_options(self.codec, self.jpeg_quality, self.bound, self.jobs)
+        if self.rounding is not None and self.rounding not in ROUNDINGS:
+            raise OptionError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if lay.flow_tree is not None and self.flow is None:
             raise OptionError(f"--layout {lay.name} keeps flow in a tree of its own ({lay.flow_tree[0]}/ and "
                               f"{lay.flow_tree[1]}/ folders, tvl1_flow/ in the download): give it with --flow")
@@ -119,8 +127,21 @@ class ImportConfig:
             raise OptionError(f"--out {self.out} is a folder; give a file name such as {self.out / 'flows.h5'}")
 
     def settings(self) -> ImportSettings:
+        rounding, why = self.rounding_rule()
         return ImportSettings(self.layout, float(self.bound), self.codec, int(self.jpeg_quality),
-                              str(self.frames.absolute()), str((self.flow or self.frames).absolute()))
+                              str(self.frames.absolute()), str((self.flow or self.frames).absolute()), rounding, why)
+
+    def rounding_rule(self) -> tuple[str, str]:
+        """(rule, why): --rounding as given; else the rule of the store a `flowprep export` wrote these files
+        from (its OUT/export.json beside OUT/rawframes); else the layout's usual writer's."""
+        if self.rounding is not None:
+            return self.rounding, "given with --rounding"
+        from flowprep.interop.exporting import exported_rounding
+
+        if (rule := exported_rounding(self.frames)) is not None:
+            return rule, f"the rule of the store `flowprep export` wrote these files from ({self.frames.parent})"
+        lay = LAYOUTS[self.layout]
+        return lay.rounding, f"the {lay.name} layout's default: {lay.rounding_why}"
 
 
 def import_frames(cfg: ImportConfig, executor: Callable | None = None):
@@ -141,9 +162,11 @@ def import_frames(cfg: ImportConfig, executor: Callable | None = None):
     lay = LAYOUTS[cfg.layout]
     t0 = time.perf_counter()
     found, notes = find_videos(lay, cfg.frames, cfg.flow)
-    if not found:
+    if not any(v.holds for v in found.values()):
+        loops = [v.problem for v in found.values() if "symbolic link" in v.problem]
         raise LayoutError(f"no video folders in {cfg.frames} hold RGB images named {lay.pattern} ({lay.tool})"
-                          + (f"; {notes[0]}" if notes else "") + _names_seen(lay, cfg.frames))
+                          + (f"; {notes[0]}" if notes else "") + "".join(f"; {p}" for p in loops[:3])
+                          + _names_seen(lay, cfg.frames))
     manifest = build_from_folders({vid: v.class_folder for vid, v in found.items()}, cfg.splits_dir,
                                   allow_missing=cfg.allow_missing, where=str(cfg.frames))
     if notes:
@@ -152,6 +175,11 @@ def import_frames(cfg: ImportConfig, executor: Callable | None = None):
         manifest = Manifest(manifest.dataset, manifest.classes, manifest.records, [*manifest.problems, *notes],
                             manifest.num_splits)
     by_id = {r.video_id: r for r in manifest.records}
+    if stray := sorted(set(found) - set(by_id)):  # no class folder, no split file, no UCF101 name: no label
+        raise LayoutError(f"{len(stray)} folders in {cfg.frames} have no class (no class folder, not in the split "
+                          f"files, not a UCF101 name v_<Class>_gXX_cYY): {', '.join(stray[:5])}"
+                          + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+                          + "; move them out of --frames, or give the split files that name them (--splits)")
     expected = [r.video_id for r in manifest.records]
     flow_root = cfg.flow or cfg.frames
 
@@ -166,7 +194,8 @@ def import_frames(cfg: ImportConfig, executor: Callable | None = None):
     def task_of(vid: str) -> ImportTask:
         r, v = by_id[vid], found[vid]
         return ImportTask(vid, str(v.rgb), r.path, r.class_name, r.label, str(v.flow_x), str(v.flow_y),
-                          relative(v.rgb, cfg.frames), (relative(v.flow_x, flow_root), relative(v.flow_y, flow_root)))
+                          relative(v.rgb, cfg.frames), (relative(v.flow_x, flow_root), relative(v.flow_y, flow_root)),
+                          v.problem)
 
     if executor is None:
         executor = _pool(cfg.jobs)
@@ -200,45 +229,65 @@ def _read(path: Path) -> bytes:
         raise VideoError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
+def _names(d: Path) -> list[str]:
+    """The file names in a video's folder; VideoError when it cannot be listed or holds a looping link."""
+    seen = listing(d)
+    if seen.error:
+        raise VideoError(f"{d}: cannot be listed ({seen.error})")
+    if seen.loops:
+        raise VideoError(loop_text(seen.loops[0]))
+    return seen.files
+
+
 def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
     """Read one video's RGB and flow JPEGs, check them and build its record (flowprep.work.VideoEncoder, the
     one record builder). Never raises for bad input: a video that cannot be used comes back as a Failure
-    with the reason (flowprep.interop.layouts.match_files names the numbering problems; here: folders missing, files
-    that are not JPEGs or are cut short, images of other sizes)."""
+    with the reason (flowprep.interop.layouts.match_files names the numbering problems; here: folders
+    missing, files that are not 8-bit JPEGs, are cut short, turned by EXIF, damaged inside (every image is
+    decoded once, a decoder warning counts as damage), gray among colour frames, colour as flow, or of
+    another size)."""
     import cv2
 
     cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
     lay = LAYOUTS[settings.layout]
     rgb_dir, x_dir, y_dir = Path(task.path), Path(task.flow_x), Path(task.flow_y)
+    dec = decoder()
     try:
-        for what, d in (("frames", rgb_dir), ("flow x", x_dir), ("flow y", y_dir)):
+        if task.problem:
+            raise VideoError(task.problem)
+        if not rgb_dir.is_dir():
+            raise VideoError(f"{rgb_dir}: no frames folder for this video ({lay.tool} layout)")
+        for what, d in (("flow x", x_dir), ("flow y", y_dir)):
             if not d.is_dir():
                 raise VideoError(f"{d}: no {what} folder for this video ({lay.tool} layout)")
         nbytes = source_bytes([rgb_dir, x_dir, y_dir])  # before reading, so a change during the run shows
-        names = file_names(rgb_dir)
-        x_names = names if x_dir == rgb_dir else file_names(x_dir)
-        y_names = x_names if y_dir == x_dir else file_names(y_dir)
+        names, x_names, y_names = (_names(d) for d in (rgb_dir, x_dir, y_dir))
         files = match_files(lay, names, x_names, y_names, (str(rgb_dir), str(x_dir), str(y_dir)))
         encoder = VideoEncoder(task, settings.codec, settings.jpeg_quality)
-        size = None
+        size, first = None, None
         for name in files.rgb:
             data = _read(rgb_dir / name)
-            shape = _check_jpeg(rgb_dir / name, data)
-            if size is None:
-                size = shape[:2]
-            elif shape[:2] != size:
-                raise VideoError(f"{rgb_dir / name}: {shape[1]}x{shape[0]}, while {files.rgb[0]} is "
+            head = check_jpeg(rgb_dir / name, data, "rgb")
+            if first is None:
+                size, first = (head.height, head.width), head
+            elif (head.height, head.width) != size:
+                raise VideoError(f"{rgb_dir / name}: {head.width}x{head.height}, while {files.rgb[0]} is "
                                  f"{size[1]}x{size[0]}; the frames of a video must share one size")
+            elif head.components != first.components:
+                kinds = {1: "gray", 3: "colour"}
+                raise VideoError(f"{rgb_dir / name}: a {kinds[head.components]} JPEG, while {files.rgb[0]} is "
+                                 f"{kinds[first.components]}; the frames of a video are all colour (or all gray)")
+            img = dec.checked(rgb_dir / name, data, cv2.IMREAD_COLOR, size)
             if settings.codec == "raw":
-                encoder.add_rgb(_decode(rgb_dir / name, data, cv2.IMREAD_COLOR, size)[..., ::-1])
+                encoder.add_rgb(img[..., ::-1])
             else:
                 encoder.add("rgb", np.frombuffer(data, np.uint8))
         for xn, yn in files.flow:
             planes, stored = [], []
             for d, n in ((x_dir, xn), (y_dir, yn)):
                 data = _read(d / n)
-                _check_jpeg(d / n, data)
-                planes.append(_decode(d / n, data, cv2.IMREAD_GRAYSCALE, size, f"as the frames ({files.rgb[0]})"))
+                check_jpeg(d / n, data, "flow")
+                planes.append(dec.checked(d / n, data, cv2.IMREAD_GRAYSCALE, size, f"as the frames ({files.rgb[0]})"))
                 stored.append(np.frombuffer(data, np.uint8))
             at_bound = sum(int(np.count_nonzero((p == 0) | (p == 255))) for p in planes)
             if settings.codec == "jpeg-xy":
@@ -246,35 +295,14 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
                 encoder.count_clipped(at_bound, 2 * planes[0].size)
             else:  # jpeg: one x | y image encoded again; raw: the decoded pixels
                 encoder.add_flow(np.stack(planes, axis=-1), at_bound)
-        return encoder.finish(_source_fields(task, lay, files, size, nbytes))
+        fields = _source_fields(task, lay, files, size, nbytes)
+        if first.components == 1:
+            fields["rgb_gray"] = True  # gray JPEG frames: read back as RGB with three equal channels
+        return encoder.finish(fields)
     except VideoError as exc:
         return Failure(task.video_id, task.relpath, str(exc))
     except Exception as exc:  # an unexpected failure of one video must not end the dataset run
         return Failure(task.video_id, task.relpath, f"{task.path}: {type(exc).__name__}: {exc}")
-
-
-def _check_jpeg(path: Path, data: bytes) -> tuple[int, int, int]:
-    """(height, width, components) of a complete JPEG file; VideoError for anything else."""
-    if not data:
-        raise VideoError(f"{path}: empty file")
-    shape = jpeg_shape(data)
-    if shape is None:
-        raise VideoError(f"{path}: not a JPEG image (or its header is damaged)")
-    if not jpeg_complete(data):
-        raise VideoError(f"{path}: cut short (no JPEG end marker): the copy or the tool stopped while writing it")
-    return shape
-
-
-def _decode(path: Path, data: bytes, flag: int, size: tuple[int, int] | None, like: str = "") -> np.ndarray:
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if img is None:
-        raise VideoError(f"{path}: does not decode as a JPEG image")
-    if size is not None and img.shape[:2] != size:
-        raise VideoError(f"{path}: {img.shape[1]}x{img.shape[0]}, not {size[1]}x{size[0]} {like}; the store "
-                         "holds one size per video")
-    return img
 
 
 def _source_fields(task: ImportTask, lay, files, size: tuple[int, int], nbytes: int) -> dict[str, Any]:

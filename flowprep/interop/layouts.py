@@ -23,13 +23,21 @@ first flow field (from video frame 0, which it never wrote, to frame 1): the sto
 frames holds N - 1 frames (video frames 1..N-1) and N - 2 fields, and records that its frame 0 is video
 frame 1. The count rule each layout must satisfy follows from the same numbers: flows = first_frame +
 frames - 1, the last field ending at the last image.
+
+Names. The number may be zero-padded to any width (``img_3.jpg`` is image 3, as ``img_00003.jpg``: the
+number is what matters, and tools that name by ``%d`` exist); two files with one number refuse the video.
+The extension may be upper case (``.JPG``). mmaction2 trees may name flow ``x_00001.jpg`` / ``y_00001.jpg``
+(the default of its ``tools/misc/flow_extraction.py``, which its flow configs read with
+``filename_tmpl='{}_{:05d}.jpg'``) as well as ``flow_x_``.
+
+Rounding. The files do not say how the tool quantised flow to u8; each layout's default is its usual
+writer's rule (``rounding``): dense_flow and denseflow round (cvRound), mmaction2's own flow tool truncates
+(``astype(np.uint8)``: zero flow is 127), and the twostreamfusion downloads do not say (round assumed).
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from flowprep.errors import VideoError
 
@@ -51,11 +59,18 @@ class Layout:
     first_frame: int  # the video frame the first RGB image shows
     flow_tree: tuple[str, str] | None  # sub-folders (x, y) of a flow tree of its own; None: flow beside the frames
     class_folders: bool  # whether video folders may sit in class folders (<Class>/<video>/)
-    rounding: str  # how the tool quantised flow to u8 (its files do not say)
+    rounding: str  # the rule its usual writer quantised flow with (flowprep.flow.quantize.ROUNDINGS)
+    rounding_why: str  # who that writer is, for the store's provenance and the README
     # `flowprep export`: names of the annotation lists (RGB, flow) its tools write, {dataset} and {part}
     # ("train_split_1", "val_split_1": both name the official test list val; "all" without splits); None:
     # not an export target
     lists: tuple[str, str] | None = None
+    # other (x, y) flow name prefixes its tools write; the first pair (flow_x, flow_y) is the one exported
+    other_flow_names: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def flow_names(self) -> tuple[tuple[str, str], ...]:
+        return ((self.flow_x, self.flow_y), *self.other_flow_names)
 
     def name_of(self, prefix: str, number: int) -> str:
         return f"{prefix}{number:0{self.digits}d}.jpg"
@@ -91,20 +106,21 @@ class Layout:
         return text
 
 
-_DENSE_FLOW_ROUNDING = "cvRound(255 * (v + b) / (2b)) after clipping to [-b, b], as the tool's CAST writes it"
+_DENSE_FLOW = "cvRound(255 * (v + b) / (2b)) after clipping to [-b, b], as the tool's CAST writes it"
 LAYOUTS = {
     "feichtenhofer": Layout("feichtenhofer", "the twostreamfusion downloads (Feichtenhofer et al.)", "frame",
-                            "frame", "frame", 6, 1, 0, ("u", "v"), False,
-                            "not documented by the downloads (linear over [-b, b])"),
-    "tsn": Layout("tsn", "TSN's dense_flow", "img_", "flow_x_", "flow_y_", 5, 1, 1, None, True, _DENSE_FLOW_ROUNDING,
+                            "frame", "frame", 6, 1, 0, ("u", "v"), False, "round",
+                            "not documented by the downloads (linear over [-b, b]); rounding assumed"),
+    "tsn": Layout("tsn", "TSN's dense_flow", "img_", "flow_x_", "flow_y_", 5, 1, 1, None, True, "round", _DENSE_FLOW,
                   ("{dataset}_rgb_{part}.txt", "{dataset}_flow_{part}.txt")),  # TSN's build_file_list.py names
     "denseflow": Layout("denseflow", "open-mmlab denseflow", "img_", "flow_x_", "flow_y_", 5, 0, 0, None, True,
-                        _DENSE_FLOW_ROUNDING),
+                        "round", _DENSE_FLOW),
     "mmaction2": Layout("mmaction2", "mmaction2 rawframes", "img_", "flow_x_", "flow_y_", 5, 1, 0, None, True,
-                        "as written by the tool mmaction2 ran: denseflow rounds; mmaction2's Python flow script "
-                        "truncates (zero flow -> 127)",
+                        "truncate", "mmaction2's tools/misc/flow_extraction.py, the tool that writes 1-based "
+                        "mmaction2 trees, truncates (astype(np.uint8): zero flow -> 127); denseflow, which "
+                        "rounds, writes 0-based names (--layout denseflow)",
                         # tools/data/build_file_list.py names the RGB lists so; the flow lists are named alike
-                        ("{dataset}_{part}_rawframes.txt", "{dataset}_{part}_flow.txt")),
+                        ("{dataset}_{part}_rawframes.txt", "{dataset}_{part}_flow.txt"), (("x_", "y_"),)),
 }
 
 
@@ -118,7 +134,7 @@ def layout(name: str) -> Layout:
 
 
 def _numbered(prefix: str) -> re.Pattern[str]:
-    return re.compile(re.escape(prefix) + r"([0-9]+)\.jpg")
+    return re.compile(re.escape(prefix) + r"([0-9]+)\.(?i:jpe?g)")
 
 
 _STEPPED = re.compile(r"(flow_[xy])_([pm])([0-9]+)_[0-9]+\.(jpg|png)")
@@ -141,26 +157,48 @@ def _shown(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
-def _numbers(names: list[str], prefix: str) -> dict[int, str]:
+def _numbers(names: list[str], prefix: str, where: str = "") -> dict[int, str]:
+    """Number -> file name of the names ``<prefix><number>.jpg``; VideoError (naming both files) when two
+    names carry one number (``img_3.jpg`` beside ``img_00003.jpg``)."""
     pattern = _numbered(prefix)
-    return {int(m.group(1)): n for n in names if (m := pattern.fullmatch(n))}
+    numbers: dict[int, str] = {}
+    for n in names:
+        if m := pattern.fullmatch(n):
+            k = int(m.group(1))
+            if k in numbers:
+                raise VideoError(f"{where}: {numbers[k]} and {n} both are number {k}; one file per number: "
+                                 "remove or rename one of them")
+            numbers[k] = n
+    return numbers
+
+
+def holds_layout_files(lay: Layout, names: list[str]) -> bool:
+    """Whether any of ``names`` is one of the layout's RGB or flow file names."""
+    patterns = [_numbered(p) for p in {lay.rgb, *(p for pair in lay.flow_names for p in pair)}]
+    return any(p.fullmatch(n) for n in names for p in patterns) or any(_STEPPED.fullmatch(n) for n in names)
+
+
+def found_names(names: list[str]) -> str:
+    """'; the folder holds a.png, b.txt' (or 'is empty'): what a message says was there instead."""
+    return f"; the folder holds {_shown(names)}" if names else "; the folder is empty"
 
 
 def look_alike(lay: Layout, names: list[str]) -> str:
     """'; its files are named like the X layout (...)' when another layout's RGB names are there."""
     for other in LAYOUTS.values():
-        if other.rgb != lay.rgb and (found := sorted(_numbers(names, other.rgb).values())):
+        if other.rgb != lay.rgb and (found := sorted(n for n in names if _numbered(other.rgb).fullmatch(n))):
             return f"; its files are named as in the {other.name} layout ({found[0]}): import it with --layout " \
                    f"{other.name}" + (" or another layout with those names" if other.rgb == "img_" else "")
     return ""
 
 
-def _sequence(lay: Layout, numbers: dict[int, str], prefix: str, where: str, what: str) -> list[int]:
+def _sequence(lay: Layout, numbers: dict[int, str], prefix: str, where: str, what: str, names: list[str],
+              also: str = "") -> list[int]:
     """The numbers, checked to start at the layout's start and run without gaps; VideoError names the
-    problem (a 0- vs 1-based mixup is told from the first file's number)."""
+    problem (a 0- vs 1-based mixup is told from the first file's number; with none, what is there)."""
     if not numbers:
         raise VideoError(f"{where}: no {what} named {lay.name_of(prefix, lay.start)}, "
-                         f"{lay.name_of(prefix, lay.start + 1)}, ... ({lay.tool})")
+                         f"{lay.name_of(prefix, lay.start + 1)}, ...{also} ({lay.tool})" + found_names(names))
     first, last = min(numbers), max(numbers)
     if first != lay.start:
         if first == 1 - lay.start:
@@ -185,17 +223,34 @@ def _sequence(lay: Layout, numbers: dict[int, str], prefix: str, where: str, wha
     return list(range(first, last + 1))
 
 
+def _flow_numbers(lay: Layout, x_names: list[str], y_names: list[str], where: tuple[str, str, str]):
+    """(x prefix, y prefix, x numbers, y numbers) of the one flow name form the folders use (mmaction2:
+    flow_x_ or x_); VideoError when they use two."""
+    forms = [(px, py, _numbers(x_names, px, where[1]), _numbers(y_names, py, where[2])) for px, py in lay.flow_names]
+    used = [f for f in forms if f[2] or f[3]]
+    if len(used) > 1:
+        first = [(xs or ys)[min(xs or ys)] for _, _, xs, ys in used[:2]]
+        raise VideoError(f"{where[1]}: flow named both as {first[0]} and as {first[1]}: two tools' flow in one "
+                         "folder; keep one of them")
+    return used[0] if used else forms[0]
+
+
 def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: list[str],
                 where: tuple[str, str, str]) -> VideoFiles:
     """The files of one video in the store's order, from the names in its RGB, flow x and flow y folders
     (the same list three times when they share a folder). Checks the layout's numbering and count rule;
-    VideoError names the folder and the problem: no images, a 0- vs 1-based mixup, gaps, x and y counts
-    that differ, counts that break the rule, flow computed with a step other than 1.
-    where: (RGB folder, x folder, y folder) for messages."""
-    rgb_numbers = _numbers(rgb_names, lay.rgb)
+    VideoError names the folder and the problem: no images, two files of one number, a 0- vs 1-based
+    mixup, gaps, x and y counts that differ, counts that break the rule, flow computed with a step other
+    than 1. where: (RGB folder, x folder, y folder) for messages."""
+    rgb_numbers = _numbers(rgb_names, lay.rgb, where[0])
     if not rgb_numbers:
-        raise VideoError(f"{where[0]}: no RGB images named {lay.pattern} ({lay.tool})" + look_alike(lay, rgb_names))
-    x_numbers, y_numbers = _numbers(x_names, lay.flow_x), _numbers(y_names, lay.flow_y)
+        flows = [n for n in x_names if holds_layout_files(lay, [n])] if where[1] == where[0] else []
+        never = " (mmaction2's tools/misc/flow_extraction.py writes them only with --save-rgb)" \
+            if lay.other_flow_names else ""
+        gone = f"; it holds {len(flows)} flow images ({_shown(flows)}) but no frames: the frames are gone, or were " \
+            f"never written{never}" if flows else (look_alike(lay, rgb_names) or found_names(rgb_names))
+        raise VideoError(f"{where[0]}: no RGB images named {lay.pattern} ({lay.tool})" + gone)
+    px, py, x_numbers, y_numbers = _flow_numbers(lay, x_names, y_names, where)
     firsts = {min(n) for n in (rgb_numbers, x_numbers, y_numbers) if n}
     if firsts == {0, 1}:  # every layout numbers its images and its fields from the same start
         named = [(what, d, n[min(n)]) for what, d, n in (("RGB images", where[0], rgb_numbers),
@@ -206,15 +261,16 @@ def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: 
                          + f"; {lay.tool} numbers both from {lay.start}. Frames and flow were written by tools "
                          "that number differently (as mmaction2's own 1-based RGB frames beside denseflow's "
                          "0-based flow); renumber one of them")
-    rgb = _sequence(lay, rgb_numbers, lay.rgb, where[0], "RGB images")
+    rgb = _sequence(lay, rgb_numbers, lay.rgb, where[0], "RGB images", rgb_names)
     stepped = sorted({m.group(0).rsplit("_", 1)[0] + "_"  # flow_x_p2_
                       for n in (*x_names, *y_names) if (m := _STEPPED.fullmatch(n))})
     if stepped and not (x_numbers or y_numbers):
         raise VideoError(f"{where[1]}: only flow computed with a step other than 1 ({', '.join(stepped)}...): "
                          "it lies between frames that far apart, and the store holds flow between consecutive "
                          "frames; compute flow with step 1 (denseflow's default)")
-    xs = _sequence(lay, x_numbers, lay.flow_x, where[1], "flow x images")
-    ys = _sequence(lay, y_numbers, lay.flow_y, where[2], "flow y images")
+    others = "".join(f" or {lay.name_of(p, lay.start)}" for p, _ in lay.other_flow_names) if px == lay.flow_x else ""
+    xs = _sequence(lay, x_numbers, px, where[1], "flow x images", x_names, others)
+    ys = _sequence(lay, y_numbers, py, where[2], "flow y images", y_names)
     if len(xs) != len(ys):
         longer, shorter = (x_numbers, y_numbers) if len(xs) > len(ys) else (y_numbers, x_numbers)
         extra = [longer[n] for n in sorted(longer) if n not in shorter]
@@ -233,7 +289,7 @@ def match_files(lay: Layout, rgb_names: list[str], x_names: list[str], y_names: 
     skip = lay.first_frame
     pairs = [(x_numbers[n], y_numbers[n]) for n in xs]
     ignored = f"{len(stepped)} kinds of flow with a step other than 1 ({', '.join(stepped)})" if stepped else ""
-    return VideoFiles([lay.name_of(lay.rgb, n) for n in rgb], pairs[skip:], pairs[:skip], ignored)
+    return VideoFiles([rgb_numbers[n] for n in rgb], pairs[skip:], pairs[:skip], ignored)
 
 
 def export_names(lay: Layout, frames: int) -> tuple[list[tuple[int, str]], list[tuple[int, str, str]]]:
@@ -246,149 +302,3 @@ def export_names(lay: Layout, frames: int) -> tuple[list[tuple[int, str]], list[
     return rgb, flow
 
 
-# -- finding the videos ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FoundVideo:
-    """One video folder: its class folder (None at the top level), and its RGB and flow x / y folders."""
-
-    class_folder: str | None
-    rgb: Path
-    flow_x: Path
-    flow_y: Path
-
-
-def sub_folders(d: Path) -> list[Path]:
-    """Sorted visible sub-folders of ``d`` ([] when it cannot be listed)."""
-    try:
-        with os.scandir(d) as it:
-            return sorted(Path(e.path) for e in it if not e.name.startswith(".") and e.is_dir())
-    except OSError:
-        return []
-
-
-def file_names(d: Path) -> list[str]:
-    """Sorted names of the visible files in folder ``d`` ([] when it cannot be listed)."""
-    try:
-        with os.scandir(d) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
-    except OSError:
-        return []
-
-
-def _holds_rgb(lay: Layout, d: Path) -> bool:
-    pattern = _numbered(lay.rgb)
-    try:
-        with os.scandir(d) as it:
-            return any(pattern.fullmatch(e.name) for e in it)
-    except OSError:
-        return False
-
-
-def find_videos(lay: Layout, frames: Path, flow: Path | None) -> tuple[dict[str, FoundVideo], list[str]]:
-    """The video folders under ``frames`` (a folder holding the layout's RGB images is a video; with class
-    folders allowed, so is one a level further down) and where each one's flow is: beside its frames, in
-    the same relative folder under ``flow``, or for a flow tree of its own in ``flow/<u>/<video>`` and
-    ``flow/<v>/<video>``. Returns the videos by id (the folder name) and notes on folders left out.
-    LayoutError for a video id found twice or a flow tree without its sub-folders."""
-    from flowprep.errors import LayoutError
-
-    notes: list[str] = []
-    found: dict[str, FoundVideo] = {}
-    where: dict[str, Path] = {}
-    flow_root = flow if flow is not None else frames
-    if lay.flow_tree is not None:
-        absent = [flow_root / sub for sub in lay.flow_tree if not (flow_root / sub).is_dir()]
-        if absent:
-            raise LayoutError(f"the {lay.name} layout keeps flow in {lay.flow_tree[0]}/ and {lay.flow_tree[1]}/ "
-                              f"folders, and {flow_root} has no {', '.join(p.name + '/' for p in absent)}: give the "
-                              f"flow tree's folder (tvl1_flow/ of the download) with --flow")
-    empty = []
-
-    def add(d: Path, cls: str | None) -> None:
-        vid = d.name
-        if vid in found:
-            raise LayoutError(f"video {vid!r} is in both {where[vid]} and {d}; video ids (folder names) must be "
-                              "unique: remove or rename one")
-        rel = d.relative_to(frames)
-        if lay.flow_tree is not None:
-            fx, fy = (flow_root / sub / rel for sub in lay.flow_tree)
-        else:
-            fx = fy = flow_root / rel
-        found[vid], where[vid] = FoundVideo(cls, d, fx, fy), d
-
-    for top in sub_folders(frames):
-        if _holds_rgb(lay, top):
-            add(top, None)
-            continue
-        inner = [d for d in sub_folders(top) if _holds_rgb(lay, d)] if lay.class_folders else []
-        for d in inner:
-            add(d, top.name)
-        if not inner:
-            down = lay.class_folders is False and any(_holds_rgb(lay, d) for d in sub_folders(top)[:3])
-            empty.append(top.name + (" (its sub-folders hold frames: this layout has no class folders)" if down
-                                     else ""))
-    if empty:
-        notes.append(f"{len(empty)} folders in {frames} hold no RGB images named {lay.pattern} and were left out: "
-                     f"{_shown(empty)}")
-    return found, notes
-
-
-def source_bytes(folders: list[Path]) -> int:
-    """Total size of the files in a video's folders (each counted once): what tells a resumed import that a
-    video's files changed."""
-    total = 0
-    for d in dict.fromkeys(folders):
-        try:
-            with os.scandir(d) as it:
-                total += sum(e.stat().st_size for e in it if e.is_file())
-        except OSError:
-            pass
-    return total
-
-
-# -- JPEG headers ------------------------------------------------------------------------------------------
-
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def jpeg_shape(data: bytes) -> tuple[int, int, int] | None:
-    """(height, width, components) from a JPEG's frame header, without decoding it; None when ``data`` is not
-    a JPEG or its header is cut."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in _SOF:
-            if i + 10 > n:
-                return None
-            h = int.from_bytes(data[i + 5:i + 7], "big")
-            w = int.from_bytes(data[i + 7:i + 9], "big")
-            return h, w, data[i + 9]
-        if marker == 0xDA or length < 2:  # scan data before any frame header: broken
-            return None
-        i += 2 + length
-    return None
-
-
-def jpeg_complete(data: bytes) -> bool:
-    """Whether a JPEG ends with its end-of-image marker (a file cut short does not; padding zeros allowed)."""
-    return data.rstrip(b"\x00").endswith(b"\xff\xd9")
-
-
-def relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` as POSIX text (the path itself when it lies elsewhere)."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()

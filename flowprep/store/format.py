@@ -100,7 +100,11 @@ def open_store_file(path: str | os.PathLike, kinds: tuple[str, ...] = ("store", 
 
     path = Path(path)
     if not path.is_file():
-        raise StoreError(f"{path}: no such store; run `flowprep extract --out {path}` first")
+        maker = making_command(path)
+        if maker:  # unfinished work in <path>.parts/: a run is writing it, or one was stopped
+            raise StoreError(f"{path}: not finished yet: `flowprep {maker}` is writing it (or was stopped; re-run "
+                             f"the same `flowprep {maker}` to finish it)")
+        raise StoreError(f"{path}: no such store; run `flowprep extract --out {path}` (or `flowprep import`) first")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -112,12 +116,22 @@ def open_store_file(path: str | os.PathLike, kinds: tuple[str, ...] = ("store", 
         if kind not in kinds:
             raise StoreError(_wrong_kind(path, kind, kinds))
         if not f.attrs.get("complete", False):
-            raise StoreError(f"{path}: the store was not finished; re-run the same `flowprep extract` to "
-                             "complete it")
+            raise StoreError(f"{path}: the store was not finished; re-run the same `flowprep "
+                             f"{making_command(path) or 'extract'}` to complete it")
     except BaseException:
         f.close()
         raise
     return f
+
+
+def making_command(store: str | os.PathLike) -> str:
+    """"import" or "extract": the command whose unfinished work is in ``<store>.parts/`` (its config.json
+    says "algo": "imported" for an import); "" when there is none."""
+    try:
+        config = json.loads((Path(store).with_name(Path(store).name + ".parts") / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return "import" if isinstance(config, dict) and config.get("algo") == "imported" else "extract"
 
 
 def _wrong_kind(path: Path, kind: str, kinds: tuple[str, ...]) -> str:

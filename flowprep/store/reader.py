@@ -151,6 +151,35 @@ class FlowStore:
             raise KeyError(f"video {video_id!r} is not in the store {self.path}")
         return self._records[video_id]
 
+    @property
+    def rounding(self) -> str:
+        """How the store's flow was quantised: "round" (extract, and stores from before the rule was a
+        choice) or "truncate" (imported flow of a truncating tool); flowprep.flow.quantize.rounding_of."""
+        from flowprep.flow.quantize import rounding_of
+
+        return rounding_of(self.attrs)
+
+    @property
+    def flow_zero(self) -> float:
+        """The u8 value zero flow is stored as (128.0 rounded, 127.0 truncated): where a network's input
+        is centred."""
+        from flowprep.flow.quantize import ZERO_FLOW
+
+        return ZERO_FLOW[self.rounding]
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Stored uint8 flow (any shape) -> float32 pixels, with the store's bound and rounding rule."""
+        from flowprep.flow.quantize import dequantize
+
+        return dequantize(q, self.attrs["bound"], self.rounding)
+
+    @property
+    def redo(self) -> str:
+        """How to make a damaged video again, for messages: with the command that made the store."""
+        if self.attrs.get("algo") == "imported":
+            return "import that video again (`flowprep import` made this store)"
+        return "re-extract that video (`flowprep extract` made this store)"
+
     def num_frames(self, video_id: str) -> int:
         """Number of RGB frames; the video has num_frames - 1 flow fields."""
         return int(self.record(video_id)["num_frames"])
@@ -188,7 +217,7 @@ class FlowStore:
                 want = (count, rec["height"], rec["width"], CHANNELS[kind])
                 if data.shape != want:
                     raise StoreError(f"{where}: stored shape {data.shape}, the record says {want}; the file is "
-                                     "damaged: re-extract that video")
+                                     f"damaged: {self.redo}")
             else:
                 data = group[f"{kind}_jpeg"]
                 if data.ndim != 1:
@@ -198,7 +227,7 @@ class FlowStore:
             raise
         except (KeyError, AttributeError, TypeError, ValueError, OSError, RuntimeError) as exc:
             raise StoreError(f"{where}: cannot be read ({type(exc).__name__}: {exc}); the file is damaged: "
-                             "run `flowprep verify` and re-extract that video") from exc
+                             f"run `flowprep verify` and {self.redo}") from exc
         if crcs is not None and crcs.shape != (count,):
             raise StoreError(f"{where}: {crcs.shape} checksums for {count} images; the file is damaged")
         return _Stored(data, offsets, crcs, per_item)
@@ -214,7 +243,7 @@ class FlowStore:
 
     def _bad_image(self, video_id: str, kind: str, i: int, why: str) -> StoreError:
         return StoreError(f"{self._file_of(video_id)}: {kind} image {i} of {video_id!r} {why}; the stored data "
-                          "is damaged: run `flowprep verify` and re-extract that video")
+                          f"is damaged: run `flowprep verify` and {self.redo}")
 
     def _pieces(self, video_id: str, kind: str, stored: _Stored, idx: np.ndarray) -> list[list[np.ndarray]]:
         """The stored JPEG bytes of the frames or fields at ``idx``, each a list of its images (x, y with

@@ -13,8 +13,8 @@ import numpy as np
 
 from plumbing.atomic import exclusive_lock_or, fsync_dir
 from flowprep.errors import OptionError, StoreError
-from flowprep.store.format import (FORMAT, JPEG_CODECS, incompatibilities, is_disk_full, open_store_file,
-                                   read_config, read_contents)
+from flowprep.store.format import (FORMAT, JPEG_CODECS, incompatibilities, is_disk_full, making_command,
+                                   open_store_file, read_config, read_contents)
 
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 
@@ -65,7 +65,9 @@ def writer_lock(store: str | os.PathLike) -> Iterator[Path]:
     """
     store = Path(store)
     path = store.with_name(store.name + ".lock")
-    with exclusive_lock_or(path, StoreError, "flowprep extract", store, "an --out"):
+    # the holder's command (extract or import), from the work it keeps in <store>.parts/
+    holder = lambda: f"flowprep {making_command(store) or 'extract'}"  # noqa: E731
+    with exclusive_lock_or(path, StoreError, holder, store, "an --out"):
         yield path
 
 

@@ -26,19 +26,6 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
-def quiet_decoders() -> None:
-    """Keep FFmpeg's per-packet warnings off this command's output (flowprep.video.decode.QUIET_DECODER_ENV): the
-    reason of a damaged video is recorded anyway. A setting the user made is kept."""
-    import cv2
-
-    from flowprep.video.decode import QUIET_DECODER_ENV
-
-    for key, value in QUIET_DECODER_ENV.items():
-        os.environ.setdefault(key, value)
-    if os.environ["OPENCV_LOG_LEVEL"] == QUIET_DECODER_ENV["OPENCV_LOG_LEVEL"]:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # cv2 may be imported already
-
-
 # After a Ctrl-C or a kill, loky's resource tracker (a helper process of the worker pool) removes the pool's
 # semaphores and warns "There appear to be N leaked semlock objects to clean up at shutdown". That is the
 # clean-up working, not a problem of the run, so its warning is kept off this command's output.
@@ -161,7 +148,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
     store cannot be used (no videos, other settings, another run writing it); 2 on a bad option value.
     """
-    from flowprep.video.decode import Resize, parse_size
+    from flowprep.video.decode import Resize, parse_size, quiet_decoders
     from flowprep.pipeline import ExtractConfig, extract as run_extract
 
     ctx = click.get_current_context()
@@ -181,7 +168,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                             dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
                             follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress,
                             scheduler=scheduler)
-        quiet_decoders()
+        quiet_decoders()  # before the first video is opened, here or in a worker
         return run_extract(cfg)
 
     _run_and_report(run, out, summary_json)

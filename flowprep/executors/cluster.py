@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import urlsplit
 
-from flowprep.video.decode import QUIET_DECODER_ENV
+from flowprep.video.decode import quiet_decoders
 from flowprep.errors import ClusterError, OptionError
 from flowprep.work import Failure, Outcome, VideoTask, extract_video
 
@@ -241,14 +241,9 @@ def check_workers(client, where: Scheduler, settings, sample_path: str) -> None:
 
 
 # -- the tasks (run on the workers) ------------------------------------------------------------------------
-def _quiet() -> None:
-    for key, value in QUIET_DECODER_ENV.items():  # before this worker first imports cv2; a user's setting stays
-        os.environ.setdefault(key, value)
-
-
 def _cpu_task(tasks: list[VideoTask], settings, work: Work) -> list[Outcome]:
     """The per-video work of the local pool, for each of ``tasks``, in this worker thread."""
-    _quiet()
+    quiet_decoders()  # before this worker opens its first video; a setting made where it runs stays
     return [work(t, settings) for t in tasks]
 
 
@@ -260,7 +255,7 @@ def _device_task(tasks: list[VideoTask], settings, batch_size: int, decoders: in
     first GPU this worker sees)."""
     from flowprep.executors.device import DeviceRun
 
-    _quiet()
+    quiet_decoders()  # before this worker opens its first video; a setting made where it runs stays
     outcomes: list[Outcome] = []
     with _DEVICE:
         DeviceRun(tasks, settings, settings.device, batch_size, decoders, outcomes.append).run()

@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flowprep.video.decode import QUIET_DECODER_ENV
 from flowprep.errors import VideoError
 from flowprep.work import DecodedVideo, Failure, Outcome, VideoEncoder, VideoTask
 
@@ -215,10 +214,9 @@ class DeviceRun:
 def _device_main(index, tasks, settings, device, batch_size, decoders, results) -> None:
     """Device number ``index``'s process: run its tasks, send each outcome, then ("end", index, error text
     or "")."""
-    from flowprep.executors.local import exit_with_parent
+    from flowprep.executors.processes import start_worker
 
-    os.environ.update(QUIET_DECODER_ENV)
-    exit_with_parent(os.getppid())
+    start_worker(os.getppid())
     try:
         DeviceRun(tasks, settings, device, batch_size, decoders, lambda o: results.put(("outcome", o))).run()
     except BaseException as exc:
@@ -236,7 +234,7 @@ def run_devices(tasks: list[VideoTask], settings, devices: list[str], batch_size
         return
     import multiprocessing as mp
 
-    from flowprep.executors.local import exit_text
+    from flowprep.executors.processes import exit_text
 
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     results = ctx.Queue(maxsize=8 * len(devices))

@@ -9,27 +9,14 @@ calling process dies (SIGKILL included), instead of waiting forever for work tha
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 from collections import deque
 from typing import Callable
 
-from flowprep.video.decode import QUIET_DECODER_ENV
+from flowprep.executors.processes import exit_text, start_worker
 from flowprep.work import Failure, Outcome, VideoTask, extract_video
 
 Work = Callable[[VideoTask, object], Outcome]
 QUEUED_PER_WORKER = 2  # tasks handed to the pool per worker: enough that none waits, few to redo after a crash
-
-
-def exit_with_parent(parent: int) -> None:
-    """End this worker process once ``parent`` is no longer its parent (it died); a pool initializer."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)  # the pool's own process: nothing of the store is written here, so nothing is lost
-
-    threading.Thread(target=watch, daemon=True, name="flowprep-parent-watch").start()
 
 
 def run_pool(tasks: list[VideoTask], settings, jobs: int, on_outcome: Callable[[Outcome], None],
@@ -52,8 +39,7 @@ def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -
     from joblib.externals.loky import get_reusable_executor
 
     workers = min(jobs, len(waiting))
-    executor = get_reusable_executor(max_workers=workers, env=QUIET_DECODER_ENV, initializer=exit_with_parent,
-                                     initargs=(os.getpid(),))
+    executor = get_reusable_executor(max_workers=workers, initializer=start_worker, initargs=(os.getpid(),))
     running: dict = {}  # future -> task
     try:
         while waiting or running:
@@ -82,21 +68,8 @@ def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -
     return []
 
 
-def exit_text(code: int | None) -> str:
-    """How a process ended, for a failure reason: 'signal 6, SIGABRT' or 'exit status 1'."""
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-        oom = "; the system may have run out of memory" if -code == signal.SIGKILL else ""
-        return f"signal {-code}, {name}{oom}"
-    return f"exit status {code}"
-
-
 def _alone_main(conn, work: Work, task: VideoTask, settings) -> None:
-    os.environ.update(QUIET_DECODER_ENV)
-    exit_with_parent(os.getppid())
+    start_worker(os.getppid())
     conn.send(work(task, settings))
     conn.close()
 

@@ -12,7 +12,7 @@ from flowprep import __version__
 from flowprep.video.decode import INTERPOLATION, Resize
 from flowprep.errors import OptionError
 from flowprep.flow.compute import default_backend, resolve_device
-from flowprep.flow.params import BACKENDS, algorithm, resolve_params
+from flowprep.flow.params import BACKENDS, algorithm, check_frame, resolve_params
 from flowprep.flow.quantize import DEFAULT_BOUND, ROUNDING_RULE
 from flowprep.store.format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
 
@@ -143,6 +143,7 @@ class ExtractConfig:
 
             check_options(self)
         settings = self.settings()  # the algorithm, its parameters for the backend, the device
+        check_frame(settings.algo, settings.params, self.resize.smaller_side)
         if settings.device == "cuda" and self.scheduler is None:
             self.devices()
         if settings.algo == "raft":  # weights that are not there are named before any file is touched

@@ -109,6 +109,7 @@ class VideoEncoder:
         self.crcs: dict[str, list[int]] = {"rgb": [], "flow": []}
         self.clipped = 0  # flow values at the bound
         self.values = 0
+        self.fields_seen = 0  # flow fields handed over so far (next_field), for the message of a bad one
         self.start = time.perf_counter()
         self.flow_seconds = 0.0
 
@@ -132,10 +133,22 @@ class VideoEncoder:
         """Append one (H, W, 3) uint8 RGB frame."""
         self.add("rgb", self.encode("rgb", frame))
 
-    def add_flow(self, field: np.ndarray, clipped: int) -> None:
-        """Append one (H, W, 2) uint8 quantised field, x then y; ``clipped``: its values at the bound."""
+    def add_flow(self, field: np.ndarray, clipped: int, nonfinite: int = 0) -> None:
+        """Append one (H, W, 2) uint8 quantised field, x then y; ``clipped``: its values at the bound,
+        ``nonfinite``: its NaN or infinite values before quantising (flowprep.flow.quantize; VideoError if any)."""
+        self.next_field(nonfinite)
         self.add("flow", self.encode("flow", field))
         self.count_clipped(clipped, field.size)
+
+    def next_field(self, nonfinite: int) -> None:
+        """Count the next flow field, in order; VideoError naming it when it held NaN or infinite values, which
+        quantising would store as ordinary motion (NaN as none at all): the video fails instead."""
+        k = self.fields_seen
+        self.fields_seen += 1
+        if nonfinite:
+            raise VideoError(f"{self.task.path}: flow field {k} (frames {k} to {k + 1}) holds {int(nonfinite)} NaN "
+                             "or infinite value(s): the flow computation broke down; nothing of this video is "
+                             "stored (check the --param values, or the RAFT weights file)")
 
     def count_clipped(self, clipped: int, values: int) -> None:
         self.clipped += int(clipped)
@@ -170,7 +183,7 @@ def extract_video(task: VideoTask, settings) -> Outcome:
     import cv2
 
     from flowprep.flow.compute import OpenCVFlow
-    from flowprep.flow.quantize import quantize
+    from flowprep.flow.quantize import clipped_count, nonfinite_count, quantize
 
     cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
     try:
@@ -184,7 +197,8 @@ def extract_video(task: VideoTask, settings) -> Outcome:
                 t = time.perf_counter()
                 flow = flow_fn(prev, gray)
                 encoder.flow_seconds += time.perf_counter() - t
-                encoder.add_flow(quantize(flow, settings.bound), np.count_nonzero(np.abs(flow) >= settings.bound))
+                encoder.add_flow(quantize(flow, settings.bound), clipped_count(flow, settings.bound),
+                                 nonfinite_count(flow))
             prev = gray
         return encoder.finish(video.source_fields())
     except VideoError as exc:

@@ -157,7 +157,7 @@ class DeviceRun:
         import torch
 
         from flowprep.flow import torchflow
-        from flowprep.flow.quantize import quantize
+        from flowprep.flow.quantize import clipped_count, nonfinite_count, quantize
 
         s = self.settings
         while batch:
@@ -169,10 +169,10 @@ class DeviceRun:
             nxt = np.stack([g[2] for g in group])
             with torch.inference_mode():
                 flow = torchflow.compute_flow_batch(prev, nxt, algo=s.algo, device=self.device, **s.params)
-                clipped = (flow.abs() >= s.bound).flatten(1).sum(1).cpu().numpy()  # (B,)
+                clipped, nonfinite = clipped_count(flow, s.bound), nonfinite_count(flow)  # (B,) int64 each
                 q = quantize(flow, s.bound).cpu().numpy()  # (B, H, W, 2) uint8
             share = (time.perf_counter() - t) / len(group)
-            self._put(self.written, ("fields", [g[0] for g in group], q, clipped, share))
+            self._put(self.written, ("fields", [g[0] for g in group], q, clipped, nonfinite, share))
         for video in closing:
             self._put(self.written, ("finish", video))
         closing.clear()
@@ -195,8 +195,19 @@ class DeviceRun:
         except BaseException as exc:  # the run stops; run() raises it
             self._fatal = exc
 
-    def _write_fields(self, videos: list[_Video], q: np.ndarray, clipped: np.ndarray, share: float) -> None:
-        keep = [(v, f, int(c)) for v, f, c in zip(videos, q, clipped) if not v.error]
+    def _write_fields(self, videos: list[_Video], q: np.ndarray, clipped: np.ndarray, nonfinite: np.ndarray,
+                      share: float) -> None:
+        keep = []
+        for v, f, c, n in zip(videos, q, clipped, nonfinite):  # in each video's order of fields
+            if v.error:
+                continue
+            try:
+                v.encoder.next_field(int(n))
+            except VideoError as exc:  # the video fails; its other fields are dropped as they come
+                v.error = str(exc)
+                continue
+            keep.append((v, f, int(c)))
+        keep = [k for k in keep if not k[0].error]
         encode = lambda k: k[0].encoder.encode("flow", k[1])  # noqa: E731
         stored = list(self._encoders.map(encode, keep)) if self._encoders else [encode(k) for k in keep]
         for (video, field_u8, n_clipped), data in zip(keep, stored):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from flowprep.errors import FlowprepError, OptionError
-from flowprep.flow.params import ALGORITHMS, BACKENDS, algorithm, resolve_params
+from flowprep.flow.params import ALGORITHMS, BACKENDS, algorithm, check_frame, resolve_params
 
 DEVICES = ("cpu", "cuda", "auto")
 _DIS_PRESET_IDS = {"ultrafast": 0, "fast": 1, "medium": 2}  # cv2.DISOPTICAL_FLOW_PRESET_*
@@ -101,7 +101,10 @@ def compute_flow(prev: np.ndarray, nxt: np.ndarray, algo: str = "tvl1", device: 
     if backend == "opencv":
         if device != "cpu":
             raise OptionError("the OpenCV backend runs on CPU only; use backend='torch' for device='cuda'")
-        return OpenCVFlow(algo, **params)(prev_g, nxt_g)
+        flow_fn = OpenCVFlow(algo, **params)
+        check_frame(algo, flow_fn.params, min(prev_g.shape))
+        return flow_fn(prev_g, nxt_g)
+    check_frame(algo, resolve_params(algo, params, backend=backend), min(prev_g.shape))
     return compute_flow_batch(prev_g[None], nxt_g[None], algo=algo, device=device, **params)[0]
 
 

@@ -123,6 +123,11 @@ class Resize:
             return s, long_side(src_h, src_w)
         return long_side(src_w, src_h), s
 
+    @property
+    def smaller_side(self) -> int:
+        """The smaller side of every output frame, known before any video is read."""
+        return int(self.short_side or min(self.width, self.height))
+
     def describe(self) -> str:
         return f"short_side={self.short_side}" if self.short_side else f"{self.width}x{self.height}"
 

@@ -301,6 +301,71 @@ def test_an_unreachable_scheduler_is_one_line_before_any_file(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 
+class _Listener:
+    """A TCP server on 127.0.0.1 that is not a Dask scheduler: it accepts and never answers ("silent"), or
+    answers like a web server ("http"). Runs in a thread of the test process."""
+
+    def __init__(self, mode: str):
+        import threading
+
+        self.mode, self.conns = mode, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.conns.append(conn)
+            if self.mode == "http":
+                conn.settimeout(2)
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n"
+                                 b"\r\nBad Request")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@needs_dask
+@pytest.mark.parametrize("mode,message", [
+    ("silent", "accepts connections but gives no Dask handshake within 1 s: it is not a Dask scheduler"),
+    ("http", "answers, but not as a Dask scheduler (its reply is not Dask's protocol: an HTTP server?)"),
+])
+def test_a_scheduler_address_that_is_no_dask_scheduler_is_one_line(tmp_path, monkeypatch, mode, message):
+    """A listener that never answers used to be waited for forever in silence; an HTTP server's reply was
+    read as a frame length ("Unable to allocate 3.07 EiB", a traceback). Now: a bounded handshake, exit 1,
+    one line, nothing written."""
+    import flowprep.executors.cluster as cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
+    listener = _Listener(mode)
+    try:
+        start = time.monotonic()
+        result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(tmp_path / "f.h5"),
+                                          "--scheduler", listener.address, "--no-progress"])
+        took = time.monotonic() - start
+    finally:
+        listener.close()
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {listener.address} ") and message in lines[0], lines
+    assert "EiB" not in result.output and "Traceback" not in result.output
+    assert took < 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+
+
 class _FakeClient:
     """What check_workers asks of a distributed.Client: the workers' threads and what each one answers."""
 

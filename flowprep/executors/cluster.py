@@ -123,17 +123,49 @@ def cluster_executor(cfg, work: Work = extract_video):
 
 
 def probe(where: Scheduler) -> None:
-    """ClusterError, before any file is touched, when nothing listens at the scheduler's TCP address."""
+    """ClusterError, before any file is touched, when nothing listens at the scheduler's TCP address, or
+    something does that is not a Dask scheduler: Dask's handshake, bounded by CONNECT_TIMEOUT_S (Dask's own
+    connect waits for the handshake's answer without a limit, and reads any answer as a frame length: an
+    HTTP server's reply asks for exabytes)."""
     import socket
 
-    if where.local or where.address.startswith("ucx"):
+    if where.local or not where.address.startswith("tcp://"):  # tls/ws need the security settings: Client's job
         return
     url = urlsplit(where.address)
+    fix = "start it (`dask scheduler`) or check --scheduler"
     try:
         socket.create_connection((url.hostname, url.port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler at {where.address} ({exc.strerror or exc}); start "
-                           "it (`dask scheduler`) or check --scheduler") from None
+        raise ClusterError(f"cannot reach the Dask scheduler at {where.address} ({exc.strerror or exc}); "
+                           f"{fix}") from None
+    try:
+        _handshake(where.address)
+    except TimeoutError:
+        raise ClusterError(f"{where.address} accepts connections but gives no Dask handshake within "
+                           f"{CONNECT_TIMEOUT_S:g} s: it is not a Dask scheduler (or a hung one); {fix} (a "
+                           f"scheduler listens on port {DEFAULT_PORT} by default)") from None
+    except Exception as exc:  # MemoryError for an HTTP reply read as a frame length, a parse error...
+        why = ("its reply is not Dask's protocol: an HTTP server?" if isinstance(exc, MemoryError) else
+               f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
+        raise ClusterError(f"{where.address} answers, but not as a Dask scheduler ({why}); "
+                           f"{fix} (a scheduler listens on port {DEFAULT_PORT} by default; 8787 is its "
+                           "dashboard)") from None
+
+
+def _handshake(address: str) -> None:
+    """Open a Dask connection to ``address`` and close it again; TimeoutError after CONNECT_TIMEOUT_S."""
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+
+    async def shake() -> None:
+        comm = await asyncio.wait_for(comm_connect(address, timeout=CONNECT_TIMEOUT_S), CONNECT_TIMEOUT_S)
+        await comm.close()
+
+    try:
+        asyncio.run(shake())
+    except asyncio.TimeoutError:  # an alias of TimeoutError from Python 3.11 on
+        raise TimeoutError from None
 
 
 class connect:

@@ -13,7 +13,7 @@ from flowprep.video.decode import INTERPOLATION, Resize
 from flowprep.errors import OptionError
 from flowprep.flow.compute import default_backend, resolve_device
 from flowprep.flow.params import BACKENDS, algorithm, check_frame, resolve_params
-from flowprep.flow.quantize import DEFAULT_BOUND, ROUNDING_RULE
+from flowprep.flow.quantize import DEFAULT_BOUND, DEQUANTIZE_RULE, ROUNDING_RULE
 from flowprep.store.format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
 
 OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
@@ -31,14 +31,48 @@ def check_store_options(codec: str, jpeg_quality: int, bound: float, jobs: int) 
         raise OptionError(f"--jobs must be at least 1, got {jobs}")
 
 
-def tool_versions() -> dict[str, str]:
-    """The versions of the code that shaped a store's data, as recorded in its config."""
+# The tools whose versions shape the flow itself: compared on every Dask worker (flowprep.executors.cluster);
+# h5py and Python only write and run, so they are recorded but not compared.
+COMPUTE_TOOLS = ("flowprep", "opencv", "numpy", "torch", "triton")
+
+
+def tool_versions(backend: str | None = None) -> dict[str, str]:
+    """The versions of the code that shaped a store's data, as its config records them: flowprep, OpenCV,
+    NumPy, h5py, Python and, for ``backend`` "torch", torch and Triton ("not installed" when absent). The
+    one list of them."""
     import cv2
     import h5py
     import numpy as np
 
-    return {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
-            "python": sys.version.split()[0]}
+    versions = {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
+                "h5py": h5py.__version__, "python": sys.version.split()[0]}
+    if backend == "torch":
+        from importlib.metadata import PackageNotFoundError, version
+
+        for name in ("torch", "triton"):
+            try:
+                versions[name] = version(name)
+            except PackageNotFoundError:
+                versions[name] = "not installed"
+    return versions
+
+
+def compute_versions(backend: str | None = None) -> dict[str, str]:
+    """The part of tool_versions that shapes the flow (COMPUTE_TOOLS): what every worker must match."""
+    return {k: v for k, v in tool_versions(backend).items() if k in COMPUTE_TOOLS}
+
+
+def recorded_config(*, algo: str, params: dict[str, Any], implementation: str, flow_input: str, bound: float,
+                    codec: str, jpeg_quality: int | None, size: str, interpolation: str, shard: str = "1/1",
+                    rounding: str = ROUNDING_RULE, backend: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The config a store and its parts record: the one builder of it, for every way of making a store
+    (extract's RunSettings, import's ImportSettings). The keys incompatibilities() compares are all here;
+    ``extra`` adds what one kind of store says besides (RAFT weights, where imported data came from)."""
+    return {"algo": algo, "params": params, "implementation": implementation, "flow_input": flow_input,
+            "bound": float(bound), "rounding": rounding, "dequantize": DEQUANTIZE_RULE, "codec": codec,
+            "jpeg_quality": jpeg_quality, "size": size, "interpolation": interpolation,
+            "index_convention": INDEX_CONVENTION, "flow_layout": FLOW_LAYOUT, "shard": shard,
+            "versions": tool_versions(backend), **extra}
 
 
 @dataclass(frozen=True)
@@ -78,24 +112,12 @@ class RunSettings:
             from flowprep.flow.torchflow.raft import weights_identity
 
             extra["raft_weights"] = weights_identity(self.params["model"], self.params["weights"])
-        return {
-            "algo": self.algo,
-            "params": self.params,
-            "implementation": self.implementation,
-            "flow_input": "gray uint8 (cv2.COLOR_RGB2GRAY) of the resized frames",
-            "bound": float(self.bound),
-            "rounding": ROUNDING_RULE,
-            "dequantize": "v = u8 * 2b / 255 - b",
-            "codec": self.codec,
-            "jpeg_quality": int(self.jpeg_quality) if self.codec != "raw" else None,
-            "size": self.resize.describe(),
-            "interpolation": INTERPOLATION,
-            "index_convention": INDEX_CONVENTION,
-            "flow_layout": FLOW_LAYOUT,
-            "shard": f"{self.shard[0]}/{self.shard[1]}",
-            "versions": tool_versions(),
-            **extra,
-        }
+        return recorded_config(algo=self.algo, params=self.params, implementation=self.implementation,
+                               flow_input="gray uint8 (cv2.COLOR_RGB2GRAY) of the resized frames",
+                               bound=self.bound, codec=self.codec,
+                               jpeg_quality=int(self.jpeg_quality) if self.codec != "raw" else None,
+                               size=self.resize.describe(), interpolation=INTERPOLATION,
+                               shard=f"{self.shard[0]}/{self.shard[1]}", backend=self.backend, **extra)
 
 
 @dataclass(frozen=True)
@@ -139,7 +161,7 @@ class ExtractConfig:
         if self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.scheduler is not None:
-            from flowprep.executors.cluster import check_options
+            from flowprep.executors.scheduler import check_options
 
             check_options(self)
         settings = self.settings()  # the algorithm, its parameters for the backend, the device

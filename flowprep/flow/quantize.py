@@ -11,6 +11,7 @@ from flowprep.errors import OptionError
 
 DEFAULT_BOUND = 20.0
 ROUNDING_RULE = "floor(255*(clip(v,-b,b)+b)/(2b)+0.5)"
+DEQUANTIZE_RULE = "v = u8 * 2b / 255 - b"  # dequantize(), as every store records it
 
 
 def _check_bound(bound: float) -> float:

@@ -20,8 +20,8 @@ from flowprep.interop.layouts import (LAYOUTS, file_names, find_videos, jpeg_com
                               match_files, relative, source_bytes, sub_folders)
 from flowprep.plan import Wanted
 from flowprep.flow.quantize import DEFAULT_BOUND
-from flowprep.settings import check_store_options, tool_versions
-from flowprep.store.format import DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
+from flowprep.settings import check_store_options, recorded_config
+from flowprep.store.format import DEFAULT_JPEG_QUALITY
 from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
 
 DEFAULT_IMPORT_CODEC = "jpeg-xy"  # keeps the tools' JPEG bytes: no second lossy encode
@@ -53,23 +53,15 @@ class ImportSettings:
         """The config written into the store: the same keys as an extracted store's, and where the data came
         from: the layout, its index convention and how it maps to the store's, the bound as given."""
         lay = LAYOUTS[self.layout]
-        return {
-            "algo": "imported",
-            "params": {},
-            "implementation": f"imported-{lay.name}",
-            "flow_input": f"not computed here: imported from {lay.tool}'s files",
-            "bound": float(self.bound),
-            "rounding": lay.rounding,
-            "dequantize": "v = u8 * 2b / 255 - b",
-            "codec": self.codec,
+        return recorded_config(
+            algo="imported", params={}, implementation=f"imported-{lay.name}",
+            flow_input=f"not computed here: imported from {lay.tool}'s files", bound=self.bound,
+            rounding=lay.rounding, codec=self.codec,
             # jpeg-xy stores the tool's JPEGs as read; jpeg encodes each field's x | y image at this quality
-            "jpeg_quality": int(self.jpeg_quality) if self.codec == "jpeg" else None,
-            "size": "as imported: each video's width and height are in its record",
-            "interpolation": "none: images as the tool wrote them",
-            "index_convention": INDEX_CONVENTION,
-            "flow_layout": FLOW_LAYOUT,
-            "shard": "1/1",
-            "imported": {
+            jpeg_quality=int(self.jpeg_quality) if self.codec == "jpeg" else None,
+            size="as imported: each video's width and height are in its record",
+            interpolation="none: images as the tool wrote them",
+            imported={
                 "layout": lay.name, "tool": lay.tool, "frames": self.frames, "flow": self.flow,
                 "source_index_convention": lay.index_convention(), "mapping": lay.mapping(),
                 "bound": "given with --bound: the files do not record the bound they were quantised with",
@@ -77,9 +69,7 @@ class ImportSettings:
                 "stored_as": ("the tool's JPEG bytes, unchanged" if self.codec == "jpeg-xy" else
                               f"decoded and encoded again as x | y JPEGs at quality {self.jpeg_quality}"
                               if self.codec == "jpeg" else "decoded pixels"),
-            },
-            "versions": tool_versions(),
-        }
+            })
 
 
 @dataclass(frozen=True)

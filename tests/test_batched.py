@@ -41,6 +41,21 @@ def test_torch_backend_writes_the_same_store(two_stores):
         assert (d == 0).mean() >= 0.99 and (d <= 1).mean() >= 0.999
 
 
+def test_a_torch_backend_store_records_the_torch_and_triton_versions(two_stores):
+    """The versions of the code that computed the flow: torch and Triton for the torch backend (the Dask
+    check compares them), neither for OpenCV; the rest as every store records them (settings.tool_versions)."""
+    from importlib.metadata import version
+
+    import cv2
+
+    with FlowStore(two_stores["opencv"]) as a, FlowStore(two_stores["torch"]) as b:
+        va, vb = a.attrs["versions"], b.attrs["versions"]
+    assert vb["torch"] == version("torch") and "triton" in vb
+    assert "torch" not in va and "triton" not in va
+    assert va["opencv"] == vb["opencv"] == cv2.__version__
+    assert set(va) == {"flowprep", "opencv", "numpy", "h5py", "python"}
+
+
 def test_resume_refuses_a_backend_switch(two_stores, tmp_path):
     videos = two_stores["opencv"].parent / "videos"
     result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(two_stores["torch"]),

@@ -14,9 +14,17 @@ from pathlib import Path
 import click
 
 from flowprep.errors import FlowprepError, OptionError
+from flowprep.flow.compute import DEVICES
+from flowprep.flow.params import ALGORITHMS, BACKENDS
+from flowprep.flow.quantize import DEFAULT_BOUND
+from flowprep.interop.importing import DEFAULT_IMPORT_CODEC
 from flowprep.interop.layouts import LAYOUTS
-from flowprep.flow.params import ALGORITHMS
-from flowprep.store.format import CODECS
+from flowprep.settings import DEFAULT_BATCH_SIZE, default_jobs, parse_shard
+from flowprep.store.codec import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY
+from flowprep.video.decode import DEFAULT_SIZE
+
+SIZE_TEXT = f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}"
+CODEC_HELP = "; ".join(f"{c.name}: {c.description}" for c in CODECS.values())
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -69,16 +77,6 @@ def _run_and_report(run, out: Path, summary_json: Path | None) -> None:
     sys.exit(0 if summary.ok else 1)
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise click.BadParameter(f"expected I/N such as 2/8, got {text!r}", param_hint="--shard") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise click.BadParameter(f"need 1 <= I <= N, got {text}", param_hint="--shard")
-    return i, n
-
-
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
     params = {}
     for item in items:
@@ -107,20 +105,20 @@ def main() -> None:
 @click.option("--algo", type=click.Choice(list(ALGORITHMS)), default="tvl1", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Flow parameter override, e.g. --param warps=3 (see `flowprep params`).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="auto: cuda when torch sees a GPU, else cpu.")
-@click.option("--backend", type=click.Choice(["opencv", "torch"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Flow code: opencv (CPU default) or torch (batched PyTorch; the only one on cuda).")
-@click.option("--batch-size", type=int, default=32, show_default=True,
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Frame pairs per flow call with the torch backend.")
 @click.option("--gpus", default=None, help="Comma-separated CUDA device ids (default: all visible).")
-@click.option("--size", default="340x256", show_default=True, help="Output frame size WIDTHxHEIGHT.")
+@click.option("--size", default=SIZE_TEXT, show_default=True, help="Output frame size WIDTHxHEIGHT.")
 @click.option("--short-side", type=int, default=None, help="Resize the short side to this, keeping aspect ratio "
               "(instead of --size).")
-@click.option("--bound", type=float, default=20.0, show_default=True, help="Flow clip bound in pixels.")
-@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg", show_default=True,
-              help="jpeg: flow x | y side by side in one gray JPEG; jpeg-xy: x and y as two gray JPEGs; raw: pixels.")
-@click.option("--jpeg-quality", type=int, default=95, show_default=True)
+@click.option("--bound", type=float, default=DEFAULT_BOUND, show_default=True, help="Flow clip bound in pixels.")
+@click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_CODEC, show_default=True,
+              help=CODEC_HELP + ".")
+@click.option("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, show_default=True)
 @click.option("--jobs", "-j", type=int, default=None,
               help="Parallel videos (default: number of CPU cores); decode threads with the torch backend.")
 @click.option("--shard", default="1/1", show_default=True, help="Process the I-th of N deterministic parts.")
@@ -164,7 +162,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
         cfg = ExtractConfig(videos=videos, out=out, algo=algo, params=_parse_params(params), device=device,
                             backend=backend, batch_size=batch_size, gpus=gpu_ids,
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
-                            jobs=jobs if jobs is not None else os.cpu_count() or 1, shard=_parse_shard(shard),
+                            jobs=jobs if jobs is not None else default_jobs(), shard=parse_shard(shard),
                             dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
                             follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress,
                             scheduler=scheduler)
@@ -185,13 +183,13 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                    "the flow images are not beside the frames.")
 @click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Official split files (ucfTrainTestlist/ or the HMDB51 split folder): classes, labels, splits.")
-@click.option("--bound", type=float, default=20.0, show_default=True,
+@click.option("--bound", type=float, default=DEFAULT_BOUND, show_default=True,
               help="The bound the flow was quantised with (the files do not say; recorded).")
 @click.option("--out", default="flows.h5", show_default=True, type=click.Path(path_type=Path),
               help="Store file to write.")
-@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg-xy", show_default=True,
+@click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_IMPORT_CODEC, show_default=True,
               help="jpeg-xy keeps the JPEGs as read; jpeg encodes each field again as one x | y image; raw pixels.")
-@click.option("--jpeg-quality", type=int, default=95, show_default=True, help="With --codec jpeg.")
+@click.option("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, show_default=True, help="With --codec jpeg.")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
 @click.option("--allow-missing", is_flag=True, help="Import what is there when split files name absent videos.")
 @click.option("--overwrite", is_flag=True, help="Discard the existing store and unfinished work; start over.")
@@ -212,7 +210,7 @@ def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quali
     def run():
         cfg = ImportConfig(layout=layout_name, frames=frames, out=out, flow=flow, splits_dir=splits_dir, bound=bound,
                            codec=codec, jpeg_quality=jpeg_quality,
-                           jobs=jobs if jobs is not None else os.cpu_count() or 1, allow_missing=allow_missing,
+                           jobs=jobs if jobs is not None else default_jobs(), allow_missing=allow_missing,
                            overwrite=overwrite, progress=not no_progress)
         return import_frames(cfg)
 
@@ -225,7 +223,7 @@ def import_(layout_name, frames, flow, splits_dir, bound, out, codec, jpeg_quali
               help="Names, numbering and lists to write: mmaction2 rawframes or TSN's dense_flow.")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--jpeg-quality", type=int, default=95, show_default=True,
+@click.option("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, show_default=True,
               help="For images the store does not keep as JPEGs of their own (codec jpeg's flow, codec raw).")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -241,7 +239,7 @@ def export(layout_name, store, out, jpeg_quality, jobs, no_progress):
     from flowprep.interop.exporting import export_store, summary_text as export_text
 
     try:
-        summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else os.cpu_count() or 1,
+        summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else default_jobs(),
                                jpeg_quality=jpeg_quality, progress=not no_progress)
     except FlowprepError as exc:
         raise _fail(exc) from exc

@@ -3,6 +3,7 @@ of `flowprep extract`, from which the settings are derived; the rest only steer 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,24 +12,49 @@ from typing import Any
 from flowprep import __version__
 from flowprep.video.decode import INTERPOLATION, Resize
 from flowprep.errors import OptionError
-from flowprep.flow.compute import default_backend, resolve_device
-from flowprep.flow.params import BACKENDS, algorithm, check_frame, resolve_params
+from flowprep.flow.compute import choose_backend, resolve_device
+from flowprep.flow.params import algorithm, check_frame, resolve_params
 from flowprep.flow.quantize import DEFAULT_BOUND, DEQUANTIZE_RULE, ROUNDING_RULE
-from flowprep.store.format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
+from flowprep.store.codec import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, codec
+from flowprep.store.format import FLOW_LAYOUT, INDEX_CONVENTION
 
 OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
 
 
-def check_store_options(codec: str, jpeg_quality: int, bound: float, jobs: int) -> None:
+def check_store_options(codec_name: str, jpeg_quality: int, bound: float, jobs: int) -> None:
     """The options every store-building command shares; OptionError names the option and what it allows."""
-    if codec not in CODECS:
-        raise OptionError(f"unknown --codec {codec!r}; choose one of {', '.join(CODECS)}")
+    codec(codec_name)
     if not 1 <= jpeg_quality <= 100:
         raise OptionError(f"--jpeg-quality must be 1..100, got {jpeg_quality}")
     if not math.isfinite(bound) or bound <= 0:
         raise OptionError(f"--bound must be a positive, finite number of pixels, got {bound}")
     if jobs < 1:
         raise OptionError(f"--jobs must be at least 1, got {jobs}")
+
+
+DEFAULT_BATCH_SIZE = 32  # frame pairs per flow call with the torch backend
+
+
+def default_jobs() -> int:
+    """--jobs when not given: the number of CPU cores."""
+    return os.cpu_count() or 1
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+    """(I, N) with 1 <= I <= N, the one check of --shard; OptionError otherwise."""
+    i, n = shard
+    if not (n >= 1 and 1 <= i <= n):
+        raise OptionError(f"--shard must be I/N with 1 <= I <= N, got {i}/{n}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/8' -> (2, 8), checked (check_shard); OptionError naming the form otherwise."""
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise OptionError(f"--shard expects I/N such as 2/8, got {text!r}") from None
+    check_shard((i, n))
+    return i, n
 
 
 # The tools whose versions shape the flow itself: compared on every Dask worker (flowprep.executors.cluster);
@@ -115,7 +141,7 @@ class RunSettings:
         return recorded_config(algo=self.algo, params=self.params, implementation=self.implementation,
                                flow_input="gray uint8 (cv2.COLOR_RGB2GRAY) of the resized frames",
                                bound=self.bound, codec=self.codec,
-                               jpeg_quality=int(self.jpeg_quality) if self.codec != "raw" else None,
+                               jpeg_quality=int(self.jpeg_quality) if CODECS[self.codec].jpeg else None,
                                size=self.resize.describe(), interpolation=INTERPOLATION,
                                shard=f"{self.shard[0]}/{self.shard[1]}", backend=self.backend, **extra)
 
@@ -130,7 +156,7 @@ class ExtractConfig:
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     backend: str | None = None  # the algorithm's CPU default (opencv), or torch (batched; the one on CUDA)
-    batch_size: int = 32  # frame pairs per flow call with the torch backend
+    batch_size: int = DEFAULT_BATCH_SIZE
     gpus: tuple[int, ...] | None = None  # CUDA devices to use; default: all visible
     bound: float = DEFAULT_BOUND
     codec: str = DEFAULT_CODEC
@@ -155,9 +181,7 @@ class ExtractConfig:
     def validate(self) -> None:
         """Check every option before any file is touched; OptionError names the option and what it allows."""
         check_store_options(self.codec, self.jpeg_quality, self.bound, self.jobs)
-        i, n = self.shard
-        if not (n >= 1 and 1 <= i <= n):
-            raise OptionError(f"--shard must be I/N with 1 <= I <= N, got {i}/{n}")
+        check_shard(self.shard)
         if self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.scheduler is not None:
@@ -178,11 +202,7 @@ class ExtractConfig:
         algorithm(self.algo)  # an unknown algorithm is named before anything else
         # on a cluster, the workers have the GPUs (flowprep.executors.cluster checks them), not necessarily this machine
         device = "cuda" if self.scheduler is not None and self.device == "cuda" else resolve_device(self.device)
-        backend = self.backend or default_backend(self.algo, device)
-        if backend not in BACKENDS:
-            raise OptionError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if backend == "opencv" and device != "cpu":
-            raise OptionError("--backend opencv runs on CPU only; use --backend torch with --device cuda")
+        backend = choose_backend(self.algo, device, self.backend)
         return RunSettings(self.algo, resolve_params(self.algo, self.params, backend=backend), backend, device,
                            float(self.bound), self.codec, int(self.jpeg_quality), self.resize, self.shard)
 

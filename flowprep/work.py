@@ -16,7 +16,7 @@ import numpy as np
 
 from flowprep.video.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
-from flowprep.store.format import FLOW_IMAGES, encode_jpeg
+from flowprep.store.codec import codec as codec_named
 
 MIN_FRAMES = 2  # one flow field needs two frames
 
@@ -104,7 +104,7 @@ class VideoEncoder:
 
     def __init__(self, task: VideoTask, codec: str, jpeg_quality: int):
         self.task = task
-        self.codec, self.quality = codec, int(jpeg_quality)
+        self.codec, self.quality = codec_named(codec), int(jpeg_quality)
         self.images: dict[str, list[np.ndarray]] = {"rgb": [], "flow": []}
         self.crcs: dict[str, list[int]] = {"rgb": [], "flow": []}
         self.clipped = 0  # flow values at the bound
@@ -113,14 +113,9 @@ class VideoEncoder:
         self.start = time.perf_counter()
         self.flow_seconds = 0.0
 
-    def encode(self, kind: str, array: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """What is stored for one frame or field of ``kind``: its JPEG bytes, the pair (x, y) of gray JPEGs
-        of a field with codec jpeg-xy, or its pixels (codec raw)."""
-        if self.codec == "raw":
-            return np.ascontiguousarray(array, dtype=np.uint8)
-        if kind == "flow" and self.codec == "jpeg-xy":
-            return encode_jpeg("gray", array[..., 0], self.quality), encode_jpeg("gray", array[..., 1], self.quality)
-        return encode_jpeg(kind, array, self.quality)
+    def encode(self, kind: str, array: np.ndarray) -> tuple[np.ndarray, ...]:
+        """What is stored for one frame or field of ``kind`` (flowprep.store.codec.Codec.encode)."""
+        return self.codec.encode(kind, array, self.quality)
 
     def add(self, kind: str, stored: np.ndarray | tuple[np.ndarray, ...]) -> None:
         """Append one frame or field already in its stored form (see encode), so encoding can run elsewhere:
@@ -161,10 +156,10 @@ class VideoEncoder:
             for image in self.images[kind]:
                 crc[kind] = zlib.crc32(image.tobytes(), crc[kind])
         t = self.task
-        fields, rest = divmod(len(self.images["flow"]), FLOW_IMAGES[self.codec])
+        fields, rest = divmod(len(self.images["flow"]), self.codec.flow_images)
         if rest:
-            raise ValueError(f"{t.video_id}: {len(self.images['flow'])} flow images, not {FLOW_IMAGES[self.codec]} "
-                             f"per field as codec {self.codec} stores them")
+            raise ValueError(f"{t.video_id}: {len(self.images['flow'])} flow images, not {self.codec.flow_images} "
+                             f"per field as codec {self.codec.name} stores them")
         record = {"path": t.relpath, "class_name": t.class_name, "label": t.label, **source_fields,
                   "clipped_fraction": self.clipped / max(self.values, 1),
                   "seconds": time.perf_counter() - self.start, "flow_seconds": self.flow_seconds,

@@ -100,7 +100,7 @@ def test_torch_backend_jpeg_writer_keeps_every_field_in_order(two_stores, tmp_pa
     fields must still be the raw store's fields, in order, through the same JPEG encoding."""
     import cv2
 
-    from flowprep.store.format import encode_jpeg
+    from flowprep.store.codec import encode_jpeg
 
     videos = two_stores["torch"].parent / "videos"
     out = tmp_path / "jpeg.h5"

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from flowprep.errors import VideoError
+from flowprep.store.codec import CODECS
 from flowprep.work import DecodedVideo, Failure, Outcome, VideoEncoder, VideoTask
 
 _END = object()  # a decode thread's marker after a video's last pair
@@ -59,7 +60,7 @@ class DeviceRun:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
-        jpeg = settings.codec != "raw"
+        jpeg = CODECS[settings.codec].jpeg
         self._encoders = ThreadPoolExecutor(max_workers=max(1, min(8, decoders))) if jpeg else None
 
     # -- the stages ------------------------------------------------------------------------------------

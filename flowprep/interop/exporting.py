@@ -27,7 +27,7 @@ import numpy as np
 
 from flowprep.errors import OptionError, StoreError
 from flowprep.interop.layouts import LAYOUTS, export_names
-from flowprep.store.format import DEFAULT_JPEG_QUALITY, encode_jpeg
+from flowprep.store.codec import DEFAULT_JPEG_QUALITY, encode_jpeg
 from flowprep.work import Failure, VideoTask
 
 EXPORT_LAYOUTS = tuple(name for name, lay in LAYOUTS.items() if lay.lists is not None)

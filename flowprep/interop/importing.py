@@ -21,7 +21,7 @@ from flowprep.interop.layouts import (LAYOUTS, file_names, find_videos, jpeg_com
 from flowprep.plan import Wanted
 from flowprep.flow.quantize import DEFAULT_BOUND
 from flowprep.settings import check_store_options, recorded_config
-from flowprep.store.format import DEFAULT_JPEG_QUALITY
+from flowprep.store.codec import DEFAULT_JPEG_QUALITY
 from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
 
 DEFAULT_IMPORT_CODEC = "jpeg-xy"  # keeps the tools' JPEG bytes: no second lossy encode

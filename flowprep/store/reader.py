@@ -11,7 +11,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from flowprep.errors import StoreError
-from flowprep.store.format import (CHANNELS, FLOW_IMAGES, as_str, check_offsets, incompatibilities, open_store_file,
+from flowprep.store.codec import CODECS
+from flowprep.store.format import (CHANNELS, as_str, check_offsets, incompatibilities, open_store_file,
                                    read_config, read_contents)
 
 DATASET_CACHE = 1024  # open per-video datasets a reader keeps (per process)
@@ -178,12 +179,12 @@ class FlowStore:
         """The video's ``kind`` datasets, with their shapes and offsets checked against its record."""
         group = self._group(video_id)
         rec = self._records[video_id]
-        per_item = 1 if kind == "rgb" else FLOW_IMAGES[self.attrs["codec"]]
+        per_item = 1 if kind == "rgb" else CODECS[self.attrs["codec"]].flow_images
         count = (rec["num_frames"] if kind == "rgb" else rec["num_flows"]) * per_item  # stored images
         where = f"{self._file_of(video_id)}: video {video_id!r} {kind}"
         try:
             crcs = group[f"{kind}_crcs"][()] if f"{kind}_crcs" in group else None
-            if self.attrs["codec"] == "raw":
+            if not CODECS[self.attrs["codec"]].jpeg:
                 data, offsets = group[kind], None
                 want = (count, rec["height"], rec["width"], CHANNELS[kind])
                 if data.shape != want:
@@ -263,19 +264,8 @@ class FlowStore:
                 cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
                 continue
             field = out[k] if planes else out[k].transpose(2, 0, 1)  # (2, H, W) view: x, y
-            if len(images) == 2:  # jpeg-xy: each plane decoded straight from its own JPEG
-                for plane, image in zip(field, images):
-                    img = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
-                    if img is None or img.shape != (h, w):
-                        raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-                    plane[...] = img
-                continue
-            img = cv2.imdecode(images[0], cv2.IMREAD_GRAYSCALE)
-            if img is None or img.shape != (h, 2 * w):
+            if not CODECS[self.attrs["codec"]].decode_field(images, field):
                 raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-            # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
-            field[0] = img[:, :w]
-            field[1] = img[:, w:]
         return out
 
     def read_rgb(self, video_id: str, indices) -> np.ndarray:
@@ -303,7 +293,7 @@ class FlowStore:
         checked against its CRC-32: per item a tuple of (n,) uint8 arrays, one JPEG (RGB; a field's x | y
         image with codec jpeg) or two (a field's x and y with codec jpeg-xy). Lets a writer copy images
         without decoding and encoding them again. ValueError with codec raw, which stores pixels."""
-        if self.attrs["codec"] == "raw":
+        if not CODECS[self.attrs["codec"]].jpeg:
             raise ValueError(f"{self.path}: codec raw stores pixels, not JPEG bytes; read_rgb / read_flow them")
         count = self.num_frames(video_id) if kind == "rgb" else self.num_flows(video_id)
         idx = self._indices(video_id, indices, count, "frame" if kind == "rgb" else "flow")

@@ -92,7 +92,8 @@ def transfer(tmp: Path, count: int, frames: int, size: str, algo: str) -> dict[s
     from flowprep.store.parts import Parts
     from flowprep.settings import ExtractConfig
     from flowprep.store.format import incompatibilities
-    from flowprep.work import VideoTask, extract_video
+    from flowprep.outcomes import VideoTask
+    from flowprep.work import extract_video
 
     w, h = (int(v) for v in size.split("x"))
     videos = make_videos(tmp / "long", count, frames, w, h)

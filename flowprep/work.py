@@ -1,4 +1,4 @@
-"""The per-video contract every executor shares: a `VideoTask` in, an `EncodedVideo` (or a `Failure`) out.
+"""The per-video work of extract: a `VideoTask` in, an `EncodedVideo` (or a `Failure`) out (flowprep.outcomes).
 
 The CPU pool runs `extract_video` in worker processes; the device batcher and any other executor use the
 same pieces (`DecodedVideo` for decoding, `VideoEncoder` for the stored images and the record), so every
@@ -9,60 +9,19 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from flowprep.video.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
+from flowprep.outcomes import EncodedVideo, Failure, ImportTask, Outcome, VideoTask
 from flowprep.store.codec import codec as codec_named
 
+if TYPE_CHECKING:
+    from flowprep.settings import RunSettings
+
 MIN_FRAMES = 2  # one flow field needs two frames
-
-
-@dataclass(frozen=True)
-class VideoTask:
-    """One video to extract: where to read it and what the store records about its place in the dataset."""
-
-    video_id: str
-    path: str  # the file to read (absolute, or relative to the working folder)
-    relpath: str  # POSIX path relative to the dataset root, as the manifest and the record hold it
-    class_name: str
-    label: int
-
-
-@dataclass
-class EncodedVideo:
-    """One finished video, ready to be written: its record and its stored images in order.
-
-    rgb, flow: per stored image, the JPEG bytes ((n,) uint8; codecs jpeg, jpeg-xy) or the pixels
-    ((H, W, 3) / (H, W, 2) uint8; codec raw); with jpeg-xy, two images per flow field, x then y.
-    rgb_crcs, flow_crcs: (len(rgb),), (len(flow),) uint32 CRC-32 of each image as stored.
-    """
-
-    video_id: str
-    record: dict[str, Any]
-    rgb: list[np.ndarray]
-    flow: list[np.ndarray]
-    rgb_crcs: np.ndarray
-    flow_crcs: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.rgb) + sum(a.nbytes for a in self.flow)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A video that could not be extracted, with the reason (it names the file)."""
-
-    video_id: str
-    path: str  # relpath
-    reason: str
-
-
-Outcome = Union[EncodedVideo, Failure]
 
 
 class DecodedVideo:
@@ -102,7 +61,7 @@ class VideoEncoder:
     """Collects one video's stored images (encoded for the codec) with their checksums and the clipped
     share, and builds its record: the one record builder of every path."""
 
-    def __init__(self, task: VideoTask, codec: str, jpeg_quality: int):
+    def __init__(self, task: VideoTask | ImportTask, codec: str, jpeg_quality: int):
         self.task = task
         self.codec, self.quality = codec_named(codec), int(jpeg_quality)
         self.images: dict[str, list[np.ndarray]] = {"rgb": [], "flow": []}
@@ -141,7 +100,7 @@ class VideoEncoder:
         k = self.fields_seen
         self.fields_seen += 1
         if nonfinite:
-            raise VideoError(f"{self.task.path}: flow field {k} (frames {k} to {k + 1}) holds {int(nonfinite)} NaN "
+            raise VideoError(f"{self.task.source}: flow field {k} (frames {k} to {k + 1}) holds {int(nonfinite)} NaN "
                              "or infinite value(s): the flow computation broke down; nothing of this video is "
                              "stored (check the --param values, or the RAFT weights file)")
 
@@ -169,11 +128,11 @@ class VideoEncoder:
                             np.asarray(self.crcs["rgb"], np.uint32), np.asarray(self.crcs["flow"], np.uint32))
 
 
-def extract_video(task: VideoTask, settings) -> Outcome:
+def extract_video(task: VideoTask, settings: RunSettings) -> Outcome:
     """Decode, compute flow (OpenCV, one core), quantise and encode one video. Never raises for bad input:
     a video that cannot be used comes back as a Failure with the reason.
 
-    settings: flowprep.settings.RunSettings (the algorithm must have an OpenCV backend).
+    The algorithm of ``settings`` must have an OpenCV backend.
     """
     import cv2
 
@@ -200,23 +159,3 @@ def extract_video(task: VideoTask, settings) -> Outcome:
         return Failure(task.video_id, task.relpath, str(exc))
     except Exception as exc:  # an unexpected failure of one video must not end the dataset run
         return Failure(task.video_id, task.relpath, f"{task.path}: {type(exc).__name__}: {exc}")
-
-
-@dataclass
-class Tally:
-    """Counts of a run's outcomes, for the summary and the progress display."""
-
-    written: list[str] = field(default_factory=list)  # ids of the videos written as parts
-    failed: list[Failure] = field(default_factory=list)
-    frames: int = 0
-    flows: int = 0
-    flow_seconds: float = 0.0
-
-    def add(self, outcome: Outcome) -> None:
-        if isinstance(outcome, Failure):
-            self.failed.append(outcome)
-            return
-        self.written.append(outcome.video_id)
-        self.frames += outcome.record["num_frames"]
-        self.flows += outcome.record["num_flows"]
-        self.flow_seconds += outcome.record["flow_seconds"]

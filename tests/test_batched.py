@@ -69,7 +69,7 @@ def test_several_devices_split_the_work(tmp_path):
     from flowprep.video.decode import Resize
     from flowprep.executors.device import run_devices
     from flowprep.pipeline import ExtractConfig
-    from flowprep.work import EncodedVideo, VideoTask
+    from flowprep.outcomes import EncodedVideo, VideoTask
 
     videos = make_dataset(tmp_path / "videos", bad=False, classes=2, per_class=2, frames=4)
     settings = ExtractConfig(videos=videos, out=tmp_path / "x.h5", algo="farneback", backend="torch",

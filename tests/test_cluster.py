@@ -200,7 +200,7 @@ def test_with_no_matching_worker_left_the_videos_fail_with_the_reason():
     from collections import deque
 
     from flowprep.executors.cluster import WorkerMismatch, _outcomes, _Unit
-    from flowprep.work import Failure, VideoTask
+    from flowprep.outcomes import Failure, VideoTask
 
     class Refused:
         def result(self):

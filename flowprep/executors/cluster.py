@@ -43,23 +43,23 @@ from typing import Callable
 from flowprep.video.decode import quiet_decoders
 from flowprep.errors import ClusterError
 from flowprep.executors.scheduler import Scheduler, connect, parse_scheduler, probe
-from flowprep.work import Failure, Outcome, VideoTask, extract_video
+from flowprep.outcomes import Failure, Outcome, VideoTask, Work
+from flowprep.settings import DEFAULT_BATCH_SIZE, ExtractConfig, RunSettings
+from flowprep.work import extract_video
 
 QUEUED_PER_THREAD = 2  # tasks in flight per worker thread: none waits, few to redo when a worker is lost
 GPU_TASK_VIDEOS = 16  # videos per device task: enough pairs to keep batches full, little to redo if lost
 REFRESH_S = 2.0  # how often the in-flight bound follows the workers that joined or left
 
-Work = Callable[[VideoTask, object], Outcome]
 
-
-def cluster_executor(cfg, work: Work = extract_video):
+def cluster_executor(cfg: ExtractConfig, work: Work[VideoTask, RunSettings, Outcome] = extract_video):
     """The executor of `flowprep.pipeline.extract` for ``cfg.scheduler``: connects (or starts the
     LocalCluster) when there is work, checks the workers, runs every task there; see the module docstring.
     ``work`` replaces the per-video function of the CPU path (tests)."""
     where = parse_scheduler(cfg.scheduler)
     probe(where)
 
-    def run(tasks: list[VideoTask], settings, on_outcome: Callable[[Outcome], None]) -> None:
+    def run(tasks: list[VideoTask], settings: RunSettings, on_outcome: Callable[[Outcome], None]) -> None:
         if not tasks:
             return
         tasks = [replace(t, path=os.path.abspath(t.path)) for t in tasks]  # the workers' cwd is not ours
@@ -95,7 +95,7 @@ def _worker_facts(path: str, backend: str) -> dict:
     return facts
 
 
-def check_workers(client, where: Scheduler, settings, sample_path: str) -> None:
+def check_workers(client, where: Scheduler, settings: RunSettings, sample_path: str) -> None:
     """Wait for a first worker, then check every worker there: it runs this flowprep with these versions,
     sees the videos at ``sample_path`` and, for --device cuda, a GPU. ClusterError names the worker and
     the fix. Workers that join later are checked by each task (`WorkerMismatch`)."""
@@ -138,7 +138,7 @@ def _check_this_worker(expected: tuple[tuple[str, str], ...], backend: str) -> N
         raise WorkerMismatch(get_worker().address, version_difference(dict(got), dict(expected)))
 
 
-def _cpu_task(tasks: list[VideoTask], settings, work: Work, expected: tuple) -> list[Outcome]:
+def _cpu_task(tasks: list[VideoTask], settings: RunSettings, work: Work, expected: tuple) -> list[Outcome]:
     """The per-video work of the local pool, for each of ``tasks``, in this worker thread, once this
     worker's versions are found to be the run's ``expected``."""
     _check_this_worker(expected, settings.backend)
@@ -149,7 +149,8 @@ def _cpu_task(tasks: list[VideoTask], settings, work: Work, expected: tuple) -> 
 _DEVICE = threading.Lock()  # one device run at a time per worker process: a GPU is shared by its threads
 
 
-def _device_task(tasks: list[VideoTask], settings, batch_size: int, decoders: int, expected: tuple) -> list[Outcome]:
+def _device_task(tasks: list[VideoTask], settings: RunSettings, batch_size: int, decoders: int,
+                 expected: tuple) -> list[Outcome]:
     """``tasks`` through one `DeviceRun` on this worker's device (``settings.device``: cpu, or cuda, the
     first GPU this worker sees), once this worker's versions are found to be the run's ``expected``."""
     from flowprep.executors.device import DeviceRun
@@ -176,8 +177,9 @@ def _chunks(tasks: list[VideoTask], size: int) -> deque:
     return deque(_Unit(tasks[i:i + size]) for i in range(0, len(tasks), size))
 
 
-def run_cluster(tasks: list[VideoTask], settings, client, on_outcome: Callable[[Outcome], None], *,
-                batch_size: int = 32, decoders: int = 1, work: Work = extract_video) -> None:
+def run_cluster(tasks: list[VideoTask], settings: RunSettings, client, on_outcome: Callable[[Outcome], None], *,
+                batch_size: int = DEFAULT_BATCH_SIZE, decoders: int = 1,
+                work: Work[VideoTask, RunSettings, Outcome] = extract_video) -> None:
     """Run ``tasks`` on the workers of ``client``; ``on_outcome`` gets every video's outcome here, as it
     comes. An exception from ``on_outcome`` (a full disk) cancels the tasks in flight and is raised here;
     so is ClusterError when the scheduler is lost."""

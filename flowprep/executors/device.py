@@ -19,13 +19,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from flowprep.errors import VideoError
 from flowprep.store.codec import CODECS
-from flowprep.work import DecodedVideo, Failure, Outcome, VideoEncoder, VideoTask
+from flowprep.outcomes import Failure, Outcome, VideoTask
+from flowprep.work import DecodedVideo, VideoEncoder
+
+if TYPE_CHECKING:
+    from flowprep.settings import RunSettings
 
 _END = object()  # a decode thread's marker after a video's last pair
 
@@ -49,7 +53,7 @@ class DeviceRun:
     task's outcome went to ``on_outcome`` (called from the writer thread, one at a time). An exception from
     ``on_outcome`` (a full disk) stops the run and is raised by `run()`."""
 
-    def __init__(self, tasks: list[VideoTask], settings, device: str, batch_size: int, decoders: int,
+    def __init__(self, tasks: list[VideoTask], settings: RunSettings, device: str, batch_size: int, decoders: int,
                  on_outcome: Callable[[Outcome], None]):
         self.tasks, self.settings, self.device = list(tasks), settings, device
         self.batch_size, self.on_outcome = batch_size, on_outcome
@@ -223,7 +227,8 @@ class DeviceRun:
             self.on_outcome(video.encoder.finish(video.source))
 
 
-def _device_main(index, tasks, settings, device, batch_size, decoders, results) -> None:
+def _device_main(index: int, tasks: list[VideoTask], settings: RunSettings, device: str, batch_size: int,
+                 decoders: int, results) -> None:
     """Device number ``index``'s process: run its tasks, send each outcome, then ("end", index, error text
     or "")."""
     from flowprep.executors.processes import start_worker
@@ -237,7 +242,7 @@ def _device_main(index, tasks, settings, device, batch_size, decoders, results) 
     results.put(("end", index, ""))
 
 
-def run_devices(tasks: list[VideoTask], settings, devices: list[str], batch_size: int, decoders: int,
+def run_devices(tasks: list[VideoTask], settings: RunSettings, devices: list[str], batch_size: int, decoders: int,
                 on_outcome: Callable[[Outcome], None]) -> None:
     """Spread ``tasks`` over ``devices`` (every N-th video each; one process per device when N > 1).
     Videos a device process did not finish (it crashed) come back as Failures naming the reason."""

@@ -13,24 +13,24 @@ from collections import deque
 from typing import Callable
 
 from flowprep.executors.processes import exit_text, start_worker
-from flowprep.work import Failure, Outcome, VideoTask, extract_video
-
-Work = Callable[[VideoTask, object], Outcome]
+from flowprep.outcomes import Failure, OutcomeT, SettingsT, TaskT, Work
+from flowprep.work import extract_video
 QUEUED_PER_WORKER = 2  # tasks handed to the pool per worker: enough that none waits, few to redo after a crash
 
 
-def run_pool(tasks: list[VideoTask], settings, jobs: int, on_outcome: Callable[[Outcome], None],
-             work: Work = extract_video) -> None:
+def run_pool(tasks: list[TaskT], settings: SettingsT, jobs: int, on_outcome: Callable[[OutcomeT], None],
+             work: Work[TaskT, SettingsT, OutcomeT] = extract_video) -> None:
     """Run ``work(task, settings)`` for every task in ``jobs`` processes; ``on_outcome`` gets each result
     in this process, as it comes. An exception from ``on_outcome`` (a full disk) stops the pool and is
-    raised here."""
+    raised here. The work of extract (the default), import or export, each with its own task and settings
+    types (flowprep.outcomes)."""
     waiting = deque(tasks)
     while waiting:
         suspects = _until_broken(waiting, settings, jobs, on_outcome, work)
         _run_alone(suspects, settings, jobs, on_outcome, work)
 
 
-def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -> list[VideoTask]:
+def _until_broken(waiting: deque, settings: SettingsT, jobs: int, on_outcome, work: Work) -> list[TaskT]:
     """Feed ``waiting`` to one pool until it is empty ([] returned) or the pool breaks: then the tasks that
     were in flight, whose results did not come back."""
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -68,13 +68,13 @@ def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -
     return []
 
 
-def _alone_main(conn, work: Work, task: VideoTask, settings) -> None:
+def _alone_main(conn, work: Work, task: TaskT, settings: SettingsT) -> None:
     start_worker(os.getppid())
     conn.send(work(task, settings))
     conn.close()
 
 
-def _run_alone(tasks: list[VideoTask], settings, jobs: int, on_outcome, work: Work) -> None:
+def _run_alone(tasks: list[TaskT], settings: SettingsT, jobs: int, on_outcome, work: Work) -> None:
     """Run each task in a process of its own (at most ``jobs`` at a time); one that crashes there is a
     Failure naming the signal."""
     import multiprocessing as mp
@@ -104,7 +104,7 @@ def _run_alone(tasks: list[VideoTask], settings, jobs: int, on_outcome, work: Wo
                 receive.close()
                 on_outcome(outcome if outcome is not None else Failure(
                     task.video_id, task.relpath,
-                    f"{task.path}: the decoder/flow process crashed ({exit_text(proc.exitcode)}) while "
+                    f"{task.source}: the decoder/flow process crashed ({exit_text(proc.exitcode)}) while "
                     "extracting this video alone; check the file with ffprobe or re-encode it (if every "
                     "video crashes, suspect the --param values)"))
     finally:

@@ -28,7 +28,7 @@ import numpy as np
 from flowprep.errors import OptionError, StoreError
 from flowprep.interop.layouts import LAYOUTS, export_names
 from flowprep.store.codec import DEFAULT_JPEG_QUALITY, encode_jpeg
-from flowprep.work import Failure, VideoTask
+from flowprep.outcomes import ExportTask, Failure
 
 EXPORT_LAYOUTS = tuple(name for name, lay in LAYOUTS.items() if lay.lists is not None)
 FRAMES_DIR = "rawframes"
@@ -148,7 +148,7 @@ def _export_locked(out: Path, lay, config, manifest, records, marker, jobs: int,
             summary.failed.append({"video_id": vid, "path": rel, "reason": f"{rel!r} holds white space, which the "
                                    "lists' parsers split on (mmaction2 splits each line at white space)"})
             continue
-        tasks.append(VideoTask(vid, str(out / FRAMES_DIR / rel), rel, rec["class_name"], rec["label"]))
+        tasks.append(ExportTask(vid, rel, rec["class_name"], rec["label"], folder=str(out / FRAMES_DIR / rel)))
 
     with Progress(len(tasks), unit="video", desc="export", enabled=progress and bool(tasks)) as bar:
         def on_outcome(outcome) -> None:
@@ -200,14 +200,14 @@ def _reader(path: str):
     return _READERS[path]
 
 
-def export_video(task: VideoTask, settings: ExportSettings):
+def export_video(task: ExportTask, settings: ExportSettings) -> ExportedVideo | Failure:
     """Write one video's folder (temporary name, then renamed); an ExportedVideo, or a Failure with the
     reason. A folder already there was written whole by an earlier run of the same export: kept."""
     import cv2
 
     cv2.setNumThreads(1)
     lay = LAYOUTS[settings.layout]
-    final = Path(task.path)
+    final = Path(task.folder)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         store = _reader(settings.store)

@@ -22,20 +22,10 @@ from flowprep.plan import Wanted
 from flowprep.flow.quantize import DEFAULT_BOUND
 from flowprep.settings import check_store_options, recorded_config
 from flowprep.store.codec import DEFAULT_JPEG_QUALITY
-from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
+from flowprep.outcomes import Executor, Failure, ImportTask, Outcome
+from flowprep.work import VideoEncoder
 
 DEFAULT_IMPORT_CODEC = "jpeg-xy"  # keeps the tools' JPEG bytes: no second lossy encode
-
-
-@dataclass(frozen=True)
-class ImportTask(VideoTask):
-    """One video to import: ``path`` is its RGB folder; where its flow x and y images are, and its folders
-    relative to the --frames and --flow roots (for the record)."""
-
-    flow_x: str = ""
-    flow_y: str = ""
-    rgb_rel: str = ""
-    flow_rels: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -113,7 +103,7 @@ class ImportConfig:
                               str(self.frames.absolute()), str((self.flow or self.frames).absolute()))
 
 
-def import_frames(cfg: ImportConfig, executor: Callable | None = None):
+def import_frames(cfg: ImportConfig, executor: Executor[ImportTask, ImportSettings, Outcome] | None = None):
     """Run the import described by ``cfg`` into ``cfg.out``; resumable, atomic per video, one bad video never
     stops the run. Returns flowprep.pipeline.ExtractSummary (action "import").
 
@@ -155,8 +145,9 @@ def import_frames(cfg: ImportConfig, executor: Callable | None = None):
 
     def task_of(vid: str) -> ImportTask:
         r, v = by_id[vid], found[vid]
-        return ImportTask(vid, str(v.rgb), r.path, r.class_name, r.label, str(v.flow_x), str(v.flow_y),
-                          relative(v.rgb, cfg.frames), (relative(v.flow_x, flow_root), relative(v.flow_y, flow_root)))
+        return ImportTask(vid, r.path, r.class_name, r.label, frames=str(v.rgb), flow_x=str(v.flow_x),
+                          flow_y=str(v.flow_y), rgb_rel=relative(v.rgb, cfg.frames),
+                          flow_rels=(relative(v.flow_x, flow_root), relative(v.flow_y, flow_root)))
 
     if executor is None:
         executor = _pool(cfg.jobs)
@@ -174,8 +165,8 @@ def _names_seen(lay, frames: Path) -> str:
     return ""
 
 
-def _pool(jobs: int):
-    def run(tasks, settings, on_outcome) -> None:
+def _pool(jobs: int) -> Executor[ImportTask, ImportSettings, Outcome]:
+    def run(tasks: list[ImportTask], settings: ImportSettings, on_outcome: Callable[[Outcome], None]) -> None:
         if tasks:
             from flowprep.executors.local import run_pool
 
@@ -199,7 +190,7 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
 
     cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
     lay = LAYOUTS[settings.layout]
-    rgb_dir, x_dir, y_dir = Path(task.path), Path(task.flow_x), Path(task.flow_y)
+    rgb_dir, x_dir, y_dir = Path(task.frames), Path(task.flow_x), Path(task.flow_y)
     try:
         for what, d in (("frames", rgb_dir), ("flow x", x_dir), ("flow y", y_dir)):
             if not d.is_dir():
@@ -240,7 +231,7 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
     except VideoError as exc:
         return Failure(task.video_id, task.relpath, str(exc))
     except Exception as exc:  # an unexpected failure of one video must not end the dataset run
-        return Failure(task.video_id, task.relpath, f"{task.path}: {type(exc).__name__}: {exc}")
+        return Failure(task.video_id, task.relpath, f"{task.frames}: {type(exc).__name__}: {exc}")
 
 
 def _check_jpeg(path: Path, data: bytes) -> tuple[int, int, int]:

@@ -19,7 +19,7 @@ from plumbing.atomic import atomic_write
 from flowprep.errors import StoreError
 from flowprep.store.format import as_str, check_record, is_disk_full, part_key
 from flowprep.store.writer import finish_file, new_file, write_video
-from flowprep.work import EncodedVideo
+from flowprep.outcomes import EncodedVideo
 
 
 class DiskFull(StoreError):

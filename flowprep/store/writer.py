@@ -21,7 +21,7 @@ _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 
 
 def write_video(group, video, codec: str) -> None:
-    """Write a flowprep.work.EncodedVideo's images, checksums and record into the empty h5py ``group``."""
+    """Write a flowprep.outcomes.EncodedVideo's images, checksums and record into the empty h5py ``group``."""
     for kind, images, crcs in (("rgb", video.rgb, video.rgb_crcs), ("flow", video.flow, video.flow_crcs)):
         if CODECS[codec].jpeg:
             offsets = np.zeros(len(images) + 1, dtype=np.int64)

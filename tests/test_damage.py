@@ -145,6 +145,18 @@ def test_data_damage_is_named_by_reader_and_verify(good_store, tmp_path, case):
     assert info.exit_code == 0 and "Traceback" not in info.output
 
 
+def test_a_video_without_its_checksums_is_damage_not_read_unchecked(good_store, tmp_path):
+    """Every store of this format holds per-image checksums (the pre-release stores without them are no
+    longer read unchecked): a video whose checksums are gone is named as damaged, by the reader and verify."""
+    out = _damaged_copy(good_store, tmp_path, lambda f: f.__delitem__("videos/v_0_0/flow_crcs"))
+    with FlowStore(out) as store:
+        with pytest.raises(StoreError, match=f"{out}: video 'v_0_0' flow: cannot be read .KeyError"):
+            store.read_flow("v_0_0", [0])
+        assert store.read_flow("v_0_1", [0]).shape[0] == 1
+    verify = CliRunner().invoke(cli, ["verify", str(out), "--no-progress"])
+    assert verify.exit_code == 1 and "PROBLEM v_0_0" in verify.output and "PROBLEM v_0_1" not in verify.output
+
+
 @pytest.mark.parametrize("case", sorted(OPEN_DAMAGE))
 def test_metadata_damage_is_one_clear_error_everywhere(good_store, tmp_path, case):
     damage, message = OPEN_DAMAGE[case]

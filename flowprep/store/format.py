@@ -16,7 +16,7 @@ Layout of one store file (``kind`` = "store"):
         codec "raw":   rgb (frames, H, W, 3) uint8, flow (flows, H, W, 2) uint8, rgb_crcs, flow_crcs
 
 ``*_crcs`` hold the CRC-32 of each stored image (its JPEG bytes, or its raw pixels), so a reader can check
-every image it decodes; stores written before they existed are read without that check. The record's
+every image it decodes. The record's
 ``rgb_crc32`` / ``flow_crc32`` is the CRC-32 of the whole byte array (or of the pixels in order).
 Flow k lies between frames k and k+1 (0-based); flows = frames - 1.
 

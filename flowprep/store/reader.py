@@ -24,7 +24,7 @@ class _Stored:
 
     data: Any  # h5py dataset: (n, H, W, c) for codec raw, the (bytes,) JPEG array for the jpeg codecs
     offsets: np.ndarray | None  # jpeg codecs: (images + 1,) int64
-    crcs: np.ndarray | None  # (images,) uint32 CRC-32 of each image, or None in stores written before them
+    crcs: np.ndarray  # (images,) uint32 CRC-32 of each image
     per_item: int = 1  # stored images per frame or field: 2 for flow with codec jpeg-xy (x, y)
 
 
@@ -183,7 +183,7 @@ class FlowStore:
         count = (rec["num_frames"] if kind == "rgb" else rec["num_flows"]) * per_item  # stored images
         where = f"{self._file_of(video_id)}: video {video_id!r} {kind}"
         try:
-            crcs = group[f"{kind}_crcs"][()] if f"{kind}_crcs" in group else None
+            crcs = group[f"{kind}_crcs"][()]
             if not CODECS[self.attrs["codec"]].jpeg:
                 data, offsets = group[kind], None
                 want = (count, rec["height"], rec["width"], CHANNELS[kind])
@@ -200,7 +200,7 @@ class FlowStore:
         except (KeyError, AttributeError, TypeError, ValueError, OSError, RuntimeError) as exc:
             raise StoreError(f"{where}: cannot be read ({type(exc).__name__}: {exc}); the file is damaged: "
                              "run `flowprep verify` and re-extract that video") from exc
-        if crcs is not None and crcs.shape != (count,):
+        if crcs.shape != (count,):
             raise StoreError(f"{where}: {crcs.shape} checksums for {count} images; the file is damaged")
         return _Stored(data, offsets, crcs, per_item)
 
@@ -301,13 +301,10 @@ class FlowStore:
             return []
         return [tuple(images) for images in self._pieces(video_id, kind, self._stored_of(video_id, kind), idx)]
 
-    def damaged_images(self, video_id: str, kind: str) -> list[int] | None:
+    def damaged_images(self, video_id: str, kind: str) -> list[int]:
         """Indices of the video's frames (``kind`` "rgb") or flow fields ("flow") with an image whose stored
-        bytes do not match its CRC-32 (a field of codec jpeg-xy is damaged when its x or its y image is);
-        None when the store has no per-image checksums (written before they existed)."""
+        bytes do not match its CRC-32 (a field of codec jpeg-xy is damaged when its x or its y image is)."""
         stored = self._stored_of(video_id, kind)
-        if stored.crcs is None:
-            return None
         if stored.offsets is None:
             return [i for i in range(len(stored.crcs)) if zlib.crc32(stored.data[i].tobytes()) != stored.crcs[i]]
         blob, offsets = stored.data[()], stored.offsets

@@ -15,7 +15,7 @@ from flowprep.errors import OptionError
 from flowprep.flow.compute import choose_backend, resolve_device
 from flowprep.flow.params import algorithm, check_frame, resolve_params
 from flowprep.flow.quantize import DEFAULT_BOUND, DEQUANTIZE_RULE, ROUNDING_RULE
-from flowprep.store.codec import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, codec
+from flowprep.store.codec import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, check_jpeg_quality, codec
 from flowprep.store.format import FLOW_LAYOUT, INDEX_CONVENTION
 
 OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
@@ -24,8 +24,7 @@ OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "di
 def check_store_options(codec_name: str, jpeg_quality: int, bound: float, jobs: int) -> None:
     """The options every store-building command shares; OptionError names the option and what it allows."""
     codec(codec_name)
-    if not 1 <= jpeg_quality <= 100:
-        raise OptionError(f"--jpeg-quality must be 1..100, got {jpeg_quality}")
+    check_jpeg_quality(jpeg_quality)
     if not math.isfinite(bound) or bound <= 0:
         raise OptionError(f"--bound must be a positive, finite number of pixels, got {bound}")
     if jobs < 1:

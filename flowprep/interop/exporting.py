@@ -27,7 +27,7 @@ import numpy as np
 
 from flowprep.errors import OptionError, StoreError
 from flowprep.interop.layouts import LAYOUTS, export_names
-from flowprep.store.codec import DEFAULT_JPEG_QUALITY, encode_jpeg
+from flowprep.store.codec import DEFAULT_JPEG_QUALITY, check_jpeg_quality, encode_jpeg
 from flowprep.outcomes import ExportTask, Failure
 
 EXPORT_LAYOUTS = tuple(name for name, lay in LAYOUTS.items() if lay.lists is not None)
@@ -100,8 +100,7 @@ def export_store(store_path: str | os.PathLike, out: str | os.PathLike, layout_n
 
     if layout_name not in EXPORT_LAYOUTS:
         raise OptionError(f"unknown export --layout {layout_name!r}; choose one of {', '.join(EXPORT_LAYOUTS)}")
-    if not 1 <= jpeg_quality <= 100:
-        raise OptionError(f"--jpeg-quality must be 1..100, got {jpeg_quality}")
+    check_jpeg_quality(jpeg_quality)
     if jobs < 1:
         raise OptionError(f"--jobs must be at least 1, got {jobs}")
     t0 = time.perf_counter()

@@ -79,6 +79,12 @@ def codec(name: str) -> Codec:
         raise OptionError(f"unknown --codec {name!r}; choose one of {', '.join(CODECS)}") from None
 
 
+def check_jpeg_quality(quality: int) -> None:
+    """--jpeg-quality, the one check of it: MIN_JPEG_QUALITY..MAX_JPEG_QUALITY; OptionError otherwise."""
+    if not MIN_JPEG_QUALITY <= quality <= MAX_JPEG_QUALITY:
+        raise OptionError(f"--jpeg-quality must be {MIN_JPEG_QUALITY}..{MAX_JPEG_QUALITY}, got {quality}")
+
+
 def encode_jpeg(kind: str, array: np.ndarray, quality: int) -> np.ndarray:
     """The JPEG bytes of one RGB frame (kind "rgb", (H, W, 3) uint8), flow field (kind "flow", (H, W, 2)
     uint8, encoded as one gray image (H, 2W), x | y) or gray plane (kind "gray", (H, W) uint8): (n,) uint8.

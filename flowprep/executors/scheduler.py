@@ -100,8 +100,10 @@ def probe(where: Scheduler) -> None:
 
 
 def _handshake(address: str) -> None:
-    """Open a Dask connection to ``address`` and close it again; TimeoutError after CONNECT_TIMEOUT_S."""
+    """Open a Dask connection to ``address`` and close it again; TimeoutError after CONNECT_TIMEOUT_S. Runs
+    its own event loop in a thread of its own, so a caller inside a running loop (a notebook) can use it."""
     import asyncio
+    import threading
 
     from distributed.comm import connect as comm_connect
 
@@ -109,10 +111,21 @@ def _handshake(address: str) -> None:
         comm = await asyncio.wait_for(comm_connect(address, timeout=CONNECT_TIMEOUT_S), CONNECT_TIMEOUT_S)
         await comm.close()
 
-    try:
-        asyncio.run(shake())
-    except asyncio.TimeoutError:  # an alias of TimeoutError from Python 3.11 on
-        raise TimeoutError from None
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(shake())
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name="flowprep-dask-handshake")
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5.0)
+    if thread.is_alive() or (failed and isinstance(failed[0], asyncio.TimeoutError)):  # TimeoutError from 3.11
+        raise TimeoutError
+    if failed:
+        raise failed[0]
 
 
 class connect:

@@ -52,7 +52,7 @@ def timed_extract(videos: Path, out: Path, size: str, algo: str, scheduler: str 
 
 
 def cluster_start_seconds() -> float:
-    from flowprep.executors.cluster import Scheduler, connect
+    from flowprep.executors.scheduler import Scheduler, connect
 
     t = time.perf_counter()
     with connect(Scheduler(None, 2)):
@@ -87,12 +87,13 @@ def transfer(tmp: Path, count: int, frames: int, size: str, algo: str) -> dict[s
     reading a part's record back."""
     from distributed import wait
 
-    from flowprep.executors.cluster import Scheduler, connect
+    from flowprep.executors.scheduler import Scheduler, connect
     from flowprep.video.decode import parse_size
     from flowprep.store.parts import Parts
     from flowprep.settings import ExtractConfig
     from flowprep.store.format import incompatibilities
-    from flowprep.work import VideoTask, extract_video
+    from flowprep.outcomes import VideoTask
+    from flowprep.work import extract_video
 
     w, h = (int(v) for v in size.split("x"))
     videos = make_videos(tmp / "long", count, frames, w, h)

@@ -15,9 +15,17 @@ import click
 
 from plumbing.cli import one_line_errors
 from flowprep.errors import FlowprepError, OptionError
+from flowprep.flow.compute import DEVICES
+from flowprep.flow.params import ALGORITHMS, BACKENDS
+from flowprep.flow.quantize import DEFAULT_BOUND
+from flowprep.interop.importing import DEFAULT_IMPORT_CODEC
 from flowprep.interop.layouts import LAYOUTS
-from flowprep.flow.params import ALGORITHMS
-from flowprep.store.format import CODECS
+from flowprep.settings import DEFAULT_BATCH_SIZE, default_jobs, parse_shard
+from flowprep.store.codec import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY
+from flowprep.video.decode import DEFAULT_SIZE
+
+SIZE_TEXT = f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}"
+CODEC_HELP = "; ".join(f"{c.name}: {c.description}" for c in CODECS.values())
 
 
 def _errors(interrupted: str = "nothing was written; re-run the same command"):
@@ -26,19 +34,6 @@ def _errors(interrupted: str = "nothing was written; re-run the same command"):
     from data_manifest import ManifestError
 
     return one_line_errors((FlowprepError, ManifestError), usage=(OptionError,), interrupted=interrupted)
-
-
-def quiet_decoders() -> None:
-    """Keep FFmpeg's per-packet warnings off this command's output (flowprep.video.decode.QUIET_DECODER_ENV): the
-    reason of a damaged video is recorded anyway. A setting the user made is kept."""
-    import cv2
-
-    from flowprep.video.decode import QUIET_DECODER_ENV
-
-    for key, value in QUIET_DECODER_ENV.items():
-        os.environ.setdefault(key, value)
-    if os.environ["OPENCV_LOG_LEVEL"] == QUIET_DECODER_ENV["OPENCV_LOG_LEVEL"]:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # cv2 may be imported already
 
 
 # After a Ctrl-C or a kill, loky's resource tracker (a helper process of the worker pool) removes the pool's
@@ -71,16 +66,6 @@ def _run_and_report(run, out: Path, summary_json: Path | None) -> None:
     sys.exit(0 if summary.ok else 1)
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise click.BadParameter(f"expected I/N such as 2/8, got {text!r}", param_hint="--shard") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise click.BadParameter(f"need 1 <= I <= N, got {text}", param_hint="--shard")
-    return i, n
-
-
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
     params = {}
     for item in items:
@@ -109,20 +94,20 @@ def main() -> None:
 @click.option("--algo", type=click.Choice(list(ALGORITHMS)), default="tvl1", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Flow parameter override, e.g. --param warps=3 (see `flowprep params`).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="auto: cuda when torch sees a GPU, else cpu.")
-@click.option("--backend", type=click.Choice(["opencv", "torch"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Flow code: opencv (CPU default) or torch (batched PyTorch; the only one on cuda).")
-@click.option("--batch-size", type=int, default=32, show_default=True,
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Frame pairs per flow call with the torch backend.")
 @click.option("--gpus", default=None, help="Comma-separated CUDA device ids (default: all visible).")
-@click.option("--size", default="340x256", show_default=True, help="Output frame size WIDTHxHEIGHT.")
+@click.option("--size", default=SIZE_TEXT, show_default=True, help="Output frame size WIDTHxHEIGHT.")
 @click.option("--short-side", type=int, default=None, help="Resize the short side to this, keeping aspect ratio "
               "(instead of --size).")
-@click.option("--bound", type=float, default=20.0, show_default=True, help="Flow clip bound in pixels.")
-@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg", show_default=True,
-              help="jpeg: flow x | y side by side in one gray JPEG; jpeg-xy: x and y as two gray JPEGs; raw: pixels.")
-@click.option("--jpeg-quality", type=int, default=95, show_default=True)
+@click.option("--bound", type=float, default=DEFAULT_BOUND, show_default=True, help="Flow clip bound in pixels.")
+@click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_CODEC, show_default=True,
+              help=CODEC_HELP + ".")
+@click.option("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, show_default=True)
 @click.option("--jobs", "-j", type=int, default=None,
               help="Parallel videos (default: number of CPU cores); decode threads with the torch backend.")
 @click.option("--shard", default="1/1", show_default=True, help="Process the I-th of N deterministic parts.")
@@ -150,7 +135,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
     store cannot be used (no videos, other settings, another run writing it); 2 on a bad option value.
     """
-    from flowprep.video.decode import Resize, parse_size
+    from flowprep.video.decode import Resize, parse_size, quiet_decoders
     from flowprep.pipeline import ExtractConfig, extract as run_extract
 
     ctx = click.get_current_context()
@@ -166,11 +151,11 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
         cfg = ExtractConfig(videos=videos, out=out, algo=algo, params=_parse_params(params), device=device,
                             backend=backend, batch_size=batch_size, gpus=gpu_ids,
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
-                            jobs=jobs if jobs is not None else os.cpu_count() or 1, shard=_parse_shard(shard),
+                            jobs=jobs if jobs is not None else default_jobs(), shard=parse_shard(shard),
                             dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
                             follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress,
                             scheduler=scheduler)
-        quiet_decoders()
+        quiet_decoders()  # before the first video is opened, here or in a worker
         return run_extract(cfg)
 
     _run_and_report(run, out, summary_json)
@@ -187,7 +172,7 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                    "the flow images are not beside the frames.")
 @click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Official split files (ucfTrainTestlist/ or the HMDB51 split folder): classes, labels, splits.")
-@click.option("--bound", type=float, default=20.0, show_default=True,
+@click.option("--bound", type=float, default=DEFAULT_BOUND, show_default=True,
               help="The bound the flow was quantised with (the files do not say; recorded).")
 @click.option("--rounding", type=click.Choice(["round", "truncate"]), default=None,
               help="How the tool quantised flow to u8 (the files do not say; recorded, and followed when the "
@@ -195,9 +180,9 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                    "flow_extraction.py; the others: round), or for a `flowprep export` the store's own.")
 @click.option("--out", default="flows.h5", show_default=True, type=click.Path(path_type=Path),
               help="Store file to write.")
-@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg-xy", show_default=True,
+@click.option("--codec", type=click.Choice(list(CODECS)), default=DEFAULT_IMPORT_CODEC, show_default=True,
               help="jpeg-xy keeps the JPEGs as read; jpeg encodes each field again as one x | y image; raw pixels.")
-@click.option("--jpeg-quality", type=int, default=95, show_default=True, help="With --codec jpeg.")
+@click.option("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, show_default=True, help="With --codec jpeg.")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
 @click.option("--allow-missing", is_flag=True, help="Import what is there when split files name absent videos.")
 @click.option("--overwrite", is_flag=True, help="Discard the existing store and unfinished work; start over.")
@@ -218,7 +203,7 @@ def import_(layout_name, frames, flow, splits_dir, bound, rounding, out, codec, 
     def run():
         cfg = ImportConfig(layout=layout_name, frames=frames, out=out, flow=flow, splits_dir=splits_dir, bound=bound,
                            rounding=rounding, codec=codec, jpeg_quality=jpeg_quality,
-                           jobs=jobs if jobs is not None else os.cpu_count() or 1, allow_missing=allow_missing,
+                           jobs=jobs if jobs is not None else default_jobs(), allow_missing=allow_missing,
                            overwrite=overwrite, progress=not no_progress)
         return import_frames(cfg)
 
@@ -231,7 +216,7 @@ def import_(layout_name, frames, flow, splits_dir, bound, rounding, out, codec, 
               help="Names, numbering and lists to write: mmaction2 rawframes or TSN's dense_flow.")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--jpeg-quality", type=int, default=95, show_default=True,
+@click.option("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, show_default=True,
               help="For images the store does not keep as JPEGs of their own (codec jpeg's flow, codec raw).")
 @click.option("--jobs", "-j", type=int, default=None, help="Parallel videos (default: number of CPU cores).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -247,7 +232,7 @@ def export(layout_name, store, out, jpeg_quality, jobs, no_progress):
     from flowprep.interop.exporting import export_store, summary_text as export_text
 
     with _errors():
-        summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else os.cpu_count() or 1,
+        summary = export_store(store, out, layout_name, jobs=jobs if jobs is not None else default_jobs(),
                                jpeg_quality=jpeg_quality, progress=not no_progress)
     click.echo(export_text(summary))
     sys.exit(0 if summary.ok else 1)

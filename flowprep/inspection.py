@@ -132,7 +132,7 @@ def _video_problems(store: FlowStore, vid: str) -> list[str]:
         for kind, count in (("rgb", store.num_frames(vid)), ("flow", store.num_flows(vid))):
             if zlib.crc32(store.raw_bytes(vid, kind).tobytes()) != rec[f"{kind}_crc32"]:
                 problems.append(f"{vid}: {kind} checksum mismatch (stored data damaged); {store.redo}")
-            damaged = store.damaged_images(vid, kind) or []
+            damaged = store.damaged_images(vid, kind)
             problems += [f"{vid}: {kind} image {i} does not match its checksum; {store.redo}" for i in damaged]
             read = store.read_rgb if kind == "rgb" else store.read_flow
             for lo in range(0, count, VERIFY_CHUNK):

@@ -3,8 +3,8 @@ holds the steps below for every way of making a store (`flowprep import` uses th
 
 Data flows one way:
     plan   the manifest, the previous store and the finished parts -> a resume plan (flowprep.plan)
-    work   each video to do, as a VideoTask, through one executor (CPU pool, device batcher) -> an
-           EncodedVideo or a Failure (flowprep.work, flowprep.executors.local, flowprep.executors.device)
+    work   each video to do, as a task, through one executor (CPU pool, device batcher, Dask) -> an
+           EncodedVideo or a Failure (flowprep.outcomes, flowprep.work, flowprep.executors)
     parts  each finished video written by this process as a part file (flowprep.store.parts)
     store  the previous store's kept videos and the parts assembled into the store (flowprep.store.writer)
 """
@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from flowprep.errors import OptionError, StoreError
 from flowprep.store.parts import DiskFull, Parts, class_change
@@ -22,7 +22,7 @@ from flowprep.plan import ResumePlan, Wanted, plan_resume
 from flowprep.settings import ExtractConfig, RunSettings
 from flowprep.store.format import incompatibilities, open_store_file, read_config, read_contents
 from flowprep.store.writer import assemble, writer_lock
-from flowprep.work import EncodedVideo, Failure, Outcome, Tally, VideoTask
+from flowprep.outcomes import EncodedVideo, Executor, Failure, Outcome, Tally, Task, VideoTask
 
 __all__ = ["ExtractConfig", "ExtractSummary", "extract", "build_store", "summary_text", "summary_json", "shard_ids"]
 
@@ -55,10 +55,13 @@ def shard_ids(ids: list[str], shard: tuple[int, int]) -> list[str]:
     return sorted(ids)[i - 1::n]
 
 
-Executor = Callable[[list[VideoTask], RunSettings, Callable[[Outcome], None]], None]
+class StoreSettings(Protocol):
+    """What build_store needs of a run's settings (RunSettings, ImportSettings): the config the store records."""
+
+    def recorded(self) -> dict[str, Any]: ...
 
 
-def extract(cfg: ExtractConfig, executor: Executor | None = None) -> ExtractSummary:
+def extract(cfg: ExtractConfig, executor: Executor[VideoTask, RunSettings, Outcome] | None = None) -> ExtractSummary:
     """Run the extraction described by ``cfg``; resumable, one failure never stops the run.
 
     ``executor(tasks, settings, on_outcome)`` runs the per-video work (default: `local_executor`, the
@@ -86,7 +89,7 @@ def extract(cfg: ExtractConfig, executor: Executor | None = None) -> ExtractSumm
         return _extract_locked(cfg, settings, manifest, expected, executor or local_executor(cfg), t0)
 
 
-def local_executor(cfg: ExtractConfig) -> Executor:
+def local_executor(cfg: ExtractConfig) -> Executor[VideoTask, RunSettings, Outcome]:
     """The executor of this machine: the CPU pool (``cfg.jobs`` processes) for the OpenCV backend, the
     batcher on each device for the torch backend."""
     def run(tasks: list[VideoTask], settings: RunSettings, on_outcome: Callable[[Outcome], None]) -> None:
@@ -104,7 +107,7 @@ def local_executor(cfg: ExtractConfig) -> Executor:
 
 
 def _extract_locked(cfg: ExtractConfig, settings: RunSettings, manifest, expected: list[str],
-                    executor: Executor, t0: float) -> ExtractSummary:
+                    executor: Executor[VideoTask, RunSettings, Outcome], t0: float) -> ExtractSummary:
     """extract() once this process holds the store's writer lock."""
     by_id = {r.video_id: r for r in manifest.records}
 
@@ -125,8 +128,9 @@ def _extract_locked(cfg: ExtractConfig, settings: RunSettings, manifest, expecte
                        overwrite=cfg.overwrite, progress=cfg.progress, t0=t0, preface=preface)
 
 
-def build_store(store: Path, settings: Any, manifest, expected: list[str], wanted_of: Callable[[str], Wanted],
-                task_of: Callable[[str], Any], executor: Executor, *, overwrite: bool, progress: bool, t0: float,
+def build_store(store: Path, settings: StoreSettings, manifest, expected: list[str],
+                wanted_of: Callable[[str], Wanted], task_of: Callable[[str], Task],
+                executor: Executor[Task, StoreSettings, Outcome], *, overwrite: bool, progress: bool, t0: float,
                 action: str = "extract", preface: Callable[[list], str] | None = None) -> ExtractSummary:
     """The steps every way of making a store shares (extract, import), once this process holds the store's
     writer lock: plan the resume from the previous store and the finished parts, run the videos to do
@@ -203,7 +207,7 @@ def previous_contents(store: Path, recorded: dict[str, Any], classes: list[str])
     return contents
 
 
-def _run(tasks: list[VideoTask], settings: Any, executor: Executor, parts: Parts, tally: Tally,
+def _run(tasks: list[Task], settings: StoreSettings, executor: Executor, parts: Parts, tally: Tally,
          progress: bool, action: str = "extract", preface: Callable[[list], str] | None = None) -> None:
     """Run ``tasks`` through ``executor``; each outcome is written (a part) or noted (a failure) as it comes.
     With ``progress``, first the line ``preface(tasks)`` gives (extract: how long it will take), then the bar."""

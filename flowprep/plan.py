@@ -44,9 +44,7 @@ def unchanged(record: Mapping[str, Any], wanted: Wanted) -> bool:
     if (record.get("path"), record.get("class_name"), record.get("label")) != (wanted.path, wanted.class_name,
                                                                                 wanted.label):
         return False
-    if "source_bytes" not in record:  # stores written before sizes were recorded
-        return True
-    return wanted.source_bytes == record["source_bytes"]
+    return wanted.source_bytes == record.get("source_bytes")
 
 
 def plan_resume(expected: Sequence[str], wanted: Mapping[str, Wanted], stored: Mapping[str, Mapping[str, Any]],

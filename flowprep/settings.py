@@ -3,6 +3,7 @@ of `flowprep extract`, from which the settings are derived; the rest only steer 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,34 +12,93 @@ from typing import Any
 from flowprep import __version__
 from flowprep.video.decode import INTERPOLATION, Resize
 from flowprep.errors import OptionError
-from flowprep.flow.compute import default_backend, resolve_device
-from flowprep.flow.params import BACKENDS, algorithm, resolve_params
-from flowprep.flow.quantize import DEFAULT_BOUND, ROUNDING_RULE
-from flowprep.store.format import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
+from flowprep.flow.compute import choose_backend, resolve_device
+from flowprep.flow.params import algorithm, check_frame, resolve_params
+from flowprep.flow.quantize import DEFAULT_BOUND, DEQUANTIZE, ROUNDINGS
+from flowprep.store.codec import CODECS, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, check_jpeg_quality, codec
+from flowprep.store.format import FLOW_LAYOUT, INDEX_CONVENTION
 
 OPENCV_NAMES = {"tvl1": "DualTVL1", "farneback": "calcOpticalFlowFarneback", "dis": "DISOpticalFlow"}
 
 
-def check_store_options(codec: str, jpeg_quality: int, bound: float, jobs: int) -> None:
+def check_store_options(codec_name: str, jpeg_quality: int, bound: float, jobs: int) -> None:
     """The options every store-building command shares; OptionError names the option and what it allows."""
-    if codec not in CODECS:
-        raise OptionError(f"unknown --codec {codec!r}; choose one of {', '.join(CODECS)}")
-    if not 1 <= jpeg_quality <= 100:
-        raise OptionError(f"--jpeg-quality must be 1..100, got {jpeg_quality}")
+    codec(codec_name)
+    check_jpeg_quality(jpeg_quality)
     if not math.isfinite(bound) or bound <= 0:
         raise OptionError(f"--bound must be a positive, finite number of pixels, got {bound}")
     if jobs < 1:
         raise OptionError(f"--jobs must be at least 1, got {jobs}")
 
 
-def tool_versions() -> dict[str, str]:
-    """The versions of the code that shaped a store's data, as recorded in its config."""
+DEFAULT_BATCH_SIZE = 32  # frame pairs per flow call with the torch backend
+
+
+def default_jobs() -> int:
+    """--jobs when not given: the number of CPU cores."""
+    return os.cpu_count() or 1
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+    """(I, N) with 1 <= I <= N, the one check of --shard; OptionError otherwise."""
+    i, n = shard
+    if not (n >= 1 and 1 <= i <= n):
+        raise OptionError(f"--shard must be I/N with 1 <= I <= N, got {i}/{n}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/8' -> (2, 8), checked (check_shard); OptionError naming the form otherwise."""
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise OptionError(f"--shard expects I/N such as 2/8, got {text!r}") from None
+    check_shard((i, n))
+    return i, n
+
+
+# The tools whose versions shape the flow itself: compared on every Dask worker (flowprep.executors.cluster);
+# h5py and Python only write and run, so they are recorded but not compared.
+COMPUTE_TOOLS = ("flowprep", "opencv", "numpy", "torch", "triton")
+
+
+def tool_versions(backend: str | None = None) -> dict[str, str]:
+    """The versions of the code that shaped a store's data, as its config records them: flowprep, OpenCV,
+    NumPy, h5py, Python and, for ``backend`` "torch", torch and Triton ("not installed" when absent). The
+    one list of them."""
     import cv2
     import h5py
     import numpy as np
 
-    return {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
-            "python": sys.version.split()[0]}
+    versions = {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
+                "h5py": h5py.__version__, "python": sys.version.split()[0]}
+    if backend == "torch":
+        from importlib.metadata import PackageNotFoundError, version
+
+        for name in ("torch", "triton"):
+            try:
+                versions[name] = version(name)
+            except PackageNotFoundError:
+                versions[name] = "not installed"
+    return versions
+
+
+def compute_versions(backend: str | None = None) -> dict[str, str]:
+    """The part of tool_versions that shapes the flow (COMPUTE_TOOLS): what every worker must match."""
+    return {k: v for k, v in tool_versions(backend).items() if k in COMPUTE_TOOLS}
+
+
+def recorded_config(*, algo: str, params: dict[str, Any], implementation: str, flow_input: str, bound: float,
+                    codec: str, jpeg_quality: int | None, size: str, interpolation: str, shard: str = "1/1",
+                    rounding: str = "round", backend: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The config a store and its parts record: the one builder of it, for every way of making a store
+    (extract's RunSettings, import's ImportSettings). The keys incompatibilities() compares are all here;
+    ``extra`` adds what one kind of store says besides (RAFT weights, where imported data came from).
+    ``rounding``: the rule's name (flowprep.flow.quantize.ROUNDINGS); the store records its formula."""
+    return {"algo": algo, "params": params, "implementation": implementation, "flow_input": flow_input,
+            "bound": float(bound), "rounding": ROUNDINGS[rounding], "dequantize": DEQUANTIZE[rounding],
+            "codec": codec, "jpeg_quality": jpeg_quality, "size": size, "interpolation": interpolation,
+            "index_convention": INDEX_CONVENTION, "flow_layout": FLOW_LAYOUT, "shard": shard,
+            "versions": tool_versions(backend), **extra}
 
 
 @dataclass(frozen=True)
@@ -78,24 +138,12 @@ class RunSettings:
             from flowprep.flow.torchflow.raft import weights_identity
 
             extra["raft_weights"] = weights_identity(self.params["model"], self.params["weights"])
-        return {
-            "algo": self.algo,
-            "params": self.params,
-            "implementation": self.implementation,
-            "flow_input": "gray uint8 (cv2.COLOR_RGB2GRAY) of the resized frames",
-            "bound": float(self.bound),
-            "rounding": ROUNDING_RULE,
-            "dequantize": "v = u8 * 2b / 255 - b",
-            "codec": self.codec,
-            "jpeg_quality": int(self.jpeg_quality) if self.codec != "raw" else None,
-            "size": self.resize.describe(),
-            "interpolation": INTERPOLATION,
-            "index_convention": INDEX_CONVENTION,
-            "flow_layout": FLOW_LAYOUT,
-            "shard": f"{self.shard[0]}/{self.shard[1]}",
-            "versions": tool_versions(),
-            **extra,
-        }
+        return recorded_config(algo=self.algo, params=self.params, implementation=self.implementation,
+                               flow_input="gray uint8 (cv2.COLOR_RGB2GRAY) of the resized frames",
+                               bound=self.bound, codec=self.codec,
+                               jpeg_quality=int(self.jpeg_quality) if CODECS[self.codec].jpeg else None,
+                               size=self.resize.describe(), interpolation=INTERPOLATION,
+                               shard=f"{self.shard[0]}/{self.shard[1]}", backend=self.backend, **extra)
 
 
 @dataclass(frozen=True)
@@ -108,7 +156,7 @@ class ExtractConfig:
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     backend: str | None = None  # the algorithm's CPU default (opencv), or torch (batched; the one on CUDA)
-    batch_size: int = 32  # frame pairs per flow call with the torch backend
+    batch_size: int = DEFAULT_BATCH_SIZE
     gpus: tuple[int, ...] | None = None  # CUDA devices to use; default: all visible
     bound: float = DEFAULT_BOUND
     codec: str = DEFAULT_CODEC
@@ -133,16 +181,15 @@ class ExtractConfig:
     def validate(self) -> None:
         """Check every option before any file is touched; OptionError names the option and what it allows."""
         check_store_options(self.codec, self.jpeg_quality, self.bound, self.jobs)
-        i, n = self.shard
-        if not (n >= 1 and 1 <= i <= n):
-            raise OptionError(f"--shard must be I/N with 1 <= I <= N, got {i}/{n}")
+        check_shard(self.shard)
         if self.batch_size < 1:
             raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.scheduler is not None:
-            from flowprep.executors.cluster import check_options
+            from flowprep.executors.scheduler import check_options
 
             check_options(self)
         settings = self.settings()  # the algorithm, its parameters for the backend, the device
+        check_frame(settings.algo, settings.params, self.resize.smaller_side)
         if settings.device == "cuda" and self.scheduler is None:
             self.devices()
         if settings.algo == "raft":  # weights that are not there are named before any file is touched
@@ -155,11 +202,7 @@ class ExtractConfig:
         algorithm(self.algo)  # an unknown algorithm is named before anything else
         # on a cluster, the workers have the GPUs (flowprep.executors.cluster checks them), not necessarily this machine
         device = "cuda" if self.scheduler is not None and self.device == "cuda" else resolve_device(self.device)
-        backend = self.backend or default_backend(self.algo, device)
-        if backend not in BACKENDS:
-            raise OptionError(f"unknown --backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if backend == "opencv" and device != "cpu":
-            raise OptionError("--backend opencv runs on CPU only; use --backend torch with --device cuda")
+        backend = choose_backend(self.algo, device, self.backend)
         return RunSettings(self.algo, resolve_params(self.algo, self.params, backend=backend), backend, device,
                            float(self.bound), self.codec, int(self.jpeg_quality), self.resize, self.shard)
 

@@ -1,4 +1,4 @@
-"""The per-video contract every executor shares: a `VideoTask` in, an `EncodedVideo` (or a `Failure`) out.
+"""The per-video work of extract: a `VideoTask` in, an `EncodedVideo` (or a `Failure`) out (flowprep.outcomes).
 
 The CPU pool runs `extract_video` in worker processes; the device batcher and any other executor use the
 same pieces (`DecodedVideo` for decoding, `VideoEncoder` for the stored images and the record), so every
@@ -9,60 +9,19 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from flowprep.video.decode import Resize, VideoReader, source_record
 from flowprep.errors import VideoError
-from flowprep.store.format import FLOW_IMAGES, encode_jpeg
+from flowprep.outcomes import EncodedVideo, Failure, ImportTask, Outcome, VideoTask
+from flowprep.store.codec import codec as codec_named
+
+if TYPE_CHECKING:
+    from flowprep.settings import RunSettings
 
 MIN_FRAMES = 2  # one flow field needs two frames
-
-
-@dataclass(frozen=True)
-class VideoTask:
-    """One video to extract: where to read it and what the store records about its place in the dataset."""
-
-    video_id: str
-    path: str  # the file to read (absolute, or relative to the working folder)
-    relpath: str  # POSIX path relative to the dataset root, as the manifest and the record hold it
-    class_name: str
-    label: int
-
-
-@dataclass
-class EncodedVideo:
-    """One finished video, ready to be written: its record and its stored images in order.
-
-    rgb, flow: per stored image, the JPEG bytes ((n,) uint8; codecs jpeg, jpeg-xy) or the pixels
-    ((H, W, 3) / (H, W, 2) uint8; codec raw); with jpeg-xy, two images per flow field, x then y.
-    rgb_crcs, flow_crcs: (len(rgb),), (len(flow),) uint32 CRC-32 of each image as stored.
-    """
-
-    video_id: str
-    record: dict[str, Any]
-    rgb: list[np.ndarray]
-    flow: list[np.ndarray]
-    rgb_crcs: np.ndarray
-    flow_crcs: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.rgb) + sum(a.nbytes for a in self.flow)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A video that could not be extracted, with the reason (it names the file)."""
-
-    video_id: str
-    path: str  # relpath
-    reason: str
-
-
-Outcome = Union[EncodedVideo, Failure]
 
 
 class DecodedVideo:
@@ -102,24 +61,20 @@ class VideoEncoder:
     """Collects one video's stored images (encoded for the codec) with their checksums and the clipped
     share, and builds its record: the one record builder of every path."""
 
-    def __init__(self, task: VideoTask, codec: str, jpeg_quality: int):
+    def __init__(self, task: VideoTask | ImportTask, codec: str, jpeg_quality: int):
         self.task = task
-        self.codec, self.quality = codec, int(jpeg_quality)
+        self.codec, self.quality = codec_named(codec), int(jpeg_quality)
         self.images: dict[str, list[np.ndarray]] = {"rgb": [], "flow": []}
         self.crcs: dict[str, list[int]] = {"rgb": [], "flow": []}
         self.clipped = 0  # flow values at the bound
         self.values = 0
+        self.fields_seen = 0  # flow fields handed over so far (next_field), for the message of a bad one
         self.start = time.perf_counter()
         self.flow_seconds = 0.0
 
-    def encode(self, kind: str, array: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """What is stored for one frame or field of ``kind``: its JPEG bytes, the pair (x, y) of gray JPEGs
-        of a field with codec jpeg-xy, or its pixels (codec raw)."""
-        if self.codec == "raw":
-            return np.ascontiguousarray(array, dtype=np.uint8)
-        if kind == "flow" and self.codec == "jpeg-xy":
-            return encode_jpeg("gray", array[..., 0], self.quality), encode_jpeg("gray", array[..., 1], self.quality)
-        return encode_jpeg(kind, array, self.quality)
+    def encode(self, kind: str, array: np.ndarray) -> tuple[np.ndarray, ...]:
+        """What is stored for one frame or field of ``kind`` (flowprep.store.codec.Codec.encode)."""
+        return self.codec.encode(kind, array, self.quality)
 
     def add(self, kind: str, stored: np.ndarray | tuple[np.ndarray, ...]) -> None:
         """Append one frame or field already in its stored form (see encode), so encoding can run elsewhere:
@@ -132,10 +87,22 @@ class VideoEncoder:
         """Append one (H, W, 3) uint8 RGB frame."""
         self.add("rgb", self.encode("rgb", frame))
 
-    def add_flow(self, field: np.ndarray, clipped: int) -> None:
-        """Append one (H, W, 2) uint8 quantised field, x then y; ``clipped``: its values at the bound."""
+    def add_flow(self, field: np.ndarray, clipped: int, nonfinite: int = 0) -> None:
+        """Append one (H, W, 2) uint8 quantised field, x then y; ``clipped``: its values at the bound,
+        ``nonfinite``: its NaN or infinite values before quantising (flowprep.flow.quantize; VideoError if any)."""
+        self.next_field(nonfinite)
         self.add("flow", self.encode("flow", field))
         self.count_clipped(clipped, field.size)
+
+    def next_field(self, nonfinite: int) -> None:
+        """Count the next flow field, in order; VideoError naming it when it held NaN or infinite values, which
+        quantising would store as ordinary motion (NaN as none at all): the video fails instead."""
+        k = self.fields_seen
+        self.fields_seen += 1
+        if nonfinite:
+            raise VideoError(f"{self.task.source}: flow field {k} (frames {k} to {k + 1}) holds {int(nonfinite)} NaN "
+                             "or infinite value(s): the flow computation broke down; nothing of this video is "
+                             "stored (check the --param values, or the RAFT weights file)")
 
     def count_clipped(self, clipped: int, values: int) -> None:
         self.clipped += int(clipped)
@@ -148,10 +115,10 @@ class VideoEncoder:
             for image in self.images[kind]:
                 crc[kind] = zlib.crc32(image.tobytes(), crc[kind])
         t = self.task
-        fields, rest = divmod(len(self.images["flow"]), FLOW_IMAGES[self.codec])
+        fields, rest = divmod(len(self.images["flow"]), self.codec.flow_images)
         if rest:
-            raise ValueError(f"{t.video_id}: {len(self.images['flow'])} flow images, not {FLOW_IMAGES[self.codec]} "
-                             f"per field as codec {self.codec} stores them")
+            raise ValueError(f"{t.video_id}: {len(self.images['flow'])} flow images, not {self.codec.flow_images} "
+                             f"per field as codec {self.codec.name} stores them")
         record = {"path": t.relpath, "class_name": t.class_name, "label": t.label, **source_fields,
                   "clipped_fraction": self.clipped / max(self.values, 1),
                   "seconds": time.perf_counter() - self.start, "flow_seconds": self.flow_seconds,
@@ -161,16 +128,16 @@ class VideoEncoder:
                             np.asarray(self.crcs["rgb"], np.uint32), np.asarray(self.crcs["flow"], np.uint32))
 
 
-def extract_video(task: VideoTask, settings) -> Outcome:
+def extract_video(task: VideoTask, settings: RunSettings) -> Outcome:
     """Decode, compute flow (OpenCV, one core), quantise and encode one video. Never raises for bad input:
     a video that cannot be used comes back as a Failure with the reason.
 
-    settings: flowprep.settings.RunSettings (the algorithm must have an OpenCV backend).
+    The algorithm of ``settings`` must have an OpenCV backend.
     """
     import cv2
 
     from flowprep.flow.compute import OpenCVFlow
-    from flowprep.flow.quantize import quantize
+    from flowprep.flow.quantize import clipped_count, nonfinite_count, quantize
 
     cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
     try:
@@ -184,30 +151,11 @@ def extract_video(task: VideoTask, settings) -> Outcome:
                 t = time.perf_counter()
                 flow = flow_fn(prev, gray)
                 encoder.flow_seconds += time.perf_counter() - t
-                encoder.add_flow(quantize(flow, settings.bound), np.count_nonzero(np.abs(flow) >= settings.bound))
+                encoder.add_flow(quantize(flow, settings.bound), clipped_count(flow, settings.bound),
+                                 nonfinite_count(flow))
             prev = gray
         return encoder.finish(video.source_fields())
     except VideoError as exc:
         return Failure(task.video_id, task.relpath, str(exc))
     except Exception as exc:  # an unexpected failure of one video must not end the dataset run
         return Failure(task.video_id, task.relpath, f"{task.path}: {type(exc).__name__}: {exc}")
-
-
-@dataclass
-class Tally:
-    """Counts of a run's outcomes, for the summary and the progress display."""
-
-    written: list[str] = field(default_factory=list)  # ids of the videos written as parts
-    failed: list[Failure] = field(default_factory=list)
-    frames: int = 0
-    flows: int = 0
-    flow_seconds: float = 0.0
-
-    def add(self, outcome: Outcome) -> None:
-        if isinstance(outcome, Failure):
-            self.failed.append(outcome)
-            return
-        self.written.append(outcome.video_id)
-        self.frames += outcome.record["num_frames"]
-        self.flows += outcome.record["num_flows"]
-        self.flow_seconds += outcome.record["flow_seconds"]

@@ -41,6 +41,21 @@ def test_torch_backend_writes_the_same_store(two_stores):
         assert (d == 0).mean() >= 0.99 and (d <= 1).mean() >= 0.999
 
 
+def test_a_torch_backend_store_records_the_torch_and_triton_versions(two_stores):
+    """The versions of the code that computed the flow: torch and Triton for the torch backend (the Dask
+    check compares them), neither for OpenCV; the rest as every store records them (settings.tool_versions)."""
+    from importlib.metadata import version
+
+    import cv2
+
+    with FlowStore(two_stores["opencv"]) as a, FlowStore(two_stores["torch"]) as b:
+        va, vb = a.attrs["versions"], b.attrs["versions"]
+    assert vb["torch"] == version("torch") and "triton" in vb
+    assert "torch" not in va and "triton" not in va
+    assert va["opencv"] == vb["opencv"] == cv2.__version__
+    assert set(va) == {"flowprep", "opencv", "numpy", "h5py", "python"}
+
+
 def test_resume_refuses_a_backend_switch(two_stores, tmp_path):
     videos = two_stores["opencv"].parent / "videos"
     result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(two_stores["torch"]),
@@ -54,7 +69,7 @@ def test_several_devices_split_the_work(tmp_path):
     from flowprep.video.decode import Resize
     from flowprep.executors.device import run_devices
     from flowprep.pipeline import ExtractConfig
-    from flowprep.work import EncodedVideo, VideoTask
+    from flowprep.outcomes import EncodedVideo, VideoTask
 
     videos = make_dataset(tmp_path / "videos", bad=False, classes=2, per_class=2, frames=4)
     settings = ExtractConfig(videos=videos, out=tmp_path / "x.h5", algo="farneback", backend="torch",
@@ -85,7 +100,7 @@ def test_torch_backend_jpeg_writer_keeps_every_field_in_order(two_stores, tmp_pa
     fields must still be the raw store's fields, in order, through the same JPEG encoding."""
     import cv2
 
-    from flowprep.store.format import encode_jpeg
+    from flowprep.store.codec import encode_jpeg
 
     videos = two_stores["torch"].parent / "videos"
     out = tmp_path / "jpeg.h5"
@@ -104,3 +119,56 @@ def test_torch_backend_jpeg_writer_keeps_every_field_in_order(two_stores, tmp_pa
             for k in range(n):
                 assert np.array_equal(got[k, :, :, 0], want[k][:, :48]), (vid, k)
                 assert np.array_equal(got[k, :, :, 1], want[k][:, 48:]), (vid, k)
+
+
+# -- NaN or infinite flow fails its video ----------------------------------------------------------------
+def _in_process(tasks, settings, on_outcome):
+    """An executor that runs the CPU path's per-video work here, so a monkeypatched flow reaches it."""
+    from flowprep.work import extract_video
+
+    for task in tasks:
+        on_outcome(extract_video(task, settings))
+
+
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_nan_or_infinite_flow_fails_its_video_naming_the_field(tmp_path, monkeypatch, backend):
+    """Quantising maps NaN to 128 (no motion) and inf to the bound: stored, they would be wrong data with
+    exit 0. The one record path refuses them, on the CPU path and on the batched device path alike."""
+    import flowprep.flow.compute as compute
+    from flowprep.flow import torchflow
+    from flowprep.pipeline import ExtractConfig, extract, local_executor
+    from flowprep.video.decode import Resize
+
+    calls = {"n": 0}
+    if backend == "opencv":
+        real = compute.OpenCVFlow.__call__
+
+        def broken(self, prev, nxt):  # the second field of the first video is NaN
+            flow = real(self, prev, nxt)
+            calls["n"] += 1
+            if calls["n"] == 2:
+                flow[3, 4, 0] = np.nan
+            return flow
+        monkeypatch.setattr(compute.OpenCVFlow, "__call__", broken)
+        bad_field = 1
+    else:
+        real = torchflow.compute_flow_batch
+
+        def broken(prev, nxt, **kw):  # the first pair of the first batch is infinite
+            flow = real(prev, nxt, **kw)
+            calls["n"] += 1
+            if calls["n"] == 1:
+                flow[0, 2, 2, 1] = float("inf")
+            return flow
+        monkeypatch.setattr(torchflow, "compute_flow_batch", broken)
+        bad_field = 0
+    videos = make_dataset(tmp_path / "videos", bad=False, classes=1, per_class=3, frames=4)
+    cfg = ExtractConfig(videos=videos, out=tmp_path / "f.h5", algo="farneback", backend=backend,
+                        resize=Resize(32, 24), batch_size=2, jobs=1, progress=False)
+    summary = extract(cfg, executor=_in_process if backend == "opencv" else local_executor(cfg))
+    assert summary.done == 2 and len(summary.failed) == 1, summary
+    reason = summary.failed[0]["reason"]
+    assert f"flow field {bad_field} (frames {bad_field} to {bad_field + 1}) holds 1 NaN or infinite value" in reason
+    with FlowStore(summary.store) as store:
+        assert summary.failed[0]["video_id"] not in store.video_ids
+        assert len(store.video_ids) == 2

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from flowprep import FlowStore
 from flowprep.cli import main as cli
 from tests.test_extract import SIZE, make_dataset, run_cli
+from tests.videos import moving_video
 
 needs_dask = pytest.mark.skipif(find_spec("distributed") is None or find_spec("dask") is None,
                                 reason="needs dask and distributed (pip install 'twostream-toolkit[dask]')")
@@ -38,6 +39,13 @@ class Cluster:
                                 env=self.env, cwd=self.tmp, start_new_session=True)
         log.close()
         self.procs.append(proc)
+        return proc
+
+    def add_worker(self, *args: str) -> subprocess.Popen:
+        """One more `dask worker` (one thread) joining the running scheduler."""
+        proc = self._start(f"worker{len(self.workers)}", "worker", self.address, "--nthreads", "1", "--host",
+                           "127.0.0.1", "--no-dashboard", *args)
+        self.workers.append(proc)
         return proc
 
     def start(self, workers: int = 2, nanny: bool = True) -> "Cluster":
@@ -152,6 +160,69 @@ def test_a_worker_killed_mid_run_has_its_video_redone_elsewhere(dask_cluster, tm
     with FlowStore(out) as store:
         assert len(store) == 8 and all(store.num_flows(v) == 7 for v in store.video_ids)
     assert run_cli("verify", out, "--no-progress").exit_code == 0
+
+
+@needs_dask
+@pytest.mark.slow
+def test_a_worker_of_other_versions_that_joins_late_computes_nothing(dask_cluster, tmp_path):
+    """A worker that joins after the start-of-run check (as `cluster.adapt` adds them) with another OpenCV:
+    each task checks its worker's fingerprint and refuses there, the videos run on the matching worker, the
+    run ends with every video done, and the refused worker is named. ~75 s on 2 shared cores."""
+    from distributed import Client
+
+    videos = tmp_path / "videos"
+    for i in range(24):
+        moving_video(videos / f"C{i % 2}" / f"v{i:02d}.avi", n=12, w=96, h=72, dx=1.0, seed=i)
+    out = tmp_path / "flows.h5"
+    dask_cluster.start(workers=1)
+    run = subprocess.Popen(_extract_cmd(videos, out, dask_cluster.address), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=dask_cluster.env)
+    try:
+        parts = out.with_name(out.name + ".parts")
+        _wait_for(lambda: len(list(parts.glob("*.h5"))) >= 1 or run.poll() is not None, what="a first part")
+        assert run.poll() is None, run.communicate()
+        dask_cluster.add_worker("--preload", str(ROOT / "tests" / "dask_other_versions.py"))
+        with Client(dask_cluster.address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stdout + stderr
+    assert "expected 24, done 24" in stdout
+    assert "joined with other versions (opencv 0.0-other (here" in stderr, stderr
+    assert "it computes nothing of this run" in stderr
+
+
+@needs_dask
+def test_with_no_matching_worker_left_the_videos_fail_with_the_reason():
+    """Every worker refused: the task's videos come back as Failures naming the workers and the fix."""
+    from collections import deque
+
+    from flowprep.executors.cluster import WorkerMismatch, _outcomes, _Unit
+    from flowprep.outcomes import Failure, VideoTask
+
+    class Refused:
+        def result(self):
+            raise WorkerMismatch("tcp://10.0.0.9:4000", "opencv 0.0 (here 4.14.0)")
+
+    class OneWorker:
+        def nthreads(self):
+            return {"tcp://10.0.0.9:4000": 1}
+
+    unit = _Unit([VideoTask("v1", "/data/C/v1.avi", "C/v1.avi", "C", 0)])
+    waiting, refused = deque(), {}
+    outcomes = _outcomes(Refused(), unit, waiting, deque(), refused, OneWorker())
+    assert refused == {"tcp://10.0.0.9:4000": "opencv 0.0 (here 4.14.0)"} and not waiting
+    assert len(outcomes) == 1 and isinstance(outcomes[0], Failure)
+    assert ("no Dask worker with this run's versions is left (tcp://10.0.0.9:4000: opencv 0.0 (here 4.14.0)); "
+            "install the same versions on every worker") in outcomes[0].reason
+
+    class TwoWorkers:
+        def nthreads(self):
+            return {"tcp://10.0.0.9:4000": 1, "tcp://10.0.0.10:4000": 1}
+
+    assert _outcomes(Refused(), unit, waiting, deque(), refused, TwoWorkers()) == [] and list(waiting) == [unit]
 
 
 @needs_dask
@@ -301,6 +372,71 @@ def test_an_unreachable_scheduler_is_one_line_before_any_file(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 
+class _Listener:
+    """A TCP server on 127.0.0.1 that is not a Dask scheduler: it accepts and never answers ("silent"), or
+    answers like a web server ("http"). Runs in a thread of the test process."""
+
+    def __init__(self, mode: str):
+        import threading
+
+        self.mode, self.conns = mode, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.conns.append(conn)
+            if self.mode == "http":
+                conn.settimeout(2)
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n"
+                                 b"\r\nBad Request")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@needs_dask
+@pytest.mark.parametrize("mode,message", [
+    ("silent", "accepts connections but gives no Dask handshake within 1 s: it is not a Dask scheduler"),
+    ("http", "answers, but not as a Dask scheduler (its reply is not Dask's protocol: an HTTP server?)"),
+])
+def test_a_scheduler_address_that_is_no_dask_scheduler_is_one_line(tmp_path, monkeypatch, mode, message):
+    """A listener that never answers used to be waited for forever in silence; an HTTP server's reply was
+    read as a frame length ("Unable to allocate 3.07 EiB", a traceback). Now: a bounded handshake, exit 1,
+    one line, nothing written."""
+    import flowprep.executors.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "CONNECT_TIMEOUT_S", 1.0)
+    videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)
+    listener = _Listener(mode)
+    try:
+        start = time.monotonic()
+        result = CliRunner().invoke(cli, ["extract", "--videos", str(videos), "--out", str(tmp_path / "f.h5"),
+                                          "--scheduler", listener.address, "--no-progress"])
+        took = time.monotonic() - start
+    finally:
+        listener.close()
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {listener.address} ") and message in lines[0], lines
+    assert "EiB" not in result.output and "Traceback" not in result.output
+    assert took < 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
+
+
 class _FakeClient:
     """What check_workers asks of a distributed.Client: the workers' threads and what each one answers."""
 
@@ -314,13 +450,10 @@ class _FakeClient:
         return self.answers
 
 
-def _facts(**changes):
-    import cv2
+def _facts(sees: bool = True, **versions):
+    from flowprep.settings import compute_versions
 
-    import flowprep
-
-    return {"flowprep": flowprep.__version__, "opencv": cv2.__version__, "numpy": np.__version__, "sees": True,
-            **changes}
+    return {"versions": {**compute_versions("opencv"), **versions}, "sees": sees}
 
 
 @pytest.mark.parametrize("answer,message", [

@@ -145,6 +145,18 @@ def test_data_damage_is_named_by_reader_and_verify(good_store, tmp_path, case):
     assert info.exit_code == 0 and "Traceback" not in info.output
 
 
+def test_a_video_without_its_checksums_is_damage_not_read_unchecked(good_store, tmp_path):
+    """Every store of this format holds per-image checksums (the pre-release stores without them are no
+    longer read unchecked): a video whose checksums are gone is named as damaged, by the reader and verify."""
+    out = _damaged_copy(good_store, tmp_path, lambda f: f.__delitem__("videos/v_0_0/flow_crcs"))
+    with FlowStore(out) as store:
+        with pytest.raises(StoreError, match=f"{out}: video 'v_0_0' flow: cannot be read .KeyError"):
+            store.read_flow("v_0_0", [0])
+        assert store.read_flow("v_0_1", [0]).shape[0] == 1
+    verify = CliRunner().invoke(cli, ["verify", str(out), "--no-progress"])
+    assert verify.exit_code == 1 and "PROBLEM v_0_0" in verify.output and "PROBLEM v_0_1" not in verify.output
+
+
 @pytest.mark.parametrize("case", sorted(OPEN_DAMAGE))
 def test_metadata_damage_is_one_clear_error_everywhere(good_store, tmp_path, case):
     damage, message = OPEN_DAMAGE[case]
@@ -224,3 +236,45 @@ def test_a_damaged_record_leaves_h5py_usable_from_other_threads(good_store, tmp_
     reader.start()
     assert done.wait(20), "h5py's lock is still held after the error: another thread cannot open a file"
     assert info.value  # the error (and its traceback) still alive while the other thread used h5py
+
+
+# -- the decoder's messages ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def damaged_mp4_dataset(tmp_path_factory):
+    """One MPEG-4 video with bytes overwritten mid-file (FFmpeg reports the broken macroblocks), one good."""
+    from tests.videos import damage
+
+    root = tmp_path_factory.mktemp("decoder_log")
+    damage(moving_video(root / "v" / "A" / "broken.mp4", n=30, w=96, h=72, fourcc="mp4v"), at=0.5, size=400)
+    moving_video(root / "v" / "B" / "good.avi", n=5)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("user_level", [None, "24"])
+def test_ffmpeg_messages_follow_the_users_switch_in_every_worker(damaged_mp4_dataset, tmp_path, jobs, user_level):
+    """Quiet by default; OPENCV_FFMPEG_LOGLEVEL=24, as the README says, shows the decoder's messages, also
+    from the worker processes that decode (--jobs 1 and 2 both decode in workers). Four subprocess runs:
+    ~10 s in all on 2 cores."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    if user_level is not None:
+        env["OPENCV_FFMPEG_LOGLEVEL"] = user_level
+    run = subprocess.run([sys.executable, "-m", "flowprep", "extract", "--videos", str(damaged_mp4_dataset / "v"),
+                          "--out", str(tmp_path / "f.h5"), "--size", SIZE, "--algo", "farneback", "--jobs", jobs,
+                          "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode in (0, 1), run.stderr
+    # OpenCV's FFmpeg log callback (installed when the variable is set) prints to stdout; FFmpeg's own to stderr
+    output = run.stdout + run.stderr
+    decoder_lines = [line for line in output.splitlines() if "OPENCV:FFMPEG" in line or "mpeg4 @" in line]
+    assert "FAILED broken:" in run.stdout
+    if user_level is None:
+        assert decoder_lines == [], output
+    else:
+        assert any("damaged" in line or "Error at MB" in line for line in decoder_lines), output

@@ -293,6 +293,21 @@ def _extract(videos, out, *extra):
      "median_filtering=3 is out of range: must be 0 or 1 (no filter) or 5 with --backend torch"),
     (["--algo", "dis", "--backend", "torch"], "dis runs with --backend opencv, not torch"),
     (["--algo", "dis", "--param", "patch_stride=0"], "patch_stride=0 is out of range"),  # would crash OpenCV
+    # failed every video late ("integer won't fit into a C int")
+    (["--algo", "dis", "--param", "patch_size=99999999999"],
+     "patch_size=99999999999 is out of range: must fit a C int"),
+    # a patch larger than the frame, known from --size before any video is read
+    (["--algo", "dis", "--size", "64x48", "--param", "patch_size=49"],
+     "patch_size must not exceed the frame's smaller side"),
+    (["--algo", "dis", "--short-side", "32", "--param", "patch_size=33"], "frames of 32 px on their smaller side"),
+    # never finished
+    (["--algo", "dis", "--param", "variational_refinement_iterations=2000000"], "must be at most 1000"),
+    (["--algo", "raft", "--param", "iterations=100000"], "iterations=100000 is out of range: must be at most 100"),
+    # stored NaN flow as "no motion" (or crashed OpenCV)
+    (["--algo", "dis", "--param", "variational_refinement_epsilon=1e-300"], "must be at least 1e-9"),
+    (["--algo", "dis", "--param", "variational_refinement_alpha=1e300"], "must be 0 or of magnitude 1e-30 to 1e+30"),
+    (["--algo", "dis", "--param", "variational_refinement_delta=1e300", "--param",
+      "variational_refinement_gamma=1e300"], "is out of range"),
 ])
 def test_misuse_exits_2_before_touching_anything(tmp_path, args, message):
     videos = make_dataset(tmp_path / "v", bad=False, classes=1, per_class=1, frames=3)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from flowprep import FlowprepError, dequantize, quantize
-from flowprep.flow.quantize import clipped_fraction
+from flowprep.flow.quantize import clipped_count, clipped_fraction, nonfinite_count
 
 
 def test_zero_maps_to_128_and_ends_to_0_and_255():
@@ -57,3 +57,31 @@ def test_matches_the_exact_formula_at_every_rounding_boundary(bound):
     exact = [int(np.floor(255 * (min(max(Fraction(float(v)), -b), b) + b) / (2 * b) + Fraction(1, 2)))
              for v in values]
     assert quantize(values, bound).tolist() == exact
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_clipped_and_nonfinite_counts_per_field(as_torch):
+    """The one count of values at the bound and of NaN/inf per field, on numpy and on torch (the device path
+    counts where the flow was computed): (B, H, W, 2) -> (B,)."""
+    flow = np.zeros((3, 2, 2, 2), np.float32)
+    flow[0, 0, 0, 0], flow[0, 1, 1, 1] = 20.0, -30.0  # field 0: two at the bound
+    flow[1, 0, 1, 0] = np.nan  # field 1: one NaN, not clipped
+    flow[2, 1, 0, 1], flow[2, 0, 0, 0] = np.inf, 19.9  # field 2: inf counts as both
+    if as_torch:
+        import torch
+
+        flow = torch.from_numpy(flow)
+    assert clipped_count(flow, 20).tolist() == [2, 0, 1]
+    assert nonfinite_count(flow).tolist() == [0, 1, 1]
+    assert int(nonfinite_count(flow[1])) == 1 and int(clipped_count(flow[0], 20)) == 2  # one (H, W, 2) field
+
+
+def test_at_bound_count_counts_stored_values_at_either_end_per_field():
+    from flowprep.flow.quantize import at_bound_count
+
+    q = np.full((3, 4, 5, 2), 128, np.uint8)  # (fields, H, W, x/y)
+    q[0, 0, 0, 0] = 0
+    q[0, 1, 1, 1] = 255
+    q[2, :, :, 1] = 255
+    assert at_bound_count(q).tolist() == [2, 0, 20]
+    assert int(at_bound_count(q[0])) == 2

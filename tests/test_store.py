@@ -10,7 +10,8 @@ from flowprep import FlowStore, StoreError
 from flowprep.errors import OptionError
 from flowprep.store.parts import Parts
 from flowprep.store.writer import assemble, write_master, writer_lock
-from flowprep.work import VideoEncoder, VideoTask
+from flowprep.outcomes import VideoTask
+from flowprep.work import VideoEncoder
 
 CONFIG = {"algo": "tvl1", "params": {}, "bound": 20.0, "rounding": "r", "codec": "jpeg", "jpeg_quality": 95,
           "size": "32x24", "interpolation": "INTER_LINEAR", "implementation": "test"}

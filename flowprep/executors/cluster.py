@@ -20,11 +20,17 @@ Guarantees, from Dask's own semantics:
   a single video is given one more try (the deaths may have been another video's, on the same worker),
   with no other such video in flight, so two suspects never share a worker; then it is recorded as a
   Failure naming the cause. The run goes on.
+- Every worker runs the run's versions of the code that computes flow: those there at the start are
+  checked before any task (`check_workers`); one that joins later (an adaptive cluster's new worker) is
+  checked by each task against the run's fingerprint (`worker_versions`, computed once per worker
+  process), which refuses to compute there (`WorkerMismatch`). The client then sends that task, and every
+  later one, only to the other workers; with none left, its videos fail with the reason.
 - At most ``QUEUED_PER_THREAD`` tasks per worker thread are in flight, and a result is released once it is
   written, so this process holds a bounded number of results whatever the dataset's size.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -33,85 +39,27 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
-from urllib.parse import urlsplit
 
-from flowprep.video.decode import QUIET_DECODER_ENV
-from flowprep.errors import ClusterError, OptionError
-from flowprep.work import Failure, Outcome, VideoTask, extract_video
+from flowprep.video.decode import quiet_decoders
+from flowprep.errors import ClusterError
+from flowprep.executors.scheduler import Scheduler, connect, parse_scheduler, probe
+from flowprep.outcomes import Failure, Outcome, VideoTask, Work
+from flowprep.settings import DEFAULT_BATCH_SIZE, ExtractConfig, RunSettings
+from flowprep.work import extract_video
 
-LOCAL = "local:"
-SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")  # Dask's network protocols for a scheduler address
-DEFAULT_PORT = 8786  # `dask scheduler`'s default
-INSTALL = "pip install 'twostream-toolkit[dask]'"
 QUEUED_PER_THREAD = 2  # tasks in flight per worker thread: none waits, few to redo when a worker is lost
 GPU_TASK_VIDEOS = 16  # videos per device task: enough pairs to keep batches full, little to redo if lost
-CONNECT_TIMEOUT_S = 10.0
 REFRESH_S = 2.0  # how often the in-flight bound follows the workers that joined or left
 
-Work = Callable[[VideoTask, object], Outcome]
 
-
-@dataclass(frozen=True)
-class Scheduler:
-    """Where `--scheduler` says the cluster is: a scheduler's address, or ``local`` worker processes here."""
-
-    address: str | None  # tcp://HOST:PORT ...; None for a LocalCluster
-    local: int = 0  # worker processes of the LocalCluster
-
-    def __str__(self) -> str:
-        return self.address or f"{LOCAL}{self.local}"
-
-
-def parse_scheduler(text: str) -> Scheduler:
-    """``local:N`` or a Dask scheduler address (``tcp://HOST:PORT``, tls://, ws://, wss://, ucx://; a bare
-    HOST:PORT means tcp). OptionError names what is accepted."""
-    accepted = "give tcp://HOST:PORT (a running `dask scheduler`) or local:N (N worker processes here)"
-    text = text.strip()
-    if text.startswith(LOCAL):
-        n = text[len(LOCAL):]
-        if not n.isdigit() or int(n) < 1:
-            raise OptionError(f"--scheduler {text}: N of local:N must be a whole number of workers >= 1")
-        return Scheduler(None, int(n))
-    url = urlsplit(text if "://" in text else f"tcp://{text}")
-    try:
-        port = url.port
-    except ValueError:
-        raise OptionError(f"--scheduler {text}: the port is not a number from 1 to 65535; {accepted}") from None
-    if url.scheme not in SCHEMES or not url.hostname or url.path not in ("", "/") or url.query or port == 0:
-        raise OptionError(f"--scheduler {text!r} is not a Dask scheduler address; {accepted}")
-    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    return Scheduler(f"{url.scheme}://{host}:{port or DEFAULT_PORT}")
-
-
-def check_options(cfg) -> None:
-    """Misuse of --scheduler, named before any file is touched (OptionError): a bad address, Dask not
-    installed, options that only mean something for this machine's own devices."""
-    from importlib.util import find_spec
-
-    where = parse_scheduler(cfg.scheduler)
-    missing = [m for m in ("dask", "distributed") if find_spec(m) is None]
-    if missing:
-        raise OptionError(f"--scheduler needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                          f"not installed: {INSTALL}")
-    if cfg.device == "auto":
-        raise OptionError("--device auto would be decided by this machine, not the workers; with --scheduler "
-                          "give --device cpu or --device cuda")
-    if cfg.gpus:
-        raise OptionError("--gpus picks devices of this machine; with --scheduler each GPU is a Dask worker "
-                          "of its own (start one worker per GPU)")
-    if cfg.device == "cuda" and where.local:
-        raise OptionError("--scheduler local:N with --device cuda would put every worker on the same GPU; "
-                          "leave out --scheduler (the local run already uses one process per GPU)")
-
-
-def cluster_executor(cfg, work: Work = extract_video):
+def cluster_executor(cfg: ExtractConfig, work: Work[VideoTask, RunSettings, Outcome] = extract_video):
     """The executor of `flowprep.pipeline.extract` for ``cfg.scheduler``: connects (or starts the
     LocalCluster) when there is work, checks the workers, runs every task there; see the module docstring.
     ``work`` replaces the per-video function of the CPU path (tests)."""
     where = parse_scheduler(cfg.scheduler)
     probe(where)
 
-    def run(tasks: list[VideoTask], settings, on_outcome: Callable[[Outcome], None]) -> None:
+    def run(tasks: list[VideoTask], settings: RunSettings, on_outcome: Callable[[Outcome], None]) -> None:
         if not tasks:
             return
         tasks = [replace(t, path=os.path.abspath(t.path)) for t in tasks]  # the workers' cwd is not ours
@@ -122,113 +70,48 @@ def cluster_executor(cfg, work: Work = extract_video):
     return run
 
 
-def probe(where: Scheduler) -> None:
-    """ClusterError, before any file is touched, when nothing listens at the scheduler's TCP address."""
-    import socket
+@functools.lru_cache(maxsize=None)
+def worker_versions(backend: str) -> tuple[tuple[str, str], ...]:
+    """This process's versions of the code that computes flow (flowprep.settings.compute_versions), sorted
+    pairs: the fingerprint a worker shows the start-of-run check and every task. Computed once per worker
+    process (a few milliseconds)."""
+    from flowprep.settings import compute_versions
 
-    if where.local or where.address.startswith("ucx"):
-        return
-    url = urlsplit(where.address)
-    try:
-        socket.create_connection((url.hostname, url.port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler at {where.address} ({exc.strerror or exc}); start "
-                           "it (`dask scheduler`) or check --scheduler") from None
+    return tuple(sorted(compute_versions(backend).items()))
 
 
-class connect:
-    """``with connect(where) as client``: a `distributed.Client` of the scheduler, or of a LocalCluster
-    started here (on 127.0.0.1, one thread per worker) and closed on exit. ClusterError when the scheduler
-    cannot be reached. Prints the cluster and its dashboard link to stderr."""
-
-    def __init__(self, where: Scheduler):
-        self.where, self.cluster, self.client = where, None, None
-
-    def __enter__(self):
-        from distributed import Client, LocalCluster
-
-        if self.where.local:
-            self.cluster = LocalCluster(n_workers=self.where.local, threads_per_worker=1, processes=True,
-                                        host="127.0.0.1", dashboard_address="127.0.0.1:0")
-            self.client = Client(self.cluster)
-        else:
-            try:
-                self.client = Client(self.where.address, timeout=CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError) as exc:
-                why = " ".join(str(exc).split()) or type(exc).__name__
-                raise ClusterError(f"cannot reach the Dask scheduler at {self.where.address} ({why}); start it "
-                                   "(`dask scheduler`) or check --scheduler") from None
-        link = self.client.dashboard_link if _serves_dashboard(self.client) else None
-        print(f"Dask scheduler {self.client.scheduler.address}; dashboard: "
-              f"{link or 'none (install bokeh where the scheduler runs to have one)'}", file=sys.stderr)
-        return self.client
-
-    def __exit__(self, exc_type, *exc) -> None:
-        import logging
-
-        # the error that ends the run is reported once, not with Dask's tracebacks of the reconnection that
-        # closing cancels (distributed's loggers have levels of their own: each one is set)
-        names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
-        levels = {n: logging.getLogger(n).level for n in names} if exc_type is not None else {}
-        for name in levels:
-            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-        try:
-            self.client.close()
-            if self.cluster is not None:
-                self.cluster.close()
-        finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
-
-
-def _serves_dashboard(client) -> bool:
-    try:
-        return "dashboard" in client.scheduler_info(n_workers=0).get("services", {})
-    except Exception:  # an old or unusual scheduler: the link is still Dask's best guess
-        return True
+def version_difference(got: dict[str, str], here: dict[str, str]) -> str:
+    """'opencv 4.0.0 (here 4.14.0), ...': where a worker's versions differ from the run's; empty if none."""
+    return ", ".join(f"{k} {got.get(k)} (here {v})" for k, v in here.items() if got.get(k) != v)
 
 
 def _worker_facts(path: str, backend: str) -> dict:
     """What `check_workers` needs to know of one worker: its versions, whether it sees ``path``, CUDA."""
-    import cv2
-    import numpy as np
-
-    import flowprep
-
-    facts = {"flowprep": flowprep.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
-             "sees": os.path.exists(path)}
+    facts = {"versions": dict(worker_versions(backend)), "sees": os.path.exists(path)}
     if backend == "torch":
         import torch
 
-        facts.update(torch=torch.__version__, cuda=torch.cuda.is_available())
+        facts["cuda"] = torch.cuda.is_available()
     return facts
 
 
-def check_workers(client, where: Scheduler, settings, sample_path: str) -> None:
+def check_workers(client, where: Scheduler, settings: RunSettings, sample_path: str) -> None:
     """Wait for a first worker, then check every worker there: it runs this flowprep with these versions,
     sees the videos at ``sample_path`` and, for --device cuda, a GPU. ClusterError names the worker and
-    the fix."""
-    import cv2
-    import numpy as np
-
-    import flowprep
+    the fix. Workers that join later are checked by each task (`WorkerMismatch`)."""
+    from flowprep.settings import compute_versions
 
     if not client.nthreads():
         print(f"waiting for Dask workers to join {where} ...", file=sys.stderr)
         client.wait_for_workers(1)
     facts = client.run(_worker_facts, sample_path, settings.backend, on_error="return")
-    here = {"flowprep": flowprep.__version__, "opencv": cv2.__version__, "numpy": np.__version__}
-    if settings.backend == "torch":
-        import torch
-
-        here["torch"] = torch.__version__
+    here = compute_versions(settings.backend)
     for worker, got in sorted(facts.items()):
         if isinstance(got, BaseException):
             raise ClusterError(f"Dask worker {worker} cannot run flowprep ({type(got).__name__}: {got}); install "
                                "twostream-toolkit, the same version as here, in the workers' environment")
-        other = [f"{k} {got.get(k)} (here {v})" for k, v in here.items() if got.get(k) != v]
-        if other:
-            raise ClusterError(f"Dask worker {worker} has other versions: {', '.join(other)}; the flow would "
+        if other := version_difference(got["versions"], here):
+            raise ClusterError(f"Dask worker {worker} has other versions: {other}; the flow would "
                                "not be what the store records: install the same versions on every worker")
         if not got["sees"]:
             raise ClusterError(f"Dask worker {worker} cannot see {sample_path}: the videos must be at the same "
@@ -241,26 +124,40 @@ def check_workers(client, where: Scheduler, settings, sample_path: str) -> None:
 
 
 # -- the tasks (run on the workers) ------------------------------------------------------------------------
-def _quiet() -> None:
-    for key, value in QUIET_DECODER_ENV.items():  # before this worker first imports cv2; a user's setting stays
-        os.environ.setdefault(key, value)
+class WorkerMismatch(Exception):
+    """Raised by a task on a worker whose versions differ from the run's (one that joined after the start
+    check): args (worker address, the difference). The client sends the videos to other workers."""
 
 
-def _cpu_task(tasks: list[VideoTask], settings, work: Work) -> list[Outcome]:
-    """The per-video work of the local pool, for each of ``tasks``, in this worker thread."""
-    _quiet()
+def _check_this_worker(expected: tuple[tuple[str, str], ...], backend: str) -> None:
+    """WorkerMismatch unless this worker's fingerprint (worker_versions) is the run's ``expected``."""
+    got = worker_versions(backend)
+    if got != expected:
+        from distributed import get_worker
+
+        raise WorkerMismatch(get_worker().address, version_difference(dict(got), dict(expected)))
+
+
+def _cpu_task(tasks: list[VideoTask], settings: RunSettings, work: Work, expected: tuple) -> list[Outcome]:
+    """The per-video work of the local pool, for each of ``tasks``, in this worker thread, once this
+    worker's versions are found to be the run's ``expected``."""
+    _check_this_worker(expected, settings.backend)
+    quiet_decoders()  # before this worker opens its first video; a setting made where it runs stays
     return [work(t, settings) for t in tasks]
 
 
 _DEVICE = threading.Lock()  # one device run at a time per worker process: a GPU is shared by its threads
 
 
-def _device_task(tasks: list[VideoTask], settings, batch_size: int, decoders: int) -> list[Outcome]:
+def _device_task(tasks: list[VideoTask], settings: RunSettings, batch_size: int, decoders: int,
+                 expected: tuple) -> list[Outcome]:
     """``tasks`` through one `DeviceRun` on this worker's device (``settings.device``: cpu, or cuda, the
-    first GPU this worker sees)."""
+    first GPU this worker sees), once this worker's versions are found to be the run's ``expected``."""
     from flowprep.executors.device import DeviceRun
 
-    _quiet()
+    _check_this_worker(expected, settings.backend)
+
+    quiet_decoders()  # before this worker opens its first video; a setting made where it runs stays
     outcomes: list[Outcome] = []
     with _DEVICE:
         DeviceRun(tasks, settings, settings.device, batch_size, decoders, outcomes.append).run()
@@ -280,23 +177,34 @@ def _chunks(tasks: list[VideoTask], size: int) -> deque:
     return deque(_Unit(tasks[i:i + size]) for i in range(0, len(tasks), size))
 
 
-def run_cluster(tasks: list[VideoTask], settings, client, on_outcome: Callable[[Outcome], None], *,
-                batch_size: int = 32, decoders: int = 1, work: Work = extract_video) -> None:
+def run_cluster(tasks: list[VideoTask], settings: RunSettings, client, on_outcome: Callable[[Outcome], None], *,
+                batch_size: int = DEFAULT_BATCH_SIZE, decoders: int = 1,
+                work: Work[VideoTask, RunSettings, Outcome] = extract_video) -> None:
     """Run ``tasks`` on the workers of ``client``; ``on_outcome`` gets every video's outcome here, as it
     comes. An exception from ``on_outcome`` (a full disk) cancels the tasks in flight and is raised here;
     so is ClusterError when the scheduler is lost."""
     from distributed import as_completed
 
+    from flowprep.settings import compute_versions
+
     run_id = uuid.uuid4().hex
     threads = _threads(client)
+    expected = tuple(sorted(compute_versions(settings.backend).items()))  # the fingerprint every task checks
+    refused: dict[str, str] = {}  # worker address -> how its versions differ (it joined after the start check)
+
+    def submit(unit: _Unit, key: str):
+        if settings.backend == "torch":
+            function, args = _device_task, (unit.tasks, settings, batch_size, decoders, expected)
+        else:
+            function, args = _cpu_task, (unit.tasks, settings, work, expected)
+        if not refused:
+            return client.submit(function, *args, key=key, pure=False)
+        good = [w for w in client.nthreads() if w not in refused]
+        return client.submit(function, *args, key=key, pure=False, workers=good, allow_other_workers=False)
+
+    size = 1
     if settings.backend == "torch":
         size = max(1, min(GPU_TASK_VIDEOS, -(-len(tasks) // (QUEUED_PER_THREAD * threads))))
-        submit = lambda unit, key: client.submit(_device_task, unit.tasks, settings, batch_size,  # noqa: E731
-                                                 decoders, key=key, pure=False)
-    else:
-        size = 1
-        submit = lambda unit, key: client.submit(_cpu_task, unit.tasks, settings, work,  # noqa: E731
-                                                 key=key, pure=False)
     waiting = _chunks(tasks, size)
     suspects: deque = deque()  # single videos to try once more after a KilledWorker, one at a time
     running: dict = {}  # future -> _Unit
@@ -319,7 +227,7 @@ def run_cluster(tasks: list[VideoTask], settings, client, on_outcome: Callable[[
                 done.add(future)
             future = next(done)
             unit = running.pop(future)
-            outcomes = _outcomes(future, unit, waiting, suspects)
+            outcomes = _outcomes(future, unit, waiting, suspects, refused, client)
             del future  # the result is released on the worker once nothing here holds its future
             for outcome in outcomes:
                 on_outcome(outcome)
@@ -332,6 +240,13 @@ def run_cluster(tasks: list[VideoTask], settings, client, on_outcome: Callable[[
         raise
 
 
+def _workers(client) -> list[str]:
+    try:
+        return list(client.nthreads())
+    except Exception:  # no answer now: as if none
+        return []
+
+
 def _threads(client) -> int:
     try:
         return max(1, sum(client.nthreads().values()))
@@ -339,15 +254,27 @@ def _threads(client) -> int:
         return 1
 
 
-def _outcomes(future, unit: _Unit, waiting: deque, suspects: deque) -> list[Outcome]:
+def _outcomes(future, unit: _Unit, waiting: deque, suspects: deque, refused: dict[str, str], client) -> list[Outcome]:
     """The outcomes of a finished task; a failed task's videos go back to ``waiting`` (a chunk split into
-    single videos) or to ``suspects`` (a single video's second try), or come back as Failures naming the
-    cause."""
+    single videos; a task refused by a worker of other versions, whole, for the other workers) or to
+    ``suspects`` (a single video's second try), or come back as Failures naming the cause."""
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
 
     try:
         return future.result()
+    except WorkerMismatch as exc:
+        worker, difference = exc.args
+        if worker not in refused:
+            refused[worker] = difference
+            print(f"Dask worker {worker} joined with other versions ({difference}): it computes nothing of this "
+                  "run; install the same versions on every worker", file=sys.stderr)
+        if any(w not in refused for w in _workers(client)):
+            waiting.appendleft(unit)
+            return []
+        why = "; ".join(f"{w}: {d}" for w, d in sorted(refused.items()))
+        return [Failure(t.video_id, t.relpath, f"{t.path}: no Dask worker with this run's versions is left ({why}); "
+                        "install the same versions on every worker and re-run") for t in unit.tasks]
     except FutureCancelledError as exc:
         why = ("this process lost the connection to the Dask scheduler" if "scheduler-connection-lost" in str(exc)
                else f"the Dask cluster cancelled the work ({' '.join(str(exc).split())})")

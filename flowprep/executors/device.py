@@ -19,13 +19,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from flowprep.video.decode import QUIET_DECODER_ENV
 from flowprep.errors import VideoError
-from flowprep.work import DecodedVideo, Failure, Outcome, VideoEncoder, VideoTask
+from flowprep.store.codec import CODECS
+from flowprep.outcomes import Failure, Outcome, VideoTask
+from flowprep.work import DecodedVideo, VideoEncoder
+
+if TYPE_CHECKING:
+    from flowprep.settings import RunSettings
 
 _END = object()  # a decode thread's marker after a video's last pair
 
@@ -49,7 +53,7 @@ class DeviceRun:
     task's outcome went to ``on_outcome`` (called from the writer thread, one at a time). An exception from
     ``on_outcome`` (a full disk) stops the run and is raised by `run()`."""
 
-    def __init__(self, tasks: list[VideoTask], settings, device: str, batch_size: int, decoders: int,
+    def __init__(self, tasks: list[VideoTask], settings: RunSettings, device: str, batch_size: int, decoders: int,
                  on_outcome: Callable[[Outcome], None]):
         self.tasks, self.settings, self.device = list(tasks), settings, device
         self.batch_size, self.on_outcome = batch_size, on_outcome
@@ -60,7 +64,7 @@ class DeviceRun:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
-        jpeg = settings.codec != "raw"
+        jpeg = CODECS[settings.codec].jpeg
         self._encoders = ThreadPoolExecutor(max_workers=max(1, min(8, decoders))) if jpeg else None
 
     # -- the stages ------------------------------------------------------------------------------------
@@ -158,7 +162,7 @@ class DeviceRun:
         import torch
 
         from flowprep.flow import torchflow
-        from flowprep.flow.quantize import quantize
+        from flowprep.flow.quantize import clipped_count, nonfinite_count, quantize
 
         s = self.settings
         while batch:
@@ -170,10 +174,10 @@ class DeviceRun:
             nxt = np.stack([g[2] for g in group])
             with torch.inference_mode():
                 flow = torchflow.compute_flow_batch(prev, nxt, algo=s.algo, device=self.device, **s.params)
-                clipped = (flow.abs() >= s.bound).flatten(1).sum(1).cpu().numpy()  # (B,)
+                clipped, nonfinite = clipped_count(flow, s.bound), nonfinite_count(flow)  # (B,) int64 each
                 q = quantize(flow, s.bound).cpu().numpy()  # (B, H, W, 2) uint8
             share = (time.perf_counter() - t) / len(group)
-            self._put(self.written, ("fields", [g[0] for g in group], q, clipped, share))
+            self._put(self.written, ("fields", [g[0] for g in group], q, clipped, nonfinite, share))
         for video in closing:
             self._put(self.written, ("finish", video))
         closing.clear()
@@ -196,8 +200,19 @@ class DeviceRun:
         except BaseException as exc:  # the run stops; run() raises it
             self._fatal = exc
 
-    def _write_fields(self, videos: list[_Video], q: np.ndarray, clipped: np.ndarray, share: float) -> None:
-        keep = [(v, f, int(c)) for v, f, c in zip(videos, q, clipped) if not v.error]
+    def _write_fields(self, videos: list[_Video], q: np.ndarray, clipped: np.ndarray, nonfinite: np.ndarray,
+                      share: float) -> None:
+        keep = []
+        for v, f, c, n in zip(videos, q, clipped, nonfinite):  # in each video's order of fields
+            if v.error:
+                continue
+            try:
+                v.encoder.next_field(int(n))
+            except VideoError as exc:  # the video fails; its other fields are dropped as they come
+                v.error = str(exc)
+                continue
+            keep.append((v, f, int(c)))
+        keep = [k for k in keep if not k[0].error]
         encode = lambda k: k[0].encoder.encode("flow", k[1])  # noqa: E731
         stored = list(self._encoders.map(encode, keep)) if self._encoders else [encode(k) for k in keep]
         for (video, field_u8, n_clipped), data in zip(keep, stored):
@@ -212,13 +227,13 @@ class DeviceRun:
             self.on_outcome(video.encoder.finish(video.source))
 
 
-def _device_main(index, tasks, settings, device, batch_size, decoders, results) -> None:
+def _device_main(index: int, tasks: list[VideoTask], settings: RunSettings, device: str, batch_size: int,
+                 decoders: int, results) -> None:
     """Device number ``index``'s process: run its tasks, send each outcome, then ("end", index, error text
     or "")."""
-    from flowprep.executors.local import exit_with_parent
+    from flowprep.executors.processes import start_worker
 
-    os.environ.update(QUIET_DECODER_ENV)
-    exit_with_parent(os.getppid())
+    start_worker(os.getppid())
     try:
         DeviceRun(tasks, settings, device, batch_size, decoders, lambda o: results.put(("outcome", o))).run()
     except BaseException as exc:
@@ -227,7 +242,7 @@ def _device_main(index, tasks, settings, device, batch_size, decoders, results) 
     results.put(("end", index, ""))
 
 
-def run_devices(tasks: list[VideoTask], settings, devices: list[str], batch_size: int, decoders: int,
+def run_devices(tasks: list[VideoTask], settings: RunSettings, devices: list[str], batch_size: int, decoders: int,
                 on_outcome: Callable[[Outcome], None]) -> None:
     """Spread ``tasks`` over ``devices`` (every N-th video each; one process per device when N > 1).
     Videos a device process did not finish (it crashed) come back as Failures naming the reason."""
@@ -236,7 +251,7 @@ def run_devices(tasks: list[VideoTask], settings, devices: list[str], batch_size
         return
     import multiprocessing as mp
 
-    from flowprep.executors.local import exit_text
+    from flowprep.executors.processes import exit_text
 
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     results = ctx.Queue(maxsize=8 * len(devices))

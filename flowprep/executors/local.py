@@ -9,41 +9,28 @@ calling process dies (SIGKILL included), instead of waiting forever for work tha
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 from collections import deque
 from typing import Callable
 
-from flowprep.video.decode import QUIET_DECODER_ENV
-from flowprep.work import Failure, Outcome, VideoTask, extract_video
-
-Work = Callable[[VideoTask, object], Outcome]
+from flowprep.executors.processes import exit_text, start_worker
+from flowprep.outcomes import Failure, OutcomeT, SettingsT, TaskT, Work
+from flowprep.work import extract_video
 QUEUED_PER_WORKER = 2  # tasks handed to the pool per worker: enough that none waits, few to redo after a crash
 
 
-def exit_with_parent(parent: int) -> None:
-    """End this worker process once ``parent`` is no longer its parent (it died); a pool initializer."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)  # the pool's own process: nothing of the store is written here, so nothing is lost
-
-    threading.Thread(target=watch, daemon=True, name="flowprep-parent-watch").start()
-
-
-def run_pool(tasks: list[VideoTask], settings, jobs: int, on_outcome: Callable[[Outcome], None],
-             work: Work = extract_video) -> None:
+def run_pool(tasks: list[TaskT], settings: SettingsT, jobs: int, on_outcome: Callable[[OutcomeT], None],
+             work: Work[TaskT, SettingsT, OutcomeT] = extract_video) -> None:
     """Run ``work(task, settings)`` for every task in ``jobs`` processes; ``on_outcome`` gets each result
     in this process, as it comes. An exception from ``on_outcome`` (a full disk) stops the pool and is
-    raised here."""
+    raised here. The work of extract (the default), import or export, each with its own task and settings
+    types (flowprep.outcomes)."""
     waiting = deque(tasks)
     while waiting:
         suspects = _until_broken(waiting, settings, jobs, on_outcome, work)
         _run_alone(suspects, settings, jobs, on_outcome, work)
 
 
-def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -> list[VideoTask]:
+def _until_broken(waiting: deque, settings: SettingsT, jobs: int, on_outcome, work: Work) -> list[TaskT]:
     """Feed ``waiting`` to one pool until it is empty ([] returned) or the pool breaks: then the tasks that
     were in flight, whose results did not come back."""
     from concurrent.futures import FIRST_COMPLETED, wait
@@ -52,8 +39,7 @@ def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -
     from joblib.externals.loky import get_reusable_executor
 
     workers = min(jobs, len(waiting))
-    executor = get_reusable_executor(max_workers=workers, env=QUIET_DECODER_ENV, initializer=exit_with_parent,
-                                     initargs=(os.getpid(),))
+    executor = get_reusable_executor(max_workers=workers, initializer=start_worker, initargs=(os.getpid(),))
     running: dict = {}  # future -> task
     try:
         while waiting or running:
@@ -82,26 +68,13 @@ def _until_broken(waiting: deque, settings, jobs: int, on_outcome, work: Work) -
     return []
 
 
-def exit_text(code: int | None) -> str:
-    """How a process ended, for a failure reason: 'signal 6, SIGABRT' or 'exit status 1'."""
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-        oom = "; the system may have run out of memory" if -code == signal.SIGKILL else ""
-        return f"signal {-code}, {name}{oom}"
-    return f"exit status {code}"
-
-
-def _alone_main(conn, work: Work, task: VideoTask, settings) -> None:
-    os.environ.update(QUIET_DECODER_ENV)
-    exit_with_parent(os.getppid())
+def _alone_main(conn, work: Work, task: TaskT, settings: SettingsT) -> None:
+    start_worker(os.getppid())
     conn.send(work(task, settings))
     conn.close()
 
 
-def _run_alone(tasks: list[VideoTask], settings, jobs: int, on_outcome, work: Work) -> None:
+def _run_alone(tasks: list[TaskT], settings: SettingsT, jobs: int, on_outcome, work: Work) -> None:
     """Run each task in a process of its own (at most ``jobs`` at a time); one that crashes there is a
     Failure naming the signal."""
     import multiprocessing as mp
@@ -131,7 +104,7 @@ def _run_alone(tasks: list[VideoTask], settings, jobs: int, on_outcome, work: Wo
                 receive.close()
                 on_outcome(outcome if outcome is not None else Failure(
                     task.video_id, task.relpath,
-                    f"{task.path}: the decoder/flow process crashed ({exit_text(proc.exitcode)}) while "
+                    f"{task.source}: the decoder/flow process crashed ({exit_text(proc.exitcode)}) while "
                     "extracting this video alone; check the file with ffprobe or re-encode it (if every "
                     "video crashes, suspect the --param values)"))
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from flowprep.errors import FlowprepError, OptionError
-from flowprep.flow.params import ALGORITHMS, BACKENDS, algorithm, resolve_params
+from flowprep.flow.params import ALGORITHMS, BACKENDS, algorithm, check_frame, resolve_params
 
 DEVICES = ("cpu", "cuda", "auto")
 _DIS_PRESET_IDS = {"ultrafast": 0, "fast": 1, "medium": 2}  # cv2.DISOPTICAL_FLOW_PRESET_*
@@ -81,6 +81,19 @@ def default_backend(algo: str, device: str) -> str:
     return "torch"
 
 
+def choose_backend(algo: str, device: str, backend: str | None = None) -> str:
+    """The backend that computes ``algo`` on the resolved ``device`` ("cpu" or "cuda"): ``backend`` checked,
+    or the algorithm's default. The one check of backend and device, for the API and the command alike;
+    OptionError otherwise."""
+    if backend is None:
+        return default_backend(algo, device)
+    if backend not in BACKENDS:
+        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "opencv" and device != "cpu":
+        raise OptionError("the opencv backend runs on CPU only; use the torch backend (--backend torch) on cuda")
+    return backend
+
+
 def compute_flow(prev: np.ndarray, nxt: np.ndarray, algo: str = "tvl1", device: str = "cpu",
                  backend: str | None = None, **params: Any) -> np.ndarray:
     """Dense flow from ``prev`` to ``nxt``.
@@ -95,13 +108,12 @@ def compute_flow(prev: np.ndarray, nxt: np.ndarray, algo: str = "tvl1", device: 
     if prev_g.shape != nxt_g.shape:
         raise FlowprepError(f"frames differ in size: {prev_g.shape} vs {nxt_g.shape}")
     device = resolve_device(device)
-    backend = backend or default_backend(algo, device)
-    if backend not in BACKENDS:
-        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    backend = choose_backend(algo, device, backend)
     if backend == "opencv":
-        if device != "cpu":
-            raise OptionError("the OpenCV backend runs on CPU only; use backend='torch' for device='cuda'")
-        return OpenCVFlow(algo, **params)(prev_g, nxt_g)
+        flow_fn = OpenCVFlow(algo, **params)
+        check_frame(algo, flow_fn.params, min(prev_g.shape))
+        return flow_fn(prev_g, nxt_g)
+    check_frame(algo, resolve_params(algo, params, backend=backend), min(prev_g.shape))
     return compute_flow_batch(prev_g[None], nxt_g[None], algo=algo, device=device, **params)[0]
 
 
@@ -131,4 +143,4 @@ def resolve_device(device: str) -> str:
 
 
 __all__ = ["ALGORITHMS", "BACKENDS", "DEVICES", "OpenCVFlow", "compute_flow", "compute_flow_batch",
-           "resolve_device", "default_backend", "as_gray_u8"]
+           "resolve_device", "default_backend", "choose_backend", "as_gray_u8"]

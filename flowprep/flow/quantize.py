@@ -71,7 +71,41 @@ def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND, rounding: str = "rou
     return q * np.float32(2.0 * bound / 255.0) - np.float32(bound)
 
 
+def _per_field(mask) -> np.ndarray:
+    """Count the True values of ``mask`` per field: (..., H, W, 2) -> (...) int64 numpy (0-d for one field;
+    any array of fewer than 3 dimensions counts as one). numpy or torch (reduced on its device)."""
+    dims = tuple(range(max(mask.ndim - 3, 0), mask.ndim))
+    if type(mask).__module__.startswith("torch"):
+        return (mask.sum(dim=dims) if dims else mask.long()).cpu().numpy().astype(np.int64)
+    return np.asarray(np.count_nonzero(mask, axis=dims) if dims else mask.astype(np.int64), dtype=np.int64)
+
+
+def at_bound_count(q: np.ndarray) -> np.ndarray:
+    """Quantised values at either end of the range (0 or 255) per field: clipped flow, as far as stored u8
+    flow can tell (import has no float flow). q (..., H, W, 2) uint8 -> (...) int64."""
+    q = np.asarray(q)
+    return _per_field((q == 0) | (q == 255))
+
+
+def clipped_count(flow, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Flow values (both components) whose magnitude reaches the bound, per field: float flow (..., H, W, 2),
+    numpy or torch -> (...) int64 numpy. The one computation of clipping (the record's clipped_fraction)."""
+    bound = _check_bound(bound)
+    return _per_field(abs(flow) >= bound)
+
+
+def nonfinite_count(flow) -> np.ndarray:
+    """NaN or infinite flow values per field: float flow (..., H, W, 2), numpy or torch -> (...) int64 numpy.
+    quantize() maps them to a value like any other (NaN to 128: no motion), so every path that stores flow
+    counts them and refuses a field that holds any (flowprep.work.VideoEncoder)."""
+    if type(flow).__module__.startswith("torch"):
+        import torch
+
+        return _per_field(~torch.isfinite(flow))
+    return _per_field(~np.isfinite(np.asarray(flow)))
+
+
 def clipped_fraction(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> float:
     """Share of flow values (both components) whose magnitude reaches the bound."""
     flow = np.asarray(flow)
-    return float(np.count_nonzero(np.abs(flow) >= bound)) / max(flow.size, 1)
+    return float(clipped_count(flow, bound).sum()) / max(flow.size, 1)

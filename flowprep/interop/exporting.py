@@ -30,8 +30,9 @@ import numpy as np
 
 from flowprep.errors import OptionError, StoreError
 from flowprep.interop.layouts import LAYOUTS, export_names
-from flowprep.store.format import DEFAULT_JPEG_QUALITY, encode_jpeg, is_disk_full
-from flowprep.work import Failure, VideoTask
+from flowprep.outcomes import ExportTask, Failure
+from flowprep.store.codec import CODECS, DEFAULT_JPEG_QUALITY, check_jpeg_quality, encode_jpeg
+from flowprep.store.format import is_disk_full
 
 EXPORT_LAYOUTS = tuple(name for name, lay in LAYOUTS.items() if lay.lists is not None)
 FRAMES_DIR = "rawframes"
@@ -134,8 +135,7 @@ def export_store(store_path: str | os.PathLike, out: str | os.PathLike, layout_n
 
     if layout_name not in EXPORT_LAYOUTS:
         raise OptionError(f"unknown export --layout {layout_name!r}; choose one of {', '.join(EXPORT_LAYOUTS)}")
-    if not 1 <= jpeg_quality <= 100:
-        raise OptionError(f"--jpeg-quality must be 1..100, got {jpeg_quality}")
+    check_jpeg_quality(jpeg_quality)
     if jobs < 1:
         raise OptionError(f"--jobs must be at least 1, got {jobs}")
     t0 = time.perf_counter()
@@ -169,10 +169,11 @@ def _export_locked(out: Path, lay, config, manifest, records, marker, jobs: int,
 
     settings = ExportSettings(marker["store"], str(out), lay.name, int(jpeg_quality))
     summary = ExportSummary(out, lay.name, len(records))
-    if config["codec"] == "jpeg":
+    codec = CODECS[config["codec"]]
+    if codec.jpeg and codec.flow_images == 1:
         summary.notes.append(f"the store keeps each field as one x | y JPEG: its halves were decoded and encoded "
                              f"again as gray JPEGs at quality {jpeg_quality} (a second lossy step)")
-    elif config["codec"] == "raw":
+    elif not codec.jpeg:
         summary.notes.append(f"the store holds pixels: encoded as JPEGs at quality {jpeg_quality}")
     if lay.first_frame:
         summary.notes.append(f"{lay.tool} never writes a video's first frame: store frame 0 of each video is not "
@@ -185,7 +186,7 @@ def _export_locked(out: Path, lay, config, manifest, records, marker, jobs: int,
             summary.failed.append({"video_id": vid, "path": rel, "reason": f"{rel!r} holds white space, which the "
                                    "lists' parsers split on (mmaction2 splits each line at white space)"})
             continue
-        tasks.append(VideoTask(vid, str(out / FRAMES_DIR / rel), rel, rec["class_name"], rec["label"]))
+        tasks.append(ExportTask(vid, rel, rec["class_name"], rec["label"], folder=str(out / FRAMES_DIR / rel)))
 
     with Progress(len(tasks), unit="video", desc="export", enabled=progress and bool(tasks)) as bar:
         def on_outcome(outcome) -> None:
@@ -271,7 +272,7 @@ def _stamped(folder: Path) -> dict[str, Any] | None:
     return stamp if isinstance(stamp, dict) else None
 
 
-def export_video(task: VideoTask, settings: ExportSettings):
+def export_video(task: ExportTask, settings: ExportSettings) -> ExportedVideo | Failure:
     """Write one video's folder (temporary name, then renamed); an ExportedVideo, or a Failure with the
     reason (DiskFull when the disk is full). A folder already there whose stamp matches the store's video
     was written whole by an earlier run: kept; one whose video changed is written again."""
@@ -279,7 +280,7 @@ def export_video(task: VideoTask, settings: ExportSettings):
 
     cv2.setNumThreads(1)
     lay = LAYOUTS[settings.layout]
-    final = Path(task.path)
+    final = Path(task.folder)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     old = final.with_name(f".{final.name}.{os.getpid()}.old")
     try:
@@ -292,11 +293,11 @@ def export_video(task: VideoTask, settings: ExportSettings):
             return ExportedVideo(task.video_id, len(rgb), len(fields), kept=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        codec, q = store.attrs["codec"], settings.jpeg_quality
+        codec, q = CODECS[store.attrs["codec"]], settings.jpeg_quality
         for lo in range(0, len(rgb), CHUNK):
             chunk = rgb[lo:lo + CHUNK]
             js = [j for j, _ in chunk]
-            if codec == "raw":
+            if not codec.jpeg:
                 images = [(encode_jpeg("rgb", f, q),) for f in store.read_rgb(task.video_id, js)]
             else:
                 images = store.read_stored(task.video_id, "rgb", js)
@@ -305,7 +306,7 @@ def export_video(task: VideoTask, settings: ExportSettings):
         for lo in range(0, len(fields), CHUNK):
             chunk = fields[lo:lo + CHUNK]
             js = [j for j, _, _ in chunk]
-            if codec == "jpeg-xy":
+            if codec.jpeg and codec.flow_images == 2:  # the stored gray JPEGs, byte for byte
                 pairs = store.read_stored(task.video_id, "flow", js)
             else:  # (n, 2, H, W): each plane its own gray JPEG
                 pairs = [(encode_jpeg("gray", p[0], q), encode_jpeg("gray", p[1], q))

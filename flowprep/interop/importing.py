@@ -20,24 +20,19 @@ from flowprep.interop.finding import file_names, find_videos, listing, loop_text
 from flowprep.interop.jpegs import check_jpeg, decoder
 from flowprep.interop.layouts import LAYOUTS, layout, look_alike, match_files
 from flowprep.plan import Wanted
-from flowprep.flow.quantize import DEFAULT_BOUND, DEQUANTIZE, ROUNDINGS
-from flowprep.settings import check_store_options, tool_versions
-from flowprep.store.format import DEFAULT_JPEG_QUALITY, FLOW_LAYOUT, INDEX_CONVENTION
-from flowprep.work import Failure, Outcome, VideoEncoder, VideoTask
+from flowprep.flow.quantize import DEFAULT_BOUND, ROUNDINGS, at_bound_count
+from flowprep.outcomes import Executor, Failure, ImportTask, Outcome
+from flowprep.settings import check_store_options, recorded_config
+from flowprep.store.codec import CODECS, DEFAULT_JPEG_QUALITY
+from flowprep.work import VideoEncoder
 
 DEFAULT_IMPORT_CODEC = "jpeg-xy"  # keeps the tools' JPEG bytes: no second lossy encode
 
 
-@dataclass(frozen=True)
-class ImportTask(VideoTask):
-    """One video to import: ``path`` is its RGB folder; where its flow x and y images are, and its folders
-    relative to the --frames and --flow roots (for the record)."""
-
-    flow_x: str = ""
-    flow_y: str = ""
-    rgb_rel: str = ""
-    flow_rels: tuple[str, str] = ("", "")
-    problem: str = ""  # why it cannot be imported, known from its folders alone (flowprep.interop.finding)
+def _encodes_again(codec: str) -> bool:
+    """Whether import encodes the tool's flow JPEGs again: a JPEG codec with one image per field (x | y);
+    one with an image per component keeps the tool's bytes, and a pixel codec decodes them."""
+    return CODECS[codec].jpeg and CODECS[codec].flow_images == 1
 
 
 @dataclass(frozen=True)
@@ -57,34 +52,24 @@ class ImportSettings:
         """The config written into the store: the same keys as an extracted store's, and where the data came
         from: the layout, its index convention and how it maps to the store's, the bound as given."""
         lay = LAYOUTS[self.layout]
-        return {
-            "algo": "imported",
-            "params": {},
-            "implementation": f"imported-{lay.name}",
-            "flow_input": f"not computed here: imported from {lay.tool}'s files",
-            "bound": float(self.bound),
-            "rounding": ROUNDINGS[self.rounding],  # the one rule; FlowStore.rounding reads its name back
-            "dequantize": DEQUANTIZE[self.rounding],
-            "codec": self.codec,
+        return recorded_config(
+            algo="imported", params={}, implementation=f"imported-{lay.name}",
+            flow_input=f"not computed here: imported from {lay.tool}'s files", bound=self.bound,
+            rounding=self.rounding, codec=self.codec,
             # jpeg-xy stores the tool's JPEGs as read; jpeg encodes each field's x | y image at this quality
-            "jpeg_quality": int(self.jpeg_quality) if self.codec == "jpeg" else None,
-            "size": "as imported: each video's width and height are in its record",
-            "interpolation": "none: images as the tool wrote them",
-            "index_convention": INDEX_CONVENTION,
-            "flow_layout": FLOW_LAYOUT,
-            "shard": "1/1",
-            "imported": {
+            jpeg_quality=int(self.jpeg_quality) if _encodes_again(self.codec) else None,
+            size="as imported: each video's width and height are in its record",
+            interpolation="none: images as the tool wrote them",
+            imported={
                 "layout": lay.name, "tool": lay.tool, "frames": self.frames, "flow": self.flow,
                 "source_index_convention": lay.index_convention(), "mapping": lay.mapping(),
                 "bound": "given with --bound: the files do not record the bound they were quantised with",
                 "rounding": f"{self.rounding}: {self.rounding_why}",
                 "origin": "imported, not computed by flowprep",
-                "stored_as": ("the tool's JPEG bytes, unchanged" if self.codec == "jpeg-xy" else
-                              f"decoded and encoded again as x | y JPEGs at quality {self.jpeg_quality}"
-                              if self.codec == "jpeg" else "decoded pixels"),
-            },
-            "versions": tool_versions(),
-        }
+                "stored_as": (f"decoded and encoded again as x | y JPEGs at quality {self.jpeg_quality}"
+                              if _encodes_again(self.codec) else "the tool's JPEG bytes, unchanged"
+                              if CODECS[self.codec].jpeg else "decoded pixels"),
+            })
 
 
 @dataclass(frozen=True)
@@ -144,7 +129,7 @@ class ImportConfig:
         return lay.rounding, f"the {lay.name} layout's default: {lay.rounding_why}"
 
 
-def import_frames(cfg: ImportConfig, executor: Callable | None = None):
+def import_frames(cfg: ImportConfig, executor: Executor[ImportTask, ImportSettings, Outcome] | None = None):
     """Run the import described by ``cfg`` into ``cfg.out``; resumable, atomic per video, one bad video never
     stops the run. Returns flowprep.pipeline.ExtractSummary (action "import").
 
@@ -193,9 +178,10 @@ def import_frames(cfg: ImportConfig, executor: Callable | None = None):
 
     def task_of(vid: str) -> ImportTask:
         r, v = by_id[vid], found[vid]
-        return ImportTask(vid, str(v.rgb), r.path, r.class_name, r.label, str(v.flow_x), str(v.flow_y),
-                          relative(v.rgb, cfg.frames), (relative(v.flow_x, flow_root), relative(v.flow_y, flow_root)),
-                          v.problem)
+        return ImportTask(vid, r.path, r.class_name, r.label, frames=str(v.rgb), flow_x=str(v.flow_x),
+                          flow_y=str(v.flow_y), rgb_rel=relative(v.rgb, cfg.frames),
+                          flow_rels=(relative(v.flow_x, flow_root), relative(v.flow_y, flow_root)),
+                          problem=v.problem)
 
     if executor is None:
         executor = _pool(cfg.jobs)
@@ -213,8 +199,8 @@ def _names_seen(lay, frames: Path) -> str:
     return ""
 
 
-def _pool(jobs: int):
-    def run(tasks, settings, on_outcome) -> None:
+def _pool(jobs: int) -> Executor[ImportTask, ImportSettings, Outcome]:
+    def run(tasks: list[ImportTask], settings: ImportSettings, on_outcome: Callable[[Outcome], None]) -> None:
         if tasks:
             from flowprep.executors.local import run_pool
 
@@ -250,8 +236,9 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
 
     cv2.setNumThreads(1)  # one core per job: --jobs sets the parallelism
     lay = LAYOUTS[settings.layout]
-    rgb_dir, x_dir, y_dir = Path(task.path), Path(task.flow_x), Path(task.flow_y)
+    rgb_dir, x_dir, y_dir = Path(task.frames), Path(task.flow_x), Path(task.flow_y)
     dec = decoder()
+    codec = CODECS[settings.codec]
     try:
         if task.problem:
             raise VideoError(task.problem)
@@ -278,7 +265,7 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
                 raise VideoError(f"{rgb_dir / name}: a {kinds[head.components]} JPEG, while {files.rgb[0]} is "
                                  f"{kinds[first.components]}; the frames of a video are all colour (or all gray)")
             img = dec.checked(rgb_dir / name, data, cv2.IMREAD_COLOR, size)
-            if settings.codec == "raw":
+            if not codec.jpeg:
                 encoder.add_rgb(img[..., ::-1])
             else:
                 encoder.add("rgb", np.frombuffer(data, np.uint8))
@@ -289,8 +276,8 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
                 check_jpeg(d / n, data, "flow")
                 planes.append(dec.checked(d / n, data, cv2.IMREAD_GRAYSCALE, size, f"as the frames ({files.rgb[0]})"))
                 stored.append(np.frombuffer(data, np.uint8))
-            at_bound = sum(int(np.count_nonzero((p == 0) | (p == 255))) for p in planes)
-            if settings.codec == "jpeg-xy":
+            at_bound = int(at_bound_count(np.stack(planes, axis=-1)))
+            if codec.jpeg and codec.flow_images == 2:
                 encoder.add("flow", tuple(stored))
                 encoder.count_clipped(at_bound, 2 * planes[0].size)
             else:  # jpeg: one x | y image encoded again; raw: the decoded pixels
@@ -302,7 +289,7 @@ def import_video(task: ImportTask, settings: ImportSettings) -> Outcome:
     except VideoError as exc:
         return Failure(task.video_id, task.relpath, str(exc))
     except Exception as exc:  # an unexpected failure of one video must not end the dataset run
-        return Failure(task.video_id, task.relpath, f"{task.path}: {type(exc).__name__}: {exc}")
+        return Failure(task.video_id, task.relpath, f"{task.frames}: {type(exc).__name__}: {exc}")
 
 
 def _source_fields(task: ImportTask, lay, files, size: tuple[int, int], nbytes: int) -> dict[str, Any]:

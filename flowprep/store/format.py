@@ -16,14 +16,12 @@ Layout of one store file (``kind`` = "store"):
         codec "raw":   rgb (frames, H, W, 3) uint8, flow (flows, H, W, 2) uint8, rgb_crcs, flow_crcs
 
 ``*_crcs`` hold the CRC-32 of each stored image (its JPEG bytes, or its raw pixels), so a reader can check
-every image it decodes; stores written before they existed are read without that check. The record's
+every image it decodes. The record's
 ``rgb_crc32`` / ``flow_crc32`` is the CRC-32 of the whole byte array (or of the pixels in order).
 Flow k lies between frames k and k+1 (0-based); flows = frames - 1.
 
-Why jpeg-xy: TSN's dense_flow, open-mmlab denseflow, mmaction2's rawframes and the twostreamfusion
-downloads all keep x and y as separate gray JPEGs. An import into jpeg-xy keeps those bytes as they are;
-one into jpeg would decode them and JPEG-encode the x | y image again, a second lossy step (its error is
-measured by benchmarks/bench_interop.py). The reader decodes both codecs into the same arrays.
+What each codec stores and why jpeg-xy exists: flowprep.store.codec. The reader decodes every codec into
+the same arrays.
 
 A part file (``kind`` = "part") has the same layout for one video; a master file (``kind`` = "master")
 lists shard store files (paths relative to it) to be read as one store.
@@ -41,14 +39,9 @@ import numpy as np
 
 from flowprep.video.decode import MAX_SIDE  # the largest frame side extract writes: a larger one is damage
 from flowprep.errors import StoreError
+from flowprep.store.codec import CODECS
 
 FORMAT = "flowprep-store/1"
-CODECS = ("jpeg", "jpeg-xy", "raw")
-JPEG_CODECS = ("jpeg", "jpeg-xy")  # codecs that store JPEG byte strings with offsets
-# Stored images per flow field: jpeg-xy keeps x and y as two gray JPEGs, as the other tools write them.
-FLOW_IMAGES = {"jpeg": 1, "jpeg-xy": 2, "raw": 1}
-DEFAULT_CODEC = "jpeg"
-DEFAULT_JPEG_QUALITY = 95
 INDEX_CONVENTION = "0-based; flow k lies between RGB frames k and k+1; flows = frames - 1"
 FLOW_LAYOUT = "(n, H, W, 2) uint8, channel 0 = x (horizontal), channel 1 = y (vertical)"
 CHANNELS = {"rgb": 3, "flow": 2}
@@ -73,24 +66,6 @@ def is_disk_full(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text
-
-
-def encode_jpeg(kind: str, array: np.ndarray, quality: int) -> np.ndarray:
-    """The JPEG bytes of one RGB frame (kind "rgb", (H, W, 3) uint8), flow field (kind "flow", (H, W, 2)
-    uint8, encoded as one gray image (H, 2W), x | y) or gray plane (kind "gray", (H, W) uint8): (n,) uint8.
-    Thread-safe (cv2 releases the GIL while it encodes)."""
-    import cv2
-
-    if kind == "rgb":
-        image = array[..., ::-1]  # OpenCV encodes BGR
-    elif kind == "flow":
-        image = np.concatenate([array[..., 0], array[..., 1]], axis=1)
-    else:
-        image = array
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise StoreError(f"JPEG encoding failed for an image of shape {image.shape}")
-    return buf.reshape(-1)
 
 
 def open_store_file(path: str | os.PathLike, kinds: tuple[str, ...] = ("store", "master")):

@@ -19,7 +19,7 @@ from plumbing.atomic import atomic_write
 from flowprep.errors import StoreError
 from flowprep.store.format import as_str, check_record, is_disk_full, part_key
 from flowprep.store.writer import finish_file, new_file, write_video
-from flowprep.work import EncodedVideo
+from flowprep.outcomes import EncodedVideo
 
 
 class DiskFull(StoreError):
@@ -36,7 +36,8 @@ def class_change(old: list[str], new: list[str]) -> str:
 
 
 class Parts:
-    """``<store>.parts/``: see the module docstring. ``codec`` and ``config`` come from the run's settings."""
+    """``<store>.parts/``: see the module docstring. ``config``: the recorded settings of the run (the
+    settings' recorded(), whose codec the parts are written with)."""
 
     def __init__(self, store: Path, config: dict[str, Any]):
         self.store = Path(store)
@@ -45,9 +46,6 @@ class Parts:
 
     def path(self, video_id: str) -> Path:
         return self.folder / f"{part_key(video_id)}.h5"
-
-    def _failure_path(self, video_id: str) -> Path:
-        return self.folder / f"{part_key(video_id)}.failed.json"
 
     def open(self, classes: list[str], incompatibilities: Callable[[dict, dict], list[str]]) -> None:
         """Create the folder, or check that its unfinished work was made with these settings and classes;
@@ -69,10 +67,7 @@ class Parts:
                 if change := ("unreadable" if before is None else differ(before, now)):
                     raise StoreError(f"{self.folder} holds unfinished work {what} ({change}); pass --overwrite "
                                      "to start over")
-            # a killed run's files: temporaries never renamed, and the failure records and started-markers
-            # that earlier versions of flowprep kept here (failures are retried on every run)
-            for stale in (*self.folder.glob("*.tmp"), *self.folder.glob("*.failed.json"),
-                          *self.folder.glob("*.started")):
+            for stale in self.folder.glob("*.tmp"):  # a killed run's temporaries, never renamed
                 stale.unlink(missing_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot write {self.folder}: {exc.strerror or exc}; choose an --out in a folder "

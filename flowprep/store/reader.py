@@ -11,7 +11,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from flowprep.errors import StoreError
-from flowprep.store.format import (CHANNELS, FLOW_IMAGES, as_str, check_offsets, incompatibilities, open_store_file,
+from flowprep.store.codec import CODECS
+from flowprep.store.format import (CHANNELS, as_str, check_offsets, incompatibilities, open_store_file,
                                    read_config, read_contents)
 
 DATASET_CACHE = 1024  # open per-video datasets a reader keeps (per process)
@@ -23,7 +24,7 @@ class _Stored:
 
     data: Any  # h5py dataset: (n, H, W, c) for codec raw, the (bytes,) JPEG array for the jpeg codecs
     offsets: np.ndarray | None  # jpeg codecs: (images + 1,) int64
-    crcs: np.ndarray | None  # (images,) uint32 CRC-32 of each image, or None in stores written before them
+    crcs: np.ndarray  # (images,) uint32 CRC-32 of each image
     per_item: int = 1  # stored images per frame or field: 2 for flow with codec jpeg-xy (x, y)
 
 
@@ -207,12 +208,12 @@ class FlowStore:
         """The video's ``kind`` datasets, with their shapes and offsets checked against its record."""
         group = self._group(video_id)
         rec = self._records[video_id]
-        per_item = 1 if kind == "rgb" else FLOW_IMAGES[self.attrs["codec"]]
+        per_item = 1 if kind == "rgb" else CODECS[self.attrs["codec"]].flow_images
         count = (rec["num_frames"] if kind == "rgb" else rec["num_flows"]) * per_item  # stored images
         where = f"{self._file_of(video_id)}: video {video_id!r} {kind}"
         try:
-            crcs = group[f"{kind}_crcs"][()] if f"{kind}_crcs" in group else None
-            if self.attrs["codec"] == "raw":
+            crcs = group[f"{kind}_crcs"][()]
+            if not CODECS[self.attrs["codec"]].jpeg:
                 data, offsets = group[kind], None
                 want = (count, rec["height"], rec["width"], CHANNELS[kind])
                 if data.shape != want:
@@ -228,7 +229,7 @@ class FlowStore:
         except (KeyError, AttributeError, TypeError, ValueError, OSError, RuntimeError) as exc:
             raise StoreError(f"{where}: cannot be read ({type(exc).__name__}: {exc}); the file is damaged: "
                              f"run `flowprep verify` and {self.redo}") from exc
-        if crcs is not None and crcs.shape != (count,):
+        if crcs.shape != (count,):
             raise StoreError(f"{where}: {crcs.shape} checksums for {count} images; the file is damaged")
         return _Stored(data, offsets, crcs, per_item)
 
@@ -292,19 +293,8 @@ class FlowStore:
                 cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
                 continue
             field = out[k] if planes else out[k].transpose(2, 0, 1)  # (2, H, W) view: x, y
-            if len(images) == 2:  # jpeg-xy: each plane decoded straight from its own JPEG
-                for plane, image in zip(field, images):
-                    img = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
-                    if img is None or img.shape != (h, w):
-                        raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-                    plane[...] = img
-                continue
-            img = cv2.imdecode(images[0], cv2.IMREAD_GRAYSCALE)
-            if img is None or img.shape != (h, 2 * w):
+            if not CODECS[self.attrs["codec"]].decode_field(images, field):
                 raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-            # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
-            field[0] = img[:, :w]
-            field[1] = img[:, w:]
         return out
 
     def read_rgb(self, video_id: str, indices) -> np.ndarray:
@@ -332,7 +322,7 @@ class FlowStore:
         checked against its CRC-32: per item a tuple of (n,) uint8 arrays, one JPEG (RGB; a field's x | y
         image with codec jpeg) or two (a field's x and y with codec jpeg-xy). Lets a writer copy images
         without decoding and encoding them again. ValueError with codec raw, which stores pixels."""
-        if self.attrs["codec"] == "raw":
+        if not CODECS[self.attrs["codec"]].jpeg:
             raise ValueError(f"{self.path}: codec raw stores pixels, not JPEG bytes; read_rgb / read_flow them")
         count = self.num_frames(video_id) if kind == "rgb" else self.num_flows(video_id)
         idx = self._indices(video_id, indices, count, "frame" if kind == "rgb" else "flow")
@@ -340,13 +330,10 @@ class FlowStore:
             return []
         return [tuple(images) for images in self._pieces(video_id, kind, self._stored_of(video_id, kind), idx)]
 
-    def damaged_images(self, video_id: str, kind: str) -> list[int] | None:
+    def damaged_images(self, video_id: str, kind: str) -> list[int]:
         """Indices of the video's frames (``kind`` "rgb") or flow fields ("flow") with an image whose stored
-        bytes do not match its CRC-32 (a field of codec jpeg-xy is damaged when its x or its y image is);
-        None when the store has no per-image checksums (written before they existed)."""
+        bytes do not match its CRC-32 (a field of codec jpeg-xy is damaged when its x or its y image is)."""
         stored = self._stored_of(video_id, kind)
-        if stored.crcs is None:
-            return None
         if stored.offsets is None:
             return [i for i in range(len(stored.crcs)) if zlib.crc32(stored.data[i].tobytes()) != stored.crcs[i]]
         blob, offsets = stored.data[()], stored.offsets

@@ -13,16 +13,17 @@ import numpy as np
 
 from plumbing.atomic import exclusive_lock_or, fsync_dir
 from flowprep.errors import OptionError, StoreError
-from flowprep.store.format import (FORMAT, JPEG_CODECS, incompatibilities, is_disk_full, making_command,
-                                   open_store_file, read_config, read_contents)
+from flowprep.store.codec import CODECS
+from flowprep.store.format import (FORMAT, incompatibilities, is_disk_full, making_command, open_store_file,
+                                   read_config, read_contents)
 
 _SHARD = re.compile(r"([0-9]+)/([0-9]+)")
 
 
 def write_video(group, video, codec: str) -> None:
-    """Write a flowprep.work.EncodedVideo's images, checksums and record into the empty h5py ``group``."""
+    """Write a flowprep.outcomes.EncodedVideo's images, checksums and record into the empty h5py ``group``."""
     for kind, images, crcs in (("rgb", video.rgb, video.rgb_crcs), ("flow", video.flow, video.flow_crcs)):
-        if codec in JPEG_CODECS:
+        if CODECS[codec].jpeg:
             offsets = np.zeros(len(images) + 1, dtype=np.int64)
             offsets[1:] = np.cumsum([len(c) for c in images])
             blob = np.concatenate(images) if images else np.zeros(0, np.uint8)

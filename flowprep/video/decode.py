@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -12,9 +13,9 @@ from flowprep.errors import OptionError, VideoError
 
 DEFAULT_SIZE = (340, 256)  # (width, height), the two-stream convention
 MAX_SIDE = 8192  # frame sides accepted for --size / --short-side: 8K UHD video is 7680x4320
-# FFmpeg prints a line per damaged packet; a failed video's reason is recorded anyway. Worker processes run
-# with these variables, and `flowprep extract` sets them for itself; set them yourself to see the decoder's
-# messages again (e.g. OPENCV_FFMPEG_LOGLEVEL=24).
+# FFmpeg prints a line per damaged packet; a failed video's reason is recorded anyway. quiet_decoders() sets
+# these variables where the user has not: set them yourself to see the decoder's messages again (e.g.
+# OPENCV_FFMPEG_LOGLEVEL=24), in every process that decodes.
 QUIET_DECODER_ENV = {"OPENCV_FFMPEG_LOGLEVEL": "-8", "OPENCV_LOG_LEVEL": "ERROR"}
 INTERPOLATION = "INTER_LINEAR"  # cv2 flag used for resizing, recorded in every store
 # Truncation checks. First, at opening, the container's own chunk sizes (flowprep.video.containers: AVI, MP4/MOV,
@@ -41,6 +42,21 @@ UNCHECKED_EXTENSIONS = (".mpg", ".mpeg", ".m2v", ".vob", ".ts", ".m2ts", ".mts")
 EXACT_SLACK_FRAMES = 2
 EXACT_SLACK_SHARE = 0.01
 MIN_DURATION_COVERED = 0.97
+
+
+def quiet_decoders() -> dict[str, str]:
+    """Keep FFmpeg's and OpenCV's decoder messages off this process's output, unless the user set the
+    variables (QUIET_DECODER_ENV): the one switch every process that decodes applies (the command, each
+    worker of every executor). Returns the values now in force, for a worker pool's environment.
+
+    OpenCV reads OPENCV_FFMPEG_LOGLEVEL when it opens its first video, so call this before that."""
+    for key, value in QUIET_DECODER_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ["OPENCV_LOG_LEVEL"] == QUIET_DECODER_ENV["OPENCV_LOG_LEVEL"] and "cv2" in sys.modules:
+        import cv2  # already imported: it read OPENCV_LOG_LEVEL then, so the level is set directly
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    return {key: os.environ[key] for key in QUIET_DECODER_ENV}
 
 
 def count_check_kind(path: str | os.PathLike) -> str:
@@ -106,6 +122,11 @@ class Resize:
         if src_w <= src_h:
             return s, long_side(src_h, src_w)
         return long_side(src_w, src_h), s
+
+    @property
+    def smaller_side(self) -> int:
+        """The smaller side of every output frame, known before any video is read."""
+        return int(self.short_side or min(self.width, self.height))
 
     def describe(self) -> str:
         return f"short_side={self.short_side}" if self.short_side else f"{self.width}x{self.height}"
@@ -213,11 +234,6 @@ class VideoReader:
             record["duration_covered"] = round(duration_covered(announced, self.count, self.info.fps,
                                                                 self.last_ms), 4)
         return record
-
-
-def iter_frames(path: str | os.PathLike, resize: Resize | None = None) -> Iterator[np.ndarray]:
-    """(H, W, 3) uint8 RGB frames of ``path``, one at a time (see VideoReader)."""
-    yield from VideoReader(path, resize)
 
 
 def source_record(path: str | os.PathLike) -> dict:

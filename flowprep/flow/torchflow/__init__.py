@@ -6,7 +6,8 @@
 prev, nxt: (B, H, W) or (H, W) gray frames, numpy or torch. uint8 frames are used as 0..255 values, as
 OpenCV does; float frames follow OpenCV too: TV-L1 takes them as 0..1 and multiplies by 255, Farneback
 uses them as they are. The result is a float32 tensor on ``device``, x then y, in pixels, flow from prev
-to nxt (prev[y, x] ~ nxt[y + v, x + u]). Parameter names and defaults are flowprep.flow.compute's (OpenCV's).
+to nxt (prev[y, x] ~ nxt[y + v, x + u]). Parameter names, defaults and ranges are those of the one table,
+flowprep.flow.params (OpenCV's defaults).
 
 On CPU the results are bit-identical to opencv-contrib-python 4.14 on the frames we tested (see
 docs/torchflow.md for where exact agreement stops and by how much). Only torch and numpy are needed.

@@ -310,7 +310,7 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_p
     import plumbing.atomic
 
     from flowprep.interop.exporting import DiskFull, ExportSettings, export_video
-    from flowprep.work import VideoTask
+    from flowprep.outcomes import ExportTask
 
     out = tmp_path / "f.h5"
     assert _import(tree, out)[0].exit_code == 0
@@ -335,7 +335,7 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_p
     monkeypatch.setattr("pathlib.Path.write_bytes", no_room)
     settings = ExportSettings(str(out), str(tmp_path / "e2"), "mmaction2")
     target = tmp_path / "e2" / "rawframes" / "YoYo" / "v_YoYo_g01_c01"
-    got = export_video(VideoTask("v_YoYo_g01_c01", str(target), "YoYo/v_YoYo_g01_c01", "YoYo", 1), settings)
+    got = export_video(ExportTask("v_YoYo_g01_c01", "YoYo/v_YoYo_g01_c01", "YoYo", 1, folder=str(target)), settings)
     assert isinstance(got, DiskFull) and "no space left on device" in got.reason
     assert not target.exists() and not list(target.parent.iterdir())
 

@@ -126,6 +126,22 @@ def _read(store, vid: str, stream: str, indices: np.ndarray, planes: bool = Fals
     return store.read_flow_planes(vid, indices) if planes else store.read_flow(vid, indices)
 
 
+def _decode_field(vid: str, kind: str, index: int, images: tuple, h: int, w: int) -> list[np.ndarray]:
+    """One stored frame or flow field decoded with OpenCV: [(H, W, 3) BGR] or [x (H, W), y (H, W)] (views
+    of the x | y image with codec jpeg). StoreError if an image does not decode to the recorded size."""
+    import cv2
+    from flowprep import StoreError
+
+    flag = cv2.IMREAD_COLOR if kind == "rgb" else cv2.IMREAD_GRAYSCALE
+    decoded = [cv2.imdecode(image, flag) for image in images]
+    wide = kind == "flow" and len(images) == 1
+    want = (h, w, 3) if kind == "rgb" else (h, 2 * w) if wide else (h, w)
+    if any(img is None or img.shape != want for img in decoded):
+        raise StoreError(f"{kind} image {index} of {vid!r} does not decode to the recorded size {want}; the "
+                         f"stored data is damaged: run `flowprep verify` and re-extract that video")
+    return [decoded[0][:, :w], decoded[0][:, w:]] if wide else decoded
+
+
 def flow_center(store) -> float:
     """The uint8 value of zero flow in ``store``: what normalisation subtracts from its flow."""
     return T.FLOW_CENTER
@@ -165,6 +181,7 @@ class TrainViews:
         self.kind = "flow" if cfg.stream == "temporal" else "rgb"
         self.per_item = 2 if self.kind == "flow" and store.attrs.get("codec") == "jpeg-xy" else 1
         self.flow_center = flow_center(store)
+        self._bgr = self.kind == "rgb" and store.attrs.get("codec") != "raw"  # OpenCV decodes to BGR
 
     def __len__(self) -> int:
         return len(self.ids) * self.per_video
@@ -199,9 +216,17 @@ class TrainViews:
         flipped = bool(self.flip and rng.random() < 0.5)
         return position, data, box, (h, w), flipped
 
-    def _pixels(self, vid: str, indices: np.ndarray) -> np.ndarray:
-        # flow comes channels first: the store's x | y images are copied without interleaving
-        return _read(self.store, vid, self.stream, indices, planes=True)
+    def _pixels(self, vid: str, indices: np.ndarray) -> list[list[np.ndarray]]:
+        """The fields at ``indices`` as lists of plane views (transforms.crop_resize_fields): decoded here from
+        the stored JPEGs (no copy into a stack: the crops are resized straight from the decoded images), or
+        read as pixels from a store of codec raw."""
+        if self.store.attrs.get("codec") == "raw":
+            frames = _read(self.store, vid, self.stream, indices, planes=True)
+            return [list(f) for f in frames] if self.kind == "flow" else [[f] for f in frames]
+        record = self.store.record(vid)
+        h, w = int(record["height"]), int(record["width"])
+        return [_decode_field(vid, self.kind, int(i), images, h, w)
+                for i, images in zip(indices, self.store.read_stored(vid, self.kind, indices))]
 
     def _jpegs(self, vid: str, indices: np.ndarray) -> list:
         return [image for field in self.store.read_stored(vid, self.kind, indices) for image in field]
@@ -213,9 +238,8 @@ class TrainViews:
     def __getitem__(self, key: tuple[int, int]):
         import torch
 
-        _, frames, box, _, flipped = self._sample(key, self._pixels)
-        sample = T.crop_resize_planes(frames, box, self.size, flipped, self.clip,
-                                      channels_first=self.stream == "temporal")
+        _, fields, box, _, flipped = self._sample(key, self._pixels)
+        sample = T.crop_resize_fields(fields, box, self.size, flipped, self.clip, bgr=self._bgr)
         return torch.from_numpy(sample), flipped, self.labels[key[1] % len(self.ids)]
 
     def __getitems__(self, keys: list[tuple[int, int]]):
@@ -229,9 +253,8 @@ class TrainViews:
             x = _batch_tensor((len(keys), *self._shape()))
             out = x.numpy()
             for b, key in enumerate(keys):
-                position, frames, box, _, flipped = self._sample(key, self._pixels)
-                T.crop_resize_planes(frames, box, self.size, flipped, self.clip,
-                                     channels_first=self.stream == "temporal", out=out[b])
+                position, fields, box, _, flipped = self._sample(key, self._pixels)
+                T.crop_resize_fields(fields, box, self.size, flipped, self.clip, out=out[b], bgr=self._bgr)
                 flips[b], labels[b] = flipped, self.labels[position]
             return x, flips, labels
         geometry = torch.empty((len(keys), 7), dtype=torch.int64)

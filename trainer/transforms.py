@@ -101,33 +101,38 @@ def crop_resize_planes(frames: np.ndarray, box: tuple[int, int, int, int], size:
 
     frames: (n, H, W, c) uint8 (c = 3 RGB, or 2 flow x then y), or with ``channels_first`` (n, c, H, W) (as
     FlowStore.read_flow_planes gives flow). Returns (n*c, S, S) for 2D nets, channel i*c + k = component k
-    of field i (flow: x0, y0, x1, y1, ...), or (c, n, S, S) for clip nets; written into ``out`` if given
-    (a DataLoader worker passes its batch's shared-memory slot, so the sample is not copied again).
+    of field i (flow: x0, y0, x1, y1, ...), or (c, n, S, S) for clip nets (see crop_resize_fields).
+    """
+    fields = [list(f) for f in frames] if channels_first else [[f] for f in frames]
+    return crop_resize_fields(fields, box, size, flip, clip, out)
+
+
+def crop_resize_fields(fields: list[list[np.ndarray]], box: tuple[int, int, int, int], size: int,
+                       flip: bool = False, clip: bool = False, out: np.ndarray | None = None,
+                       bgr: bool = False) -> np.ndarray:
+    """crop_resize_planes on n fields given as lists of 2D planes (H, W) uint8 (flow: [x, y]) or of one
+    (H, W, c) image (RGB; BGR as OpenCV decodes it with ``bgr``): views into decoded images, never copied.
+
+    Returns (n*c, S, S) uint8 for 2D nets or (c, n, S, S) for clip nets, written into ``out`` if given (a
+    DataLoader worker passes its batch's shared-memory slot, so the sample is not copied again).
     Resizing is OpenCV's INTER_LINEAR (half-pixel centres, edges replicated), one plane per call: a single
     20-channel call is slower (OpenCV vectorises up to 4 channels), and numpy transposes of small inner
     dimensions cost several times more than the resizing itself.
     """
     y, x, h, w = box
-    if channels_first:
-        n, c = frames.shape[:2]
-    else:
-        n, _, _, c = frames.shape
+    n = len(fields)
+    c = fields[0][0].shape[2] if fields[0][0].ndim == 3 else len(fields[0])
     if out is None:
         out = np.empty((c, n, size, size) if clip else (n * c, size, size), np.uint8)
-    scratch = np.empty((size, size, c) if not channels_first and c > 1 else (size, size), np.uint8)
-    for i in range(n):
-        if channels_first:
-            for k in range(c):
-                _resize_into(frames[i, k, y:y + h, x:x + w], size, flip, out[(k, i) if clip else i * c + k],
-                             scratch)
+    scratch = np.empty((size, size, c) if fields[0][0].ndim == 3 else (size, size), np.uint8)
+    for i, planes in enumerate(fields):
+        if planes[0].ndim == 2:
+            for k, plane in enumerate(planes):
+                _resize_into(plane[y:y + h, x:x + w], size, flip, out[(k, i) if clip else i * c + k], scratch)
             continue
-        img = frames[i, y:y + h, x:x + w]
-        if c == 1:
-            _resize_into(img[..., 0], size, flip, out[(0, i) if clip else i], scratch)
-            continue
-        _resize_into(img, size, flip, scratch, None)
-        for k in range(c):  # HWC -> planes
-            out[(k, i) if clip else i * c + k] = scratch[..., k]
+        _resize_into(planes[0][y:y + h, x:x + w], size, flip, scratch, None)
+        for k in range(c):  # HWC -> planes (BGR read backwards)
+            out[(k, i) if clip else i * c + k] = scratch[..., c - 1 - k if bgr else k]
     return out
 
 

@@ -56,14 +56,14 @@ def bench_stream(store_path: str, stream: str, decode: str, args) -> dict:
     train_one_epoch(training, cfg, env, 0, 0, progress=False)
     training.plan.max_iters = args.iters
     row, _ = train_one_epoch(training, cfg, env, 1, 0, progress=False)
-    net = training.model
+    net, decode = training.model, training.loader.dataset.decode
     del training.loader
     test_ids = subsets.test[:args.test_videos] if args.test_videos else subsets.test
     t0 = time.perf_counter()
     scores = score_subset(net, store, test_ids, subsets.labels, cfg, env)
     wall = time.perf_counter() - t0
     views = scores.logits.shape[0] * scores.logits.shape[1] * scores.logits.shape[2]
-    return {"stream": stream, "decode": training.loader.dataset.decode, "arch": cfg.arch, "device": str(env.device),
+    return {"stream": stream, "decode": decode, "arch": cfg.arch, "device": str(env.device),
             "input": cfg.input_size,
             "batch": cfg.batch_size, "precision": training.precision, "workers": cfg.workers,
             "train_samples_per_s": row["samples_per_s"], "step_s": row["batch_time"],
@@ -95,12 +95,17 @@ class _Stamped:
 
 def item_costs(dataset, keys: list, repeat: int = 3) -> dict:
     """In-process CPU ms per sample (one thread): decode = cpu samples (TrainViews.__getitems__: read,
-    decode, crop, resize, mirror), and the same samples' stored JPEGs decoded alone (cv2.imdecode)."""
+    decode, crop, resize, mirror), and the same samples' stored JPEGs decoded alone, by cv2.imdecode (the
+    decode = cpu decoder) and by torchvision's decode_jpeg on a list (what decode = device calls)."""
     import cv2
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     jpegs = [dataset._sample(key, dataset._jpegs)[1] for key in keys]  # the bytes each sample decodes
+    tensors = [torch.from_numpy(image) for images in jpegs for image in images]
     flags = cv2.IMREAD_COLOR if dataset.kind == "rgb" else cv2.IMREAD_GRAYSCALE
-    best_decode = best_item = float("inf")
+    mode = ImageReadMode.RGB if dataset.kind == "rgb" else ImageReadMode.GRAY
+    best_decode = best_item = best_tv = float("inf")
     for _ in range(repeat):  # the best of a few passes: this machine's other load only adds time
         t0 = time.process_time()
         for images in jpegs:
@@ -108,11 +113,16 @@ def item_costs(dataset, keys: list, repeat: int = 3) -> dict:
                 cv2.imdecode(image, flags)
         best_decode = min(best_decode, time.process_time() - t0)
         t0 = time.process_time()
+        decode_jpeg(tensors, mode=mode)
+        best_tv = min(best_tv, time.process_time() - t0)
+        t0 = time.process_time()
         dataset.__getitems__(keys)
         best_item = min(best_item, time.process_time() - t0)
     n = len(keys)
     return {"item_cpu_ms_per_sample": 1000 * best_item / n, "decode_only_cpu_ms_per_sample": 1000 * best_decode / n,
-            "item_over_decode": best_item / max(best_decode, 1e-9)}
+            "item_over_decode": best_item / max(best_decode, 1e-9),
+            "decode_only_torchvision_cpu_ms_per_sample": 1000 * best_tv / n,
+            "jpeg_bytes_per_sample": sum(len(image) for images in jpegs for image in images) / n}
 
 
 def bench_loader(store_path: str, stream: str, decode: str, args) -> dict:
@@ -220,8 +230,10 @@ def main() -> None:
                       f"{r['device_cpu_ms_per_sample']:>6.2f} {r['cores_for_2500_per_s']:>12.1f}")
             for r in results:
                 if "item_cpu_ms_per_sample" in r:
-                    print(f"{r['stream']:9} cpu item in one process: {r['item_cpu_ms_per_sample']:.2f} ms, its JPEGs "
-                          f"decoded alone {r['decode_only_cpu_ms_per_sample']:.2f} ms ({r['item_over_decode']:.2f}x)")
+                    print(f"{r['stream']:9} cpu item in one process: {r['item_cpu_ms_per_sample']:.2f} ms, its "
+                          f"{r['jpeg_bytes_per_sample'] / 1000:.0f} kB of JPEGs ({r['codec']}) decoded alone "
+                          f"{r['decode_only_cpu_ms_per_sample']:.2f} ms by OpenCV ({r['item_over_decode']:.2f}x), "
+                          f"{r['decode_only_torchvision_cpu_ms_per_sample']:.2f} ms by torchvision")
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
             return

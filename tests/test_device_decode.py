@@ -185,3 +185,30 @@ def test_auto_decodes_on_the_device_only_on_cuda_and_never_a_raw_store():
     assert resolve_decode("device", False, Store("jpeg-xy")) == "device"
     with pytest.raises(ConfigError, match="codec raw .* --set decode=cpu"):
         resolve_decode("device", True, Store("raw"))
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_a_worker_reuses_only_the_batch_memory_the_main_process_released(synth_store, decode):
+    """Batches come from one worker in shared memory; the first two are released and reused (their flags
+    taken again by later batches), the others are held and never overwritten: each still equals the batch
+    made in this process for its keys."""
+    from trainer.data import train_loader
+
+    cpu, dev = _datasets(synth_store, "temporal")
+    dataset = cpu if decode == "cpu" else dev
+    loader, sampler = train_loader(dataset, 4, 1, 0, 0, workers=1, pin=False)
+    sampler.set_epoch(0)
+    keys = list(sampler)
+    held, released = [], []
+    for i, batch in enumerate(loader):
+        expect = dataset.__getitems__(keys[4 * i:4 * i + 4])
+        assert all(torch.equal(a, b) for a, b in zip(batch[:3], expect[:3]))
+        if i < 2:
+            batch.release()
+            released.append(batch.release.flag)
+        else:
+            held.append((batch, expect))  # kept unreleased, as a consumer still reading it
+    assert len(held) >= 3
+    assert any(flag[0] == 0 for flag in released)  # taken again by the worker: memory reused
+    for batch, expect in held:
+        assert all(torch.equal(a, b) for a, b in zip(batch[:3], expect[:3]))

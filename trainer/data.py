@@ -147,26 +147,15 @@ def flow_center(store) -> float:
     return T.FLOW_CENTER
 
 
-def _batch_tensor(shape: tuple[int, ...]):
-    """An uninitialised uint8 tensor for a batch; inside a DataLoader worker in shared memory, as
-    default_collate allocates it, so that the batch crosses to the main process without another copy."""
-    import torch
-    from torch.utils.data import get_worker_info
-
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(max(1, int(np.prod(shape))))
-    return torch.empty(0, dtype=torch.uint8).set_(storage)[:int(np.prod(shape))].view(shape)
-
-
 class TrainViews:
     """Random training views: ``samples_per_video`` per video per epoch; items are keyed (epoch, index).
 
     An item is (x, flipped, label): x (C, S, S) uint8 for 2D nets (C = 3 or 2L, flow x/y interleaved) or
     (C, T, S, S) for clip nets; flipped tells the device to negate flow x. The DataLoader takes whole
-    batches (``__getitems__``): with decode = "cpu" (x (B, ...) uint8, flipped (B,) bool, labels (B,) int64),
-    each sample cropped straight into the batch; with decode = "device" a device_decode.EncodedBatch of the
-    samples' stored JPEG bytes and the crop boxes and flips drawn exactly as decode = "cpu" draws them.
+    batches (``__getitems__``): with decode = "cpu" a device_decode.PixelBatch (x (B, ...) uint8, flipped (B,)
+    bool, labels (B,) int64), each sample cropped straight into the batch; with decode = "device" an
+    EncodedBatch of the samples' stored JPEG bytes and the crop boxes and flips drawn exactly as decode = "cpu"
+    draws them. Both in shared memory that the worker reuses once released (trainer.batch_memory).
     """
 
     def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, decode: str = "cpu"):
@@ -245,18 +234,19 @@ class TrainViews:
     def __getitems__(self, keys: list[tuple[int, int]]):
         import torch
 
-        from trainer.device_decode import EncodedBatch, pack
+        from trainer.batch_memory import batch_tensor
+        from trainer.device_decode import EncodedBatch, PixelBatch, pack
 
         flips = torch.empty(len(keys), dtype=torch.bool)
         labels = torch.empty(len(keys), dtype=torch.int64)
         if self.decode != "device":
-            x = _batch_tensor((len(keys), *self._shape()))
+            x, release = batch_tensor((len(keys), *self._shape()))
             out = x.numpy()
             for b, key in enumerate(keys):
                 position, fields, box, _, flipped = self._sample(key, self._pixels)
                 T.crop_resize_fields(fields, box, self.size, flipped, self.clip, out=out[b], bgr=self._bgr)
                 flips[b], labels[b] = flipped, self.labels[position]
-            return x, flips, labels
+            return PixelBatch(x, flips, labels, release)
         geometry = torch.empty((len(keys), 7), dtype=torch.int64)
         pieces = []
         for b, key in enumerate(keys):
@@ -264,8 +254,8 @@ class TrainViews:
             pieces += jpegs
             geometry[b] = torch.tensor((position, *box, *frame))
             flips[b], labels[b] = flipped, self.labels[position]
-        data, offsets = pack(pieces, _batch_tensor)
-        return EncodedBatch(data, offsets, geometry, flips, labels)
+        data, offsets, release = pack(pieces, lambda shape: batch_tensor(shape, headroom=True))
+        return EncodedBatch(data, offsets, geometry, flips, labels, release)
 
 
 class VideoItem(NamedTuple):
@@ -318,11 +308,13 @@ class VideoFrames:
         uniq, inverse = np.unique(idx, return_inverse=True)  # stacks overlap: decode each field once
         try:
             if self.decode == "device":  # bytes only, checked against their CRC-32s; decoded on the device
+                from trainer.batch_memory import batch_tensor
                 from trainer.device_decode import EncodedFields, pack
 
                 jpegs = [image for field in self.store.read_stored(vid, self.kind, uniq) for image in field]
                 record = self.store.record(vid)
-                fields = EncodedFields(*pack(jpegs, _batch_tensor), int(record["height"]), int(record["width"]))
+                data, offsets, _ = pack(jpegs, lambda shape: batch_tensor(shape, reuse=False))
+                fields = EncodedFields(data, offsets, int(record["height"]), int(record["width"]))
             else:
                 fields = torch.from_numpy(_read(self.store, vid, self.stream, uniq))
         except StoreError as exc:

@@ -22,6 +22,16 @@ from trainer.errors import ConfigError, DataError
 GEOMETRY = ("position", "y", "x", "h", "w", "height", "width")  # columns of EncodedBatch.geometry
 
 
+class PixelBatch(NamedTuple):
+    """A training batch as the workers hand it over with decode = cpu (a NamedTuple: the DataLoader pins
+    its tensors)."""
+
+    x: Any         # (B, C, [T,] S, S) uint8 crops
+    flipped: Any   # (B,) bool: mirrored samples, whose flow x the device negates
+    labels: Any    # (B,) int64
+    release: Any   # batch_memory.Release: called once x is consumed, so that the worker may reuse its memory
+
+
 class EncodedBatch(NamedTuple):
     """A training batch as the workers hand it over with decode = device (a NamedTuple: the DataLoader pins
     its tensors). Sample b's JPEGs are images [b * n, (b + 1) * n) with n = fields per sample x images per
@@ -32,6 +42,7 @@ class EncodedBatch(NamedTuple):
     geometry: Any  # (B, 7) int64, columns GEOMETRY: video position in the dataset, crop box, frame size
     flipped: Any   # (B,) bool
     labels: Any    # (B,) int64
+    release: Any   # batch_memory.Release: called once data is decoded
 
 
 class EncodedFields(NamedTuple):
@@ -55,17 +66,17 @@ def resolve_decode(decode: str, cuda: bool, store) -> str:
     return decode
 
 
-def pack(pieces: list[np.ndarray], out_tensor) -> tuple[Any, Any]:
-    """JPEG byte strings -> (data (N,) uint8, offsets (n + 1,) int64) tensors; ``out_tensor(shape)`` makes
-    the data tensor (in shared memory inside a DataLoader worker, so it is not copied again)."""
+def pack(pieces: list[np.ndarray], out_tensor) -> tuple[Any, Any, Any]:
+    """JPEG byte strings -> (data (N,) uint8, offsets (n + 1,) int64, release); ``out_tensor(shape)`` makes
+    the data tensor and its release (batch_memory.batch_tensor: shared memory in a DataLoader worker)."""
     import torch
 
     offsets = np.zeros(len(pieces) + 1, np.int64)
     np.cumsum([len(p) for p in pieces], out=offsets[1:])
-    data = out_tensor((int(offsets[-1]),))
+    data, release = out_tensor((int(offsets[-1]),))
     if pieces:
         np.concatenate(pieces, out=data.numpy())
-    return data, torch.from_numpy(offsets)
+    return data, torch.from_numpy(offsets), release
 
 
 def decode(data, offsets, kind: str, device, what) -> list:
@@ -114,19 +125,24 @@ def to_planes(images: list, kind: str, per_item: int, height: int, width: int, w
 
 def network_input(batch, dataset, device):
     """A training batch from the loader -> (network input (B, C, [T,] S, S) float32 on ``device``, labels
-    (B,) int64 there). ``dataset`` is the data.TrainViews that made it: decode = cpu batches are (x uint8,
-    flipped, labels); decode = device batches are EncodedBatch, decoded and cropped here."""
+    (B,) int64 there). ``dataset`` is the data.TrainViews that made it: decode = cpu batches are PixelBatch,
+    normalised here; decode = device batches are EncodedBatch, decoded, cropped and normalised here. The
+    batch's memory is released to its worker for reuse: its tensors must not be read afterwards."""
     import torch
 
     if not isinstance(batch, EncodedBatch):
-        x, flipped, y = batch
-        x = x.to(device, non_blocking=True)
-        return (T.normalize(x, dataset.stream, dataset.clip, flipped, dataset.flow_center),
-                y.to(device, non_blocking=True))
+        # a pinned copy (CUDA), or normalised into a new tensor here: either way x's memory is free after
+        x = T.normalize(batch.x.to(device, non_blocking=True), dataset.stream, dataset.clip, batch.flipped,
+                        dataset.flow_center)
+        batch.release()
+        return x, batch.labels.to(device, non_blocking=True)
     geometry = batch.geometry.numpy()
     per_sample = (len(batch.offsets) - 1) // max(len(geometry), 1)  # JPEGs per sample
     name = lambda b: f"video {dataset.ids[int(geometry[b, 0])]!r}"  # noqa: E731
-    images = decode(batch.data, batch.offsets, dataset.kind, device, lambda i: name(i // per_sample))
+    try:
+        images = decode(batch.data, batch.offsets, dataset.kind, device, lambda i: name(i // per_sample))
+    finally:  # the bytes are read (on CUDA from the pinned copy the DataLoader made of them)
+        batch.release()
     out = None
     # one frame size per group (a store may hold videos of several sizes): decoded, cropped together
     sizes = sorted({(int(h), int(w)) for h, w in geometry[:, 5:7]})

@@ -94,18 +94,22 @@ class _Stamped:
 
 
 def item_costs(dataset, keys: list, repeat: int = 3) -> dict:
-    """In-process CPU ms per sample (one thread): decode = cpu samples (TrainViews.__getitems__: read,
-    decode, crop, resize, mirror), and the same samples' stored JPEGs decoded alone, by cv2.imdecode (the
-    decode = cpu decoder) and by torchvision's decode_jpeg on a list (what decode = device calls)."""
+    """In-process CPU ms per sample (one thread): decode = cpu samples (read, decode, crop, resize, mirror),
+    and the same samples' stored JPEGs decoded alone, by cv2.imdecode (the decode = cpu decoder) and by
+    torchvision's decode_jpeg on a list (what decode = device calls)."""
     import cv2
+    import numpy as np
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
+
+    from trainer import transforms as T
 
     jpegs = [dataset._sample(key, dataset._jpegs)[1] for key in keys]  # the bytes each sample decodes
     tensors = [torch.from_numpy(image) for images in jpegs for image in images]
     flags = cv2.IMREAD_COLOR if dataset.kind == "rgb" else cv2.IMREAD_GRAYSCALE
     mode = ImageReadMode.RGB if dataset.kind == "rgb" else ImageReadMode.GRAY
     best_decode = best_item = best_tv = float("inf")
+    out = np.zeros((len(keys), *dataset._shape()), np.uint8)
     for _ in range(repeat):  # the best of a few passes: this machine's other load only adds time
         t0 = time.process_time()
         for images in jpegs:
@@ -116,7 +120,9 @@ def item_costs(dataset, keys: list, repeat: int = 3) -> dict:
         decode_jpeg(tensors, mode=mode)
         best_tv = min(best_tv, time.process_time() - t0)
         t0 = time.process_time()
-        dataset.__getitems__(keys)
+        for b, key in enumerate(keys):  # TrainViews.__getitems__'s work, into a batch already paged in, as a
+            _, fields, box, _, flipped = dataset._sample(key, dataset._pixels)  # worker's reused batch is
+            T.crop_resize_fields(fields, box, dataset.size, flipped, dataset.clip, out=out[b], bgr=dataset._bgr)
         best_item = min(best_item, time.process_time() - t0)
     n = len(keys)
     return {"item_cpu_ms_per_sample": 1000 * best_item / n, "decode_only_cpu_ms_per_sample": 1000 * best_decode / n,

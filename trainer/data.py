@@ -142,6 +142,13 @@ def _decode_field(vid: str, kind: str, index: int, images: tuple, h: int, w: int
     return [decoded[0][:, :w], decoded[0][:, w:]] if wide else decoded
 
 
+def _stored_kind(store, stream: str) -> tuple[str, int]:
+    """What a sample of ``stream`` reads from ``store``: ("rgb" or "flow", stored images per frame or
+    field: 2 for flow with codec jpeg-xy, x then y, else 1)."""
+    kind = "flow" if stream == "temporal" else "rgb"
+    return kind, 2 if kind == "flow" and store.attrs.get("codec") == "jpeg-xy" else 1
+
+
 def flow_center(store) -> float:
     """The uint8 value of zero flow in ``store``: what normalisation subtracts from its flow."""
     return T.FLOW_CENTER
@@ -158,7 +165,8 @@ class TrainViews:
     draws them. Both in shared memory that the worker reuses once released (trainer.batch_memory).
     """
 
-    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, decode: str = "cpu"):
+    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig,
+                 decode: str = "cpu"):
         self.store = store
         self.ids = list(video_ids)
         self.labels = [labels[v] for v in self.ids]
@@ -167,8 +175,7 @@ class TrainViews:
         self.scales, self.corner, self.flip = cfg.scales, cfg.corner_crop, cfg.flip
         self.size, self.seed, self.per_video = cfg.input_size, cfg.seed, cfg.samples_per_video
         self.decode = decode
-        self.kind = "flow" if cfg.stream == "temporal" else "rgb"
-        self.per_item = 2 if self.kind == "flow" and store.attrs.get("codec") == "jpeg-xy" else 1
+        self.kind, self.per_item = _stored_kind(store, cfg.stream)
         self.flow_center = flow_center(store)
         self._bgr = self.kind == "rgb" and store.attrs.get("codec") != "raw"  # OpenCV decodes to BGR
 
@@ -265,9 +272,9 @@ class VideoItem(NamedTuple):
     overlap), or with decode = "device" their stored JPEGs (a device_decode.EncodedFields, which
     device_decode.decoded_item decodes on the device into the same tensor); ``layout`` says which rows of
     ``fields`` make up each of its F frames or stacks; ``transforms.assemble_video(fields, layout)`` lays them
-    out on the device. Both are None when the video
-    does not decode, and ``error`` says why: the caller decides by ``missing_videos`` whether that stops the
-    run (raised here, it would reach the user wrapped in a DataLoader worker traceback).
+    out on the device. Both are None when the video does not decode, and ``error`` says why: the caller
+    decides by ``missing_videos`` whether that stops the run (raised here, it would reach the user wrapped
+    in a DataLoader worker traceback).
     """
 
     position: int        # the video's place in VideoFrames.ids
@@ -290,8 +297,7 @@ class VideoFrames:
         self.stream, self.length, self.clip = cfg.stream, cfg.length, cfg.is_clip
         self.frames, self.crops = frames, crops
         self.decode = decode
-        self.kind = "flow" if cfg.stream == "temporal" else "rgb"
-        self.per_item = 2 if self.kind == "flow" and store.attrs.get("codec") == "jpeg-xy" else 1
+        self.kind, self.per_item = _stored_kind(store, cfg.stream)
         self.flow_center = flow_center(store)
 
     def __len__(self) -> int:

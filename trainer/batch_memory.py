@@ -53,6 +53,7 @@ def batch_tensor(shape: tuple[int, ...], headroom: bool = False, reuse: bool = T
             _pool.append(_pool.pop(k))  # most recently used last
             return segment[:n].view(shape), Release(flag)
     size = int(n * HEADROOM) if headroom else n
+    # _new_shared: how torch's own default_collate allocates a worker's batch in shared memory
     segment = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size + 1))
     flag = segment[size:]
     flag[0] = 0

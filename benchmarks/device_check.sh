@@ -33,8 +33,11 @@ JOBS=$(nproc)
 timeout 60 python3 -m flowprep.flow.torchflow.kernel_build 2>&1 | tee "$OUT/kernels.txt"
 
 # 1. CUDA tests: fused kernels compiled against the eager CUDA path, CUDA against CPU; the build checks.
+#    The trainer's decode = device on CUDA against decode = cpu (-s prints the measured difference).
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m "gpu or not slow" tests/test_torchflow.py \
     tests/test_torchflow_fused.py tests/test_kernel_build.py 2>&1 | tee "$OUT/gpu_tests.txt"
+timeout 60 python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/test_device_decode.py 2>&1 \
+    | tee -a "$OUT/gpu_tests.txt"
 
 # 2. Flow at 340x256: fused vs eager TV-L1 and Farneback fields/s by batch, GPU memory per field in flight,
 #    the static model beside the measured rate (this GPU's copy bandwidth and launch time), CUDA vs CPU

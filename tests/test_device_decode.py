@@ -212,3 +212,26 @@ def test_a_worker_reuses_only_the_batch_memory_the_main_process_released(synth_s
     assert any(flag[0] == 0 for flag in released)  # taken again by the worker: memory reused
     for batch, expect in held:
         assert all(torch.equal(a, b) for a, b in zip(batch[:3], expect[:3]))
+
+
+# nvJPEG's IDCT may round differently from libjpeg-turbo's; on top of the resize's 0.76 levels we expect at
+# most a few levels and a small mean. Never measured here (no GPU lent to this work): the first run on CUDA
+# (benchmarks/device_check.sh) prints the figures.
+CUDA_TOLERANCE, CUDA_MEAN_TOLERANCE = 3.0, 0.5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stream", ["temporal", "spatial"])
+def test_device_mode_on_cuda_draws_the_views_of_cpu_mode(synth_store, stream):
+    from trainer.device_decode import network_input
+
+    cuda = torch.device("cuda")
+    cpu, dev = _datasets(synth_store, stream)
+    keys = [(0, i) for i in range(len(cpu))]
+    xa, ya = network_input(cpu.__getitems__(keys), cpu, cuda)
+    xb, yb = network_input(dev.__getitems__(keys), dev, cuda)
+    levels = T.FLOW_SCALE if stream == "temporal" else 255 * max(T.IMAGENET_STD)
+    diff = (xa - xb).abs() * levels
+    print(f"{stream}: CUDA decode = device vs cpu: max {float(diff.max()):.2f}, mean {float(diff.mean()):.3f} levels")
+    assert xb.is_cuda and torch.equal(ya, yb)
+    assert float(diff.max()) <= CUDA_TOLERANCE and float(diff.mean()) <= CUDA_MEAN_TOLERANCE

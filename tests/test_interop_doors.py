@@ -209,8 +209,8 @@ def _truncated(v: np.ndarray, b: float = 20.0) -> np.ndarray:
 
 def test_truncated_flow_reads_back_centred_and_the_rule_is_one_option(tmp_path, monkeypatch):
     from flowprep.flow.quantize import TRUNCATION_RULE, dequantize
-    from trainer import transforms as T
-    from trainer.data import open_store
+    from trainer.config import load_config
+    from trainer.data import TrainViews, flow_center, open_store
 
     rng = np.random.default_rng(0)
     true = [rng.uniform(-6, 6, (H, W, 2)).astype(np.float32) for _ in range(N - 1)]
@@ -224,7 +224,6 @@ def test_truncated_flow_reads_back_centred_and_the_rule_is_one_option(tmp_path, 
         (folder / f"x_{k:05d}.jpg").write_bytes(jpeg(q[..., 0]))
         (folder / f"y_{k:05d}.jpg").write_bytes(jpeg(q[..., 1]))
     frames = tmp_path / "t"
-    monkeypatch.setattr(T, "FLOW_CENTER", T.FLOW_CENTER)  # open_store sets the store's zero: restored after
     out, rounded = tmp_path / "trunc.h5", tmp_path / "round.h5"
     assert run_cli("import", "--layout", "mmaction2", "--frames", frames, "--out", out, "--no-progress").exit_code == 0
     assert run_cli("import", "--layout", "mmaction2", "--frames", frames, "--out", rounded, "--rounding", "round",
@@ -242,8 +241,11 @@ def test_truncated_flow_reads_back_centred_and_the_rule_is_one_option(tmp_path, 
         assert float(biased.mean()) == pytest.approx(-20 / 255, abs=0.02)  # read as rounded: half a step low
         assert other.dequantize(q[0]).mean() == pytest.approx(-0.0784, abs=1e-3)  # the wrong rule's bias
         assert np.array_equal(store.dequantize(q), dequantize(q, 20.0, "truncate"))
-        assert open_store(out) is not None and T.FLOW_CENTER == 127.0  # the trainer centres on the store's zero
-        assert open_store(rounded) is not None and T.FLOW_CENTER == 128.0
+        assert flow_center(open_store(out)) == 127.0  # the trainer centres on the store's zero
+        assert flow_center(open_store(rounded)) == 128.0
+        views = TrainViews(open_store(out), ["v_YoYo_g01_c01"], {"v_YoYo_g01_c01": 0},
+                           load_config("temporal", overrides={"flow_length": 2, "decode": "cpu"}))
+        assert views.flow_center == 127.0
         info = run_cli("info", out)
         assert "rounding   truncate" in info.output and "flow_extraction.py" in info.output
     # a flowprep export of a rounded store imports back rounded (its export.json says so)
@@ -362,7 +364,6 @@ def test_the_trainer_names_a_video_whose_flow_fails_its_checksums(tmp_path, tree
     import h5py
     from torch.utils.data import DataLoader
 
-    from trainer import transforms as T
     from trainer.config import load_config
     from trainer.data import TrainViews, open_store
     from trainer.errors import DataError
@@ -372,7 +373,6 @@ def test_the_trainer_names_a_video_whose_flow_fails_its_checksums(tmp_path, tree
     with h5py.File(out, "r+") as f:
         crcs = f["videos/v_YoYo_g01_c01/flow_crcs"]
         crcs[0::2] = crcs[0::2] ^ 1  # every x image
-    monkeypatch.setattr(T, "FLOW_CENTER", T.FLOW_CENTER)  # open_store sets the store's zero: restored after
     store = open_store(str(out))
     cfg = load_config("temporal", overrides={"flow_length": 2})
     views = TrainViews(store, ["v_YoYo_g01_c01"], {"v_YoYo_g01_c01": 1}, cfg)

@@ -51,6 +51,7 @@ def test_bad_values_are_rejected_with_the_key(item, message):
     ({"scales": [1.2]}, "scales must be fractions"),
     ({"arch": "inception_v3", "input_size": 64}, "inception_v3 needs input_size >= 75"),
     ({"bn": "half"}, "bn must be one of auto, train, partial, frozen"),
+    ({"decode": "gpu"}, "decode must be one of auto, cpu, device, got 'gpu'"),
     ({"seed": -1}, "seed must be >= 0"),
     ({"val_every_iters": -5}, "val_every_iters must be >= 0"),
     ({"flip": False, "test_crops": 10}, "flip = false with test_crops = 10: 5 of the 10 test views are mirror"),
@@ -315,7 +316,7 @@ def test_what_a_key_may_change_between_is_declared_with_the_key():
     derived from each field's declaration, not kept as separate lists."""
     from trainer.config import FIELDS, RESUME_KEYS, TEST_TIME_KEYS
 
-    controls = {"data", "workers", "device", "compile", "channels_last", "missing_videos", "test_frames",
+    controls = {"data", "workers", "decode", "device", "compile", "channels_last", "missing_videos", "test_frames",
                 "test_crops", "test_crop_scale", "test_batch"}
     assert RESUME_KEYS == controls | {"out", "val_every", "val_every_iters", "val_frames"}
     assert TEST_TIME_KEYS == controls | {"precision"}

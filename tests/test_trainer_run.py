@@ -351,8 +351,10 @@ def test_run_and_fusion_outputs_get_the_umask_permissions(synth_store, tmp_path)
 
 
 @pytest.mark.slow
-def test_demo_temporal_stream_learns_the_motion_classes(tmp_path):
-    """The shipped demo config on a 6-class synthetic set: temporal well above chance (1/6)."""
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_demo_temporal_stream_learns_the_motion_classes(tmp_path, decode):
+    """The shipped demo config on a 6-class synthetic set: temporal well above chance (1/6), also with the
+    JPEGs decoded and cropped batched on the device (here the CPU) instead of in the loader workers."""
     from data_manifest import make_synthetic
     from flowprep.video.decode import parse_size
     from flowprep.pipeline import ExtractConfig, extract
@@ -361,7 +363,9 @@ def test_demo_temporal_stream_learns_the_motion_classes(tmp_path):
     summary = extract(ExtractConfig(videos=videos, out=tmp_path / "flows.h5", algo="farneback", jobs=2,
                                     resize=parse_size("64x48"), progress=False))
     proc = _run([sys.executable, "-m", "trainer", "run", "temporal", "--config", "demo", "--data",
-                 str(summary.store), "--out", str(tmp_path / "runs"), "--no-progress"], timeout=600)
+                 str(summary.store), "--out", str(tmp_path / "runs"), "--no-progress", "--set", f"decode={decode}"],
+                timeout=600)
+    assert f"decode {decode}" in proc.stdout
     scores = read_scores(tmp_path / "runs" / "temporal-split1" / "scores_test.npz")
     video = scores.logits.mean(axis=(1, 2)).argmax(axis=1)
     accuracy = float((video == scores.labels).mean())
@@ -385,12 +389,14 @@ def test_a_diverging_run_stops_with_the_iteration_and_lr_and_selects_no_nan_mode
     assert not list(run_dir.glob("scores_*.npz"))
 
 
-def test_resume_with_a_loader_worker_and_dropout_is_bitwise_at_the_checkpoint_interval(synth_store, tmp_path):
+@pytest.mark.parametrize("decode", ["cpu", pytest.param("device", marks=pytest.mark.slow)])
+def test_resume_with_a_loader_worker_and_dropout_is_bitwise_at_the_checkpoint_interval(synth_store, tmp_path, decode):
     """workers = 1 (persistent) and dropout: the DataLoader must not shift the dropout stream of a resumed
     process. val_every_iters = 3 at 2 iterations per epoch: validation and checkpoints after epochs 2 and 4
-    only, and the kill lands on the one of epoch 2."""
+    only, and the kill lands on the one of epoch 2. Also with the JPEGs decoded and cropped in the main
+    process (decode = device, here on the CPU)."""
     config = _ref_variant(tmp_path, "workers.toml", workers=1, dropout=0.5, bn='"train"', epochs=4,
-                          val_every_iters=3)
+                          val_every_iters=3, decode=f'"{decode}"')
     whole = _run(_command(synth_store, tmp_path / "whole", config, "--no-test"))
     with open(tmp_path / "whole" / "temporal-split1" / "log.csv") as f:
         rows = list(csv.DictReader(f))

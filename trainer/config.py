@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.config_values import coerce as _coerce
 from trainer.errors import ConfigError
 
 STREAMS = ("spatial", "temporal")
@@ -34,6 +35,7 @@ SCHEDULES = ("iter-step", "step", "cosine")
 BN_MODES = ("auto", "train", "partial", "frozen")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+DECODES = ("auto", "cpu", "device")  # where training and test images are decoded and cropped
 MISSING_POLICIES = ("error", "skip")
 TEST_CROPS = (1, 5, 10)
 
@@ -98,6 +100,8 @@ class TrainConfig:
                              "error", may_change=CONTROL)
     workers: int = _h("DataLoader worker processes per GPU (0 = load in the main process)", 8,
                       may_change=CONTROL)
+    decode: str = _h("where JPEGs are decoded and cropped: cpu (loader workers) | device (batched on the training "
+                     "device; workers only read bytes) | auto (device on CUDA, else cpu)", "auto", may_change=CONTROL)
     # -- sampling and augmentation
     samples_per_video: int = _h("training samples per video per epoch (frames or stacks; reference: 3)", 1)
     flow_length: int = _h("L: flow fields per temporal stack (2D backbones); input channels = 2L", 10)
@@ -285,36 +289,6 @@ def _check_key(key: str, source: str) -> None:
         raise ConfigError(f"{source}: unknown config key {key!r}{hint} (known keys: {', '.join(FIELDS)})")
 
 
-# What a value of each scalar type must look like, for the error message.
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_EXPECTED_LIST = {int: "an integer or a list of integers", float: "a number or a list of numbers"}
-
-
-def _coerce(key: str, value: Any, kind: Any) -> Any:
-    """``value`` as a value of type ``kind`` (a field's resolved type); ints are accepted for floats, a
-    scalar for a tuple (``dropout = 0.5``), a list for a tuple (TOML has no tuples)."""
-    if typing.get_origin(kind) is tuple:
-        item = typing.get_args(kind)[0]
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if not all(_fits(x, item) for x in items):
-            raise ConfigError(f"{key} must be {_EXPECTED_LIST[item]}, got {value!r}")
-        return tuple(item(x) for x in items)
-    if kind not in _EXPECTED:
-        raise ConfigError(f"{key}: unsupported field type {kind}")  # a programming error, named anyway
-    if not _fits(value, kind):
-        raise ConfigError(f"{key} must be {_EXPECTED[kind]}, got {value!r}")
-    return kind(value)
-
-
-def _fits(value: Any, kind: type) -> bool:
-    """True if ``value`` is a ``kind`` as TOML writes it: bools are not numbers, ints are floats."""
-    if kind is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-
-
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> dict. VALUE is read as a TOML value (1e-3, true, [1, 2], "x"), else a string."""
     out: dict[str, Any] = {}
@@ -376,7 +350,8 @@ def validate(cfg: TrainConfig) -> None:
         if not ok:
             raise ConfigError(message)
 
-    choices = {"bn": BN_MODES, "precision": PRECISIONS, "device": DEVICES, "missing_videos": MISSING_POLICIES}
+    choices = {"bn": BN_MODES, "precision": PRECISIONS, "device": DEVICES, "decode": DECODES,
+               "missing_videos": MISSING_POLICIES}
     for key, allowed in choices.items():
         _check_choice(key, getattr(cfg, key), allowed)
     need(cfg.split >= 1, f"split must be 1 or more, got {cfg.split}")

@@ -39,9 +39,7 @@ class Subsets:
 def open_store(path: str):
     from flowprep import FlowStore
 
-    store = FlowStore(path)
-    T.FLOW_CENTER = store.flow_zero  # zero flow as this store quantised it: 128 rounded, 127 truncated
-    return store
+    return FlowStore(path)
 
 
 def _usable(store, vid: str, cfg: TrainConfig) -> bool:
@@ -128,14 +126,48 @@ def _read(store, vid: str, stream: str, indices: np.ndarray, planes: bool = Fals
     return store.read_flow_planes(vid, indices) if planes else store.read_flow(vid, indices)
 
 
+def _decode_field(vid: str, kind: str, index: int, images: tuple, h: int, w: int) -> list[np.ndarray]:
+    """One stored frame or flow field decoded with OpenCV: [(H, W, 3) BGR] or [x (H, W), y (H, W)] (views
+    of the x | y image with codec jpeg). StoreError if an image does not decode to the recorded size."""
+    import cv2
+    from flowprep import StoreError
+
+    flag = cv2.IMREAD_COLOR if kind == "rgb" else cv2.IMREAD_GRAYSCALE
+    decoded = [cv2.imdecode(image, flag) for image in images]
+    wide = kind == "flow" and len(images) == 1
+    want = (h, w, 3) if kind == "rgb" else (h, 2 * w) if wide else (h, w)
+    if any(img is None or img.shape != want for img in decoded):
+        raise StoreError(f"{kind} image {index} of {vid!r} does not decode to the recorded size {want}; the "
+                         f"stored data is damaged: run `flowprep verify` and re-extract that video")
+    return [decoded[0][:, :w], decoded[0][:, w:]] if wide else decoded
+
+
+def _stored_kind(store, stream: str) -> tuple[str, int]:
+    """What a sample of ``stream`` reads from ``store``: ("rgb" or "flow", stored images per frame or
+    field: 2 for flow with codec jpeg-xy, x then y, else 1)."""
+    kind = "flow" if stream == "temporal" else "rgb"
+    return kind, 2 if kind == "flow" and store.attrs.get("codec") == "jpeg-xy" else 1
+
+
+def flow_center(store) -> float:
+    """The uint8 value of zero flow in ``store``, what normalisation subtracts from its flow: 128 where the
+    flow was rounded, 127 where it was truncated (mmaction2's flow_extraction.py), as the store records."""
+    return float(store.flow_zero)
+
+
 class TrainViews:
     """Random training views: ``samples_per_video`` per video per epoch; items are keyed (epoch, index).
 
-    Returns (x, flipped, label): x (C, S, S) uint8 for 2D nets (C = 3 or 2L, flow x/y interleaved) or
-    (C, T, S, S) for clip nets; flipped tells the device to negate flow x.
+    An item is (x, flipped, label): x (C, S, S) uint8 for 2D nets (C = 3 or 2L, flow x/y interleaved) or
+    (C, T, S, S) for clip nets; flipped tells the device to negate flow x. The DataLoader takes whole
+    batches (``__getitems__``): with decode = "cpu" a device_decode.PixelBatch (x (B, ...) uint8, flipped (B,)
+    bool, labels (B,) int64), each sample cropped straight into the batch; with decode = "device" an
+    EncodedBatch of the samples' stored JPEG bytes and the crop boxes and flips drawn exactly as decode = "cpu"
+    draws them. Both in shared memory that the worker reuses once released (trainer.batch_memory).
     """
 
-    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig):
+    def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig,
+                 decode: str = "cpu"):
         self.store = store
         self.ids = list(video_ids)
         self.labels = [labels[v] for v in self.ids]
@@ -143,52 +175,113 @@ class TrainViews:
         self.channels = 2 if cfg.stream == "temporal" else 3
         self.scales, self.corner, self.flip = cfg.scales, cfg.corner_crop, cfg.flip
         self.size, self.seed, self.per_video = cfg.input_size, cfg.seed, cfg.samples_per_video
+        self.decode = decode
+        self.kind, self.per_item = _stored_kind(store, cfg.stream)
+        self.flow_center = flow_center(store)
+        self._bgr = self.kind == "rgb" and store.attrs.get("codec") != "raw"  # OpenCV decodes to BGR
 
     def __len__(self) -> int:
         return len(self.ids) * self.per_video
 
-    def __getitem__(self, key: tuple[int, int]):
-        import torch
+    def _sample(self, key: tuple[int, int], read):
+        """(position, read(vid, indices), crop box (y, x, h, w), frame (H, W), flipped) of sample ``key``.
+
+        The generator seeded (seed, epoch, index) draws the start (again after each position that fails to
+        read), then the box, then the flip: the same draws whatever ``read`` is.
+        """
         from flowprep import StoreError
 
         epoch, index = key
         rng = np.random.default_rng((self.seed, epoch, index))
-        vid = self.ids[index % len(self.ids)]
+        position = index % len(self.ids)
+        vid = self.ids[position]
         count = _counts(self.store, vid, self.stream)
         for attempt in range(READ_RETRIES):
             start = int(rng.integers(max(1, count - self.length + 1)))
             try:
-                # flow comes channels first: the store's x | y images are copied without interleaving
-                frames = _read(self.store, vid, self.stream, T.sample_indices(start, self.length, count),
-                               planes=True)
+                data = read(vid, T.sample_indices(start, self.length, count))
                 break
-            except StoreError as exc:  # one undecodable image: try another position, say which
+            except StoreError as exc:  # one damaged image: try another position, say which
                 log.warning("skipping position %d of %s (attempt %d/%d): %s", start, vid, attempt + 1,
                             READ_RETRIES, exc)
         else:
             raise DataError(f"{vid}: {READ_RETRIES} positions failed to decode; run `flowprep verify` "
-                            f"and {getattr(self.store, 'redo', 're-extract that video')}")
-        planar = self.stream == "temporal"
-        h, w = frames.shape[2:] if planar else frames.shape[1:3]
+                            f"and {self.store.redo}")
+        record = self.store.record(vid)
+        h, w = int(record["height"]), int(record["width"])
         box = T.sample_crop_box(h, w, self.scales, self.corner, rng)
         flipped = bool(self.flip and rng.random() < 0.5)
-        sample = T.crop_resize_planes(frames, box, self.size, flipped, self.clip, channels_first=planar)
-        return torch.from_numpy(sample), flipped, self.labels[index % len(self.ids)]
+        return position, data, box, (h, w), flipped
+
+    def _pixels(self, vid: str, indices: np.ndarray) -> list[list[np.ndarray]]:
+        """The fields at ``indices`` as lists of plane views (transforms.crop_resize_fields): decoded here from
+        the stored JPEGs (no copy into a stack: the crops are resized straight from the decoded images), or
+        read as pixels from a store of codec raw."""
+        if self.store.attrs.get("codec") == "raw":
+            frames = _read(self.store, vid, self.stream, indices, planes=True)
+            return [list(f) for f in frames] if self.kind == "flow" else [[f] for f in frames]
+        record = self.store.record(vid)
+        h, w = int(record["height"]), int(record["width"])
+        return [_decode_field(vid, self.kind, int(i), images, h, w)
+                for i, images in zip(indices, self.store.read_stored(vid, self.kind, indices))]
+
+    def _jpegs(self, vid: str, indices: np.ndarray) -> list:
+        return [image for field in self.store.read_stored(vid, self.kind, indices) for image in field]
+
+    def _shape(self) -> tuple[int, ...]:
+        c, n, s = self.channels, self.length, self.size
+        return (c, n, s, s) if self.clip else (n * c, s, s)
+
+    def __getitem__(self, key: tuple[int, int]):
+        import torch
+
+        _, fields, box, _, flipped = self._sample(key, self._pixels)
+        sample = T.crop_resize_fields(fields, box, self.size, flipped, self.clip, bgr=self._bgr)
+        return torch.from_numpy(sample), flipped, self.labels[key[1] % len(self.ids)]
+
+    def __getitems__(self, keys: list[tuple[int, int]]):
+        import torch
+
+        from trainer.batch_memory import batch_tensor
+        from trainer.device_decode import EncodedBatch, PixelBatch, pack
+
+        flips = torch.empty(len(keys), dtype=torch.bool)
+        labels = torch.empty(len(keys), dtype=torch.int64)
+        if self.decode != "device":
+            x, release = batch_tensor((len(keys), *self._shape()))
+            out = x.numpy()
+            for b, key in enumerate(keys):
+                position, fields, box, _, flipped = self._sample(key, self._pixels)
+                T.crop_resize_fields(fields, box, self.size, flipped, self.clip, out=out[b], bgr=self._bgr)
+                flips[b], labels[b] = flipped, self.labels[position]
+            return PixelBatch(x, flips, labels, release)
+        geometry = torch.empty((len(keys), 7), dtype=torch.int64)
+        pieces = []
+        for b, key in enumerate(keys):
+            position, jpegs, box, frame, flipped = self._sample(key, self._jpegs)
+            pieces += jpegs
+            geometry[b] = torch.tensor((position, *box, *frame))
+            flips[b], labels[b] = flipped, self.labels[position]
+        data, offsets, release = pack(pieces, lambda shape: batch_tensor(shape, headroom=True))
+        return EncodedBatch(data, offsets, geometry, flips, labels, release)
 
 
 class VideoItem(NamedTuple):
     """One whole video as a DataLoader worker hands it over (a NamedTuple: the DataLoader pins its tensors).
 
     ``fields`` holds every frame or flow field that the video's views need, each decoded once (stacks
-    overlap); ``layout`` says which rows of ``fields`` make up each of its F frames or stacks;
-    ``transforms.assemble_video(fields, layout)`` lays them out on the device. Both are None when the video
-    does not decode, and ``error`` says why: the caller decides by ``missing_videos`` whether that stops the
-    run (raised here, it would reach the user wrapped in a DataLoader worker traceback).
+    overlap), or with decode = "device" their stored JPEGs (a device_decode.EncodedFields, which
+    device_decode.decoded_item decodes on the device into the same tensor); ``layout`` says which rows of
+    ``fields`` make up each of its F frames or stacks; ``transforms.assemble_video(fields, layout)`` lays them
+    out on the device. Both are None when the video does not decode, and ``error`` says why: the caller
+    decides by ``missing_videos`` whether that stops the run (raised here, it would reach the user wrapped
+    in a DataLoader worker traceback).
     """
 
     position: int        # the video's place in VideoFrames.ids
     label: int
-    fields: Any          # (U, H, W, c) uint8 tensor, c = 3 (RGB) or 2 (flow x, y); None if undecodable
+    fields: Any          # (U, H, W, c) uint8 tensor, c = 3 (RGB) or 2 (flow x, y), or EncodedFields; None if
+                         # undecodable
     layout: Any          # (F, n) int64 tensor of rows of ``fields``, n = cfg.length; None if undecodable
     error: str | None
 
@@ -198,12 +291,15 @@ class VideoFrames:
     frame size, each to be cut into ``crops`` views (1: the centre, for validation). Items are VideoItems."""
 
     def __init__(self, store, video_ids: list[str], labels: dict[str, int], cfg: TrainConfig, frames: int,
-                 crops: int = 1):
+                 crops: int = 1, decode: str = "cpu"):
         self.store = store
         self.ids = list(video_ids)
         self.labels = [labels[v] for v in self.ids]
         self.stream, self.length, self.clip = cfg.stream, cfg.length, cfg.is_clip
         self.frames, self.crops = frames, crops
+        self.decode = decode
+        self.kind, self.per_item = _stored_kind(store, cfg.stream)
+        self.flow_center = flow_center(store)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -218,11 +314,20 @@ class VideoFrames:
         idx = np.minimum(starts[:, None] + np.arange(self.length)[None, :], count - 1)  # (F, n) into the video
         uniq, inverse = np.unique(idx, return_inverse=True)  # stacks overlap: decode each field once
         try:
-            data = _read(self.store, vid, self.stream, uniq)
+            if self.decode == "device":  # bytes only, checked against their CRC-32s; decoded on the device
+                from trainer.batch_memory import batch_tensor
+                from trainer.device_decode import EncodedFields, pack
+
+                jpegs = [image for field in self.store.read_stored(vid, self.kind, uniq) for image in field]
+                record = self.store.record(vid)
+                data, offsets, _ = pack(jpegs, lambda shape: batch_tensor(shape, reuse=False))
+                fields = EncodedFields(data, offsets, int(record["height"]), int(record["width"]))
+            else:
+                fields = torch.from_numpy(_read(self.store, vid, self.stream, uniq))
         except StoreError as exc:
             return VideoItem(i, self.labels[i], None, None, str(exc))
-        layout = torch.from_numpy(inverse.reshape(idx.shape).astype(np.int64))  # (F, n) into data
-        return VideoItem(i, self.labels[i], torch.from_numpy(data), layout, None)
+        layout = torch.from_numpy(inverse.reshape(idx.shape).astype(np.int64))  # (F, n) into fields
+        return VideoItem(i, self.labels[i], fields, layout, None)
 
 
 class EpochSampler:
@@ -274,7 +379,8 @@ def _restore_opencv_threads() -> None:
 os.register_at_fork(before=_park_opencv_threads, after_in_parent=_restore_opencv_threads)
 
 
-def _as_list(batch: list) -> list:
+def _as_is(batch):
+    """The collate function of loaders whose datasets make whole batches themselves (or lists of videos)."""
     return batch
 
 
@@ -293,7 +399,7 @@ def train_loader(dataset: TrainViews, micro_batch: int, world: int, rank: int, s
     # prefetch 2 (per worker): each batch waits in shared memory (/dev/shm), which containers keep small.
     loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, num_workers=workers, pin_memory=pin,
                         drop_last=True, persistent_workers=workers > 0, worker_init_fn=_worker_init,
-                        prefetch_factor=2 if workers > 0 else None, generator=generator)
+                        prefetch_factor=2 if workers > 0 else None, generator=generator, collate_fn=_as_is)
     return loader, sampler
 
 
@@ -302,7 +408,7 @@ def video_loader(dataset: VideoFrames, videos_per_batch: int, workers: int, pin:
     from torch.utils.data import DataLoader
 
     return DataLoader(dataset, batch_size=videos_per_batch, shuffle=False, num_workers=workers, pin_memory=pin,
-                      collate_fn=_as_list, worker_init_fn=_worker_init,
+                      collate_fn=_as_is, worker_init_fn=_worker_init,
                       prefetch_factor=2 if workers > 0 else None)
 
 

@@ -25,6 +25,7 @@ from plumbing.ranking import TOP5, topk_accuracy, topk_correct, view_mean
 from trainer import transforms as T
 from trainer.config import TrainConfig
 from trainer.data import Subsets, VideoFrames, VideoItem, shard, video_loader
+from trainer.device_decode import decoded_item, resolve_decode
 from trainer.distributed import Env, all_sum, gather_to_main
 from trainer.errors import DataError, TrainerError
 
@@ -111,6 +112,9 @@ def video_logits(model, dataset: VideoFrames, cfg: TrainConfig, env: Env, progre
         for batch in loader:
             wait += time.perf_counter() - t_data
             bar.update(len(batch))
+            # fields on the device (JPEGs decoded there with decode = device; a failure becomes item.error)
+            batch = [decoded_item(item, dataset.kind, dataset.per_item, env.device, dataset.ids[item.position])
+                     for item in batch]
             batch = _decoded(batch, dataset, cfg, desc, out.skipped)
             if batch:
                 logits = _forward_views(model, batch, dataset, cfg, env)  # (videos, F, K, C)
@@ -147,10 +151,10 @@ def _forward_views(model, batch: list[VideoItem], dataset: VideoFrames, cfg: Tra
 
     views = []
     for item in batch:
-        x = T.assemble_video(item.fields.to(env.device, non_blocking=True),
-                             item.layout.to(env.device, non_blocking=True), cfg.is_clip)  # (F, C, [T,] H, W)
+        x = T.assemble_video(item.fields, item.layout.to(env.device, non_blocking=True),
+                             cfg.is_clip)  # (F, C, [T,] H, W)
         side = T.crop_side(min(x.shape[-2:]), cfg.test_crop_scale)
-        v = T.make_test_views(x, cfg.stream, cfg.is_clip, side, cfg.input_size, dataset.crops)
+        v = T.make_test_views(x, cfg.stream, cfg.is_clip, side, cfg.input_size, dataset.crops, dataset.flow_center)
         views.append(v.flatten(0, 1))  # (F*K, C, [T,] S, S)
     views = views[0] if len(views) == 1 else torch.cat(views)
     out = []
@@ -173,8 +177,8 @@ def evaluate(model, store, video_ids: list[str], labels: dict[str, int], cfg: Tr
     mine = shard(list(video_ids), env.rank, env.world)
     was_training = model.training
     model.eval()
-    scored = video_logits(model, VideoFrames(store, mine, labels, cfg, cfg.val_frames), cfg, env,
-                          progress and env.is_main, desc="validation")
+    frames = VideoFrames(store, mine, labels, cfg, cfg.val_frames, decode=resolve_decode(cfg.decode, env.cuda, store))
+    scored = video_logits(model, frames, cfg, env, progress and env.is_main, desc="validation")
     model.train(was_training)
     loss = c1 = c5 = 0.0
     for label, row in zip(scored.labels, scored.logits):
@@ -204,7 +208,8 @@ def score_subset(model, store, video_ids: list[str], labels: dict[str, int], cfg
     """The test protocol (``test_frames`` x ``test_crops`` views) on ``video_ids``, dealt over the ranks by
     stride and put back in order on rank 0; None on the other ranks."""
     mine = shard(list(range(len(video_ids))), env.rank, env.world)  # this rank's places in video_ids
-    dataset = VideoFrames(store, [video_ids[i] for i in mine], labels, cfg, cfg.test_frames, cfg.test_crops)
+    dataset = VideoFrames(store, [video_ids[i] for i in mine], labels, cfg, cfg.test_frames, cfg.test_crops,
+                          decode=resolve_decode(cfg.decode, env.cuda, store))
     model.eval()
     scored = video_logits(model, dataset, cfg, env, progress and env.is_main, desc)
     rows = [(mine[p], row) for p, row in zip(scored.positions, scored.logits)]

@@ -140,7 +140,8 @@ def _position(state: dict[str, Any] | None, source: Path | None, plan: Plan, cfg
 def _announce(t: Training, pos: Position, store, subsets: Subsets, cfg: TrainConfig, env: Env) -> None:
     """Write config.toml; print what is trained on what, how the batch is split, and the rows so far."""
     if env.is_main:
-        atomic_write(cfg.run_dir / "config.toml", cfg.to_toml(resolved={"bn": t.init["bn"], "precision": t.precision}))
+        resolved = {"bn": t.init["bn"], "precision": t.precision, "decode": t.loader.dataset.decode}
+        atomic_write(cfg.run_dir / "config.toml", cfg.to_toml(resolved=resolved))
     plan = t.plan
     say(env, f"{cfg.stream} stream, split {cfg.split}: {len(subsets.train)} train / {len(subsets.val)} hold-out /"
              f" {len(subsets.test)} test videos, {len(subsets.classes)} classes, {cfg.arch} ({cfg.in_channels} "
@@ -148,7 +149,7 @@ def _announce(t: Training, pos: Position, store, subsets: Subsets, cfg: TrainCon
     say(env, f"{env.world} process(es) on {env.device.type}; batch {cfg.batch_size} = {env.world} x "
              f"{plan.micro_batch} x {plan.accum} accumulation; {plan.iters_per_epoch} iterations/epoch, "
              f"{plan.epochs} epochs{f', stop at iteration {plan.max_iters}' if plan.max_iters else ''}; "
-             f"precision {t.precision}")
+             f"precision {t.precision}, decode {t.loader.dataset.decode}")
     report_videos(env, store, subsets, cfg)
     say(env, logs.header())
     for row in pos.history:

@@ -15,6 +15,7 @@ from typing import Any
 
 from trainer.config import TrainConfig
 from trainer.data import Subsets, TrainViews, train_loader
+from trainer.device_decode import network_input, resolve_decode
 from trainer.distributed import Env, all_sum, no_sync
 from trainer.errors import ConfigError, TrainerError
 from trainer.evaluation import autocast, model_to_memory_format, resolve_precision, to_memory_format
@@ -158,15 +159,12 @@ def train_step(t: Training, batches, meter: EpochMeter, cfg: TrainConfig, env: E
     gradients all-reduced on the last one only. Returns the last micro-batch's loss (a device tensor)."""
     import torch.nn.functional as nnf
 
-    from trainer.transforms import normalize
-
     for micro in range(t.plan.accum):
         t0 = time.perf_counter()
-        x, flipped, y = next(batches)  # x (B, C, [T,] S, S) uint8
+        batch = next(batches)  # uint8 crops, or JPEG bytes with their crop boxes (decode = device)
         meter.data_time += time.perf_counter() - t0
-        x = x.to(env.device, non_blocking=True)
-        y = y.to(env.device, non_blocking=True)
-        x = to_memory_format(normalize(x, cfg.stream, cfg.is_clip, flipped), cfg, env)
+        x, y = network_input(batch, t.loader.dataset, env.device)  # (B, C, [T,] S, S) float32, (B,)
+        x = to_memory_format(x, cfg, env)
         with no_sync(t.model, env.world > 1 and micro < t.plan.accum - 1):
             with autocast(env, cfg.precision):
                 out = t.model(x)
@@ -252,7 +250,7 @@ def build_training(cfg: TrainConfig, env: Env, store, subsets: Subsets, state: d
     model, init = build_model(cfg, len(subsets.classes), warn=env.is_main,
                               init=saved_init(state, cfg) if state is not None else None)
     bare = model_to_memory_format(model.to(env.device), cfg, env)
-    dataset = TrainViews(store, subsets.train, subsets.labels, cfg)
+    dataset = TrainViews(store, subsets.train, subsets.labels, cfg, resolve_decode(cfg.decode, env.cuda, store))
     plan = make_plan(cfg, env.world, len(dataset))
     precision = resolve_precision(env, cfg.precision)
     optimizer = torch.optim.SGD(param_groups(bare, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)

@@ -2,9 +2,11 @@
 
 Sizes scale with the stored frames: crop sides are fractions of the frame's short side (the paper's
 {256, 224, 192, 168} on 340x256 frames is ``scales = [1, 0.875, 0.75, 0.65625]``) and every crop is resized to
-``input_size``. Training crops are cut on the CPU in the DataLoader workers (uint8, one crop for every
-field of a stack); normalisation, the flow-x sign flip of mirrored samples and the test views are computed
-on the device, so only uint8 crosses process and PCIe boundaries.
+``input_size``. With decode = cpu, training crops are cut in the DataLoader workers (uint8, one crop for
+every field of a stack, crop_resize_planes); with decode = device, the same crops are cut on the training
+device from the decoded frames of a whole batch at once (crop_resize_batch). Normalisation, the flow-x sign
+flip of mirrored samples and the test views are always computed on the device, so only uint8 (or JPEG
+bytes) crosses process and PCIe boundaries.
 
 Layouts: a 2D sample is (C, S, S) uint8 with C = 3 (RGB) or 2L (flow, x/y interleaved: x0, y0, x1, y1, ...);
 a clip sample is (C, T, S, S) with C = 3 or 2 (x, y).
@@ -21,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's Kinetics-400 video models were trained with these statistics.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-FLOW_CENTER = 128.0  # quantised zero flow (floor(127.5 + 0.5)); data.open_store sets the store's (FlowStore.flow_zero)
+FLOW_CENTER = 128.0  # quantised zero flow of a rounded store (floor(127.5 + 0.5)); data.flow_center gives each store's
 FLOW_SCALE = 128.0
 
 
@@ -94,45 +96,111 @@ def sample_indices(start: int, length: int, available: int) -> np.ndarray:
 
 
 def crop_resize_planes(frames: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool = False,
-                       clip: bool = False, channels_first: bool = False) -> np.ndarray:
+                       clip: bool = False, channels_first: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """The same crop of every frame or field, resized to size x size, optionally mirrored, as channel planes.
 
     frames: (n, H, W, c) uint8 (c = 3 RGB, or 2 flow x then y), or with ``channels_first`` (n, c, H, W) (as
     FlowStore.read_flow_planes gives flow). Returns (n*c, S, S) for 2D nets, channel i*c + k = component k
-    of field i (flow: x0, y0, x1, y1, ...), or (c, n, S, S) for clip nets.
-    Work is done per field with OpenCV (resize, flip, split into planes): no numpy transposes of small
-    inner dimensions, which cost several times more than the resizing itself.
+    of field i (flow: x0, y0, x1, y1, ...), or (c, n, S, S) for clip nets (see crop_resize_fields).
     """
+    fields = [list(f) for f in frames] if channels_first else [[f] for f in frames]
+    return crop_resize_fields(fields, box, size, flip, clip, out)
+
+
+def crop_resize_fields(fields: list[list[np.ndarray]], box: tuple[int, int, int, int], size: int,
+                       flip: bool = False, clip: bool = False, out: np.ndarray | None = None,
+                       bgr: bool = False) -> np.ndarray:
+    """crop_resize_planes on n fields given as lists of 2D planes (H, W) uint8 (flow: [x, y]) or of one
+    (H, W, c) image (RGB; BGR as OpenCV decodes it with ``bgr``): views into decoded images, never copied.
+
+    Returns (n*c, S, S) uint8 for 2D nets or (c, n, S, S) for clip nets, written into ``out`` if given (a
+    DataLoader worker passes its batch's shared-memory slot, so the sample is not copied again).
+    Resizing is OpenCV's INTER_LINEAR (half-pixel centres, edges replicated), one plane per call: a single
+    20-channel call is slower (OpenCV vectorises up to 4 channels), and numpy transposes of small inner
+    dimensions cost several times more than the resizing itself.
+    """
+    y, x, h, w = box
+    n = len(fields)
+    c = fields[0][0].shape[2] if fields[0][0].ndim == 3 else len(fields[0])
+    if out is None:
+        out = np.empty((c, n, size, size) if clip else (n * c, size, size), np.uint8)
+    scratch = np.empty((size, size, c) if fields[0][0].ndim == 3 else (size, size), np.uint8)
+    for i, planes in enumerate(fields):
+        if planes[0].ndim == 2:
+            for k, plane in enumerate(planes):
+                _resize_into(plane[y:y + h, x:x + w], size, flip, out[(k, i) if clip else i * c + k], scratch)
+            continue
+        _resize_into(planes[0][y:y + h, x:x + w], size, flip, scratch, None)
+        for k in range(c):  # HWC -> planes (BGR read backwards)
+            out[(k, i) if clip else i * c + k] = scratch[..., c - 1 - k if bgr else k]
+    return out
+
+
+def _resize_into(img: np.ndarray, size: int, flip: bool, dst: np.ndarray, scratch: np.ndarray | None) -> None:
+    """img (h, w[, c]) uint8 resized to (size, size[, c]), mirrored if ``flip``, written into ``dst``."""
     import cv2
 
-    y, x, h, w = box
-    if channels_first:
-        n, c = frames.shape[:2]
-        out = np.empty((c, n, size, size) if clip else (n * c, size, size), np.uint8)
-        for i in range(n):
-            for k in range(c):
-                img = frames[i, k, y:y + h, x:x + w]
-                if h != size or w != size:
-                    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-                if flip:
-                    img = cv2.flip(np.ascontiguousarray(img), 1)
-                out[(k, i) if clip else i * c + k] = img
-        return out
-    n, _, _, c = frames.shape
-    out = np.empty((c, n, size, size) if clip else (n * c, size, size), np.uint8)
-    for i in range(n):
-        img = frames[i, y:y + h, x:x + w]
-        if h != size or w != size:
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+    if img.shape[:2] == (size, size):
         if flip:
-            img = cv2.flip(np.ascontiguousarray(img), 1)
-        planes = cv2.split(np.ascontiguousarray(img)) if c > 1 else [img.reshape(size, size)]
-        for k, plane in enumerate(planes):
-            if clip:
-                out[k, i] = plane
-            else:
-                out[i * c + k] = plane
-    return out
+            cv2.flip(img, 1, dst=dst)
+        else:
+            dst[...] = img
+        return
+    if not flip:
+        cv2.resize(img, (size, size), dst=dst, interpolation=cv2.INTER_LINEAR)
+        return
+    if scratch is None:
+        scratch = np.empty_like(dst)
+    cv2.resize(img, (size, size), dst=scratch, interpolation=cv2.INTER_LINEAR)
+    cv2.flip(scratch, 1, dst=dst)
+
+
+def resize_taps(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source pixels and weights of a linear resize of [start, start + length) to ``size`` pixels, per crop.
+
+    start, length (B,) int. Returns lo, hi (B, size) int64 and frac (B, size) float32: output pixel j is
+    src[lo] * (1 - frac) + src[hi] * frac. The rule is OpenCV's INTER_LINEAR (and torch's bilinear with
+    align_corners=False): centre j + 0.5 maps to (j + 0.5) * length / size inside the crop, and positions
+    beyond the crop's first or last pixel take that pixel (the crop's edge is replicated, never its
+    neighbour outside the crop).
+    """
+    start = np.asarray(start, np.int64)[:, None]
+    length = np.asarray(length, np.int64)[:, None]
+    src = (np.arange(size)[None, :] + 0.5) * (length / size) - 0.5
+    lo = np.floor(src)
+    frac = src - lo
+    lo = lo.astype(np.int64)
+    before, after = lo < 0, lo >= length - 1
+    lo = np.where(before, 0, np.where(after, length - 1, lo))
+    frac = np.where(before | after, 0.0, frac)
+    hi = np.minimum(lo + 1, length - 1)
+    return lo + start, hi + start, frac.astype(np.float32)
+
+
+def crop_resize_batch(x, boxes: np.ndarray, size: int, flipped: np.ndarray):
+    """Every sample's crop resized to size x size and mirrored where ``flipped``, on x's device, at once.
+
+    x (B, C, H, W) uint8 (one frame size for the batch), boxes (B, 4) int (y, x, h, w) on the host,
+    flipped (B,) bool. Returns (B, C, S, S) float32 in pixel units (0..255), channels_last in memory:
+    the same sample as crop_resize_planes, up to OpenCV's 11-bit fixed-point weights and its rounding to
+    uint8 (here the values stay exact).
+    """
+    import torch
+
+    dev = x.device
+    ylo, yhi, fy = resize_taps(boxes[:, 0], boxes[:, 2], size)
+    xlo, xhi, fx = resize_taps(boxes[:, 1], boxes[:, 3], size)
+    mirror = np.asarray(flipped, bool)
+    xlo[mirror], xhi[mirror], fx[mirror] = xlo[mirror, ::-1], xhi[mirror, ::-1], fx[mirror, ::-1]
+    b = torch.arange(x.shape[0], device=dev)[:, None, None]  # (B, 1, 1)
+    t = [torch.from_numpy(a).to(dev, non_blocking=True) for a in (ylo, yhi, fy, xlo, xhi, fx)]
+    ylo, yhi, fy, xlo, xhi, fx = t
+    rows, cols = (ylo[:, :, None], yhi[:, :, None]), (xlo[:, None, :], xhi[:, None, :])
+    fy, fx = fy[:, :, None, None], fx[:, None, :, None]  # broadcast over (B, S, S, C)
+    # x[b, :, r, c] puts the indexed dimensions first: (B, S, S, C)
+    top = x[b, :, rows[0], cols[0]].float().lerp_(x[b, :, rows[0], cols[1]].float(), fx)
+    bottom = x[b, :, rows[1], cols[0]].float().lerp_(x[b, :, rows[1], cols[1]].float(), fx)
+    return top.lerp_(bottom, fy).permute(0, 3, 1, 2)  # (B, C, S, S), channels_last
 
 
 def assemble_video(fields, layout, clip: bool):
@@ -168,10 +236,11 @@ def _rgb_stats(clip: bool, device, dims: int):
     return _STATS[key]
 
 
-def normalize(x, stream: str, clip: bool, flipped=None):
-    """uint8 batch (B, C, [T,] S, S) -> float32 network input.
+def normalize(x, stream: str, clip: bool, flipped=None, center: float = FLOW_CENTER):
+    """uint8 (or float in pixel units) batch (B, C, [T,] S, S) -> float32 network input.
 
-    RGB: ImageNet (2D) or Kinetics (clip) mean/std on [0, 1]. Flow: (u8 - 128) / 128. ``flipped`` (B,) bool
+    RGB: ImageNet (2D) or Kinetics (clip) mean/std on [0, 1]. Flow: (u8 - center) / 128, ``center`` being
+    the store's quantised zero flow (data.flow_center). ``flipped`` (B,) bool
     marks samples that were mirrored: their flow x channels are negated (a mirrored motion moves the other
     way), which is exact in this normalised space (zero flow stays zero). Nothing here waits for the device.
     """
@@ -179,7 +248,7 @@ def normalize(x, stream: str, clip: bool, flipped=None):
     if stream == "spatial":
         mean, std = _rgb_stats(clip, x.device, x.dim())
         return (x - mean) / std
-    x = (x - FLOW_CENTER) / FLOW_SCALE
+    x = (x - center) / FLOW_SCALE
     if flipped is not None and bool(flipped.any()):  # flipped is still on the host: no device sync
         sign = 1.0 - 2.0 * flipped.to(x.device, non_blocking=True).float()  # (B,): -1 mirrored, +1 not
         xs = flow_x_channels(x.shape[1], clip)
@@ -192,18 +261,20 @@ def flow_x_channels(channels: int, clip: bool) -> slice:
     return slice(0, 1) if clip else slice(0, channels, 2)
 
 
-def make_test_views(video, stream: str, clip: bool, side: int, size: int, n_crops: int):
+def make_test_views(video, stream: str, clip: bool, side: int, size: int, n_crops: int,
+                    center: float = FLOW_CENTER):
     """All test views of one video on the device.
 
     video: (F, C, [T,] H, W) uint8, F frames or stacks. Returns (F, K, C, [T,] size, size) float32,
-    normalised, K = n_crops in crop_names order; mirrored views have flow x negated.
+    normalised (flow about ``center``, see normalize), K = n_crops in crop_names order; mirrored views have
+    flow x negated.
     """
     import torch
     import torch.nn.functional as nnf
 
     f = video.shape[0]
     h, w = video.shape[-2:]
-    x = normalize(video, stream, clip)
+    x = normalize(video, stream, clip, center=center)
     views = []
     for y0, x0, ch, cw, flipped in test_crop_boxes(h, w, side, n_crops):
         v = x[..., y0:y0 + ch, x0:x0 + cw]

@@ -93,6 +93,39 @@ def encode_jpeg(kind: str, array: np.ndarray, quality: int) -> np.ndarray:
     return buf.reshape(-1)
 
 
+def decode_image(kind: str, images, out: np.ndarray) -> bool:
+    """Decode one stored frame or field (as ``encode_jpeg`` wrote it) into ``out``: the one JPEG decoder of
+    every reader (the store's, and `fusion predict`'s, which round-trips new videos through the codec).
+
+    kind "rgb": images = (jpeg,), out (H, W, 3) uint8 RGB. Kind "flow": images = (x | y jpeg,) (codec jpeg) or
+    (x jpeg, y jpeg) (codec jpeg-xy), out (2, H, W) uint8 planes (a transposed view of (H, W, 2) works).
+    Returns False when an image does not decode to out's size (damaged data); nothing else is checked here.
+    """
+    import cv2
+
+    if kind == "rgb":
+        img = cv2.imdecode(images[0], cv2.IMREAD_COLOR)
+        if img is None or img.shape[:2] != out.shape[:2]:
+            return False
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out)
+        return True
+    h, w = out.shape[1:]
+    if len(images) == 2:  # jpeg-xy: each plane decoded straight from its own JPEG
+        for plane, image in zip(out, images):
+            img = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
+            if img is None or img.shape != (h, w):
+                return False
+            plane[...] = img
+        return True
+    img = cv2.imdecode(images[0], cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape != (h, 2 * w):
+        return False
+    # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
+    out[0] = img[:, :w]
+    out[1] = img[:, w:]
+    return True
+
+
 def open_store_file(path: str | os.PathLike, kinds: tuple[str, ...] = ("store", "master")):
     """An open h5py.File of a finished flowprep file whose ``kind`` is one of ``kinds``: the one place that
     checks existence, readability, format, completeness and kind. StoreError names the file and the fix."""

@@ -11,8 +11,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from flowprep.errors import StoreError
-from flowprep.store.format import (CHANNELS, FLOW_IMAGES, as_str, check_offsets, incompatibilities, open_store_file,
-                                   read_config, read_contents)
+from flowprep.store.format import (CHANNELS, FLOW_IMAGES, as_str, check_offsets, decode_image, incompatibilities,
+                                   open_store_file, read_config, read_contents)
 
 DATASET_CACHE = 1024  # open per-video datasets a reader keeps (per process)
 
@@ -237,8 +237,6 @@ class FlowStore:
 
     def _read(self, video_id: str, kind: str, idx: np.ndarray, planes: bool = False) -> np.ndarray:
         """(n, H, W, c) uint8, or with ``planes`` (flow only) (n, 2, H, W)."""
-        import cv2
-
         stored = self._stored_of(video_id, kind)
         rec = self._records[video_id]
         h, w, c = rec["height"], rec["width"], CHANNELS[kind]
@@ -256,26 +254,9 @@ class FlowStore:
             return np.ascontiguousarray(data.transpose(0, 3, 1, 2)) if planes else data
         out = np.empty((len(idx), c, h, w) if planes else (len(idx), h, w, c), np.uint8)
         for k, (i, images) in enumerate(zip(idx, self._pieces(video_id, kind, stored, idx))):
-            if kind == "rgb":
-                img = cv2.imdecode(images[0], cv2.IMREAD_COLOR)
-                if img is None or img.shape[:2] != (h, w):
-                    raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-                cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
-                continue
-            field = out[k] if planes else out[k].transpose(2, 0, 1)  # (2, H, W) view: x, y
-            if len(images) == 2:  # jpeg-xy: each plane decoded straight from its own JPEG
-                for plane, image in zip(field, images):
-                    img = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
-                    if img is None or img.shape != (h, w):
-                        raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-                    plane[...] = img
-                continue
-            img = cv2.imdecode(images[0], cv2.IMREAD_GRAYSCALE)
-            if img is None or img.shape != (h, 2 * w):
+            target = out[k] if kind == "rgb" or planes else out[k].transpose(2, 0, 1)  # flow: (2, H, W) view
+            if not decode_image(kind, images, target):
                 raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-            # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
-            field[0] = img[:, :w]
-            field[1] = img[:, w:]
         return out
 
     def read_rgb(self, video_id: str, indices) -> np.ndarray:

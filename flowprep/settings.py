@@ -10,7 +10,7 @@ from typing import Any
 
 from flowprep import __version__
 from flowprep.video.decode import INTERPOLATION, Resize
-from flowprep.errors import OptionError
+from flowprep.errors import FlowprepError, OptionError
 from flowprep.flow.compute import default_backend, resolve_device
 from flowprep.flow.params import BACKENDS, algorithm, resolve_params
 from flowprep.flow.quantize import DEFAULT_BOUND, ROUNDING_RULE
@@ -184,3 +184,44 @@ class ExtractConfig:
         if n == 1:
             return self.out
         return self.out.with_name(f"{self.out.stem}-{i}of{n}{self.out.suffix or '.h5'}")
+
+
+def settings_from_recorded(config: dict[str, Any], device: str = "cpu") -> RunSettings:
+    """The RunSettings that reproduce a store's recorded config (``FlowStore.attrs``, or a copy kept with a
+    model): the inverse of `RunSettings.recorded`, so new videos get exactly the training data's frames and
+    flow. ``device``: "cpu" or "cuda", where the torch backend would run.
+
+    FlowprepError names what cannot be reproduced: imported flow (another tool computed it), a config
+    missing a setting, or one this flowprep does differently (interpolation, rounding, flow input).
+    """
+    from flowprep.video.decode import parse_size
+
+    if not isinstance(config, dict):
+        raise FlowprepError(f"the recorded flow settings are a {type(config).__name__}, not a dict")
+    if config.get("algo") == "imported" or "imported" in config:
+        tool = (config.get("imported") or {}).get("tool", "another tool")
+        raise FlowprepError(f"the flow was imported from {tool}'s files, not computed by flowprep, so its exact "
+                            "computation is unknown here; extract the training videos with `flowprep extract` and "
+                            "train on that store to classify new videos")
+    missing = [k for k in ("algo", "params", "implementation", "bound", "codec", "size") if k not in config]
+    if missing:
+        raise FlowprepError(f"the recorded flow settings lack {', '.join(missing)}")
+    differ = [(k, config.get(k), now) for k, now in (("interpolation", INTERPOLATION), ("rounding", ROUNDING_RULE))
+              if config.get(k, now) != now]
+    if differ:
+        raise FlowprepError("the flow was made differently from how this flowprep makes it: "
+                            + "; ".join(f"{k} {was!r}, here {now!r}" for k, was, now in differ))
+    implementation = str(config["implementation"])
+    backend = "opencv" if implementation.startswith("opencv-") else "torch"
+    size = str(config["size"])
+    try:
+        resize = Resize(None, None, int(size.split("=", 1)[1])) if size.startswith("short_side=") else parse_size(size)
+    except (ValueError, OptionError) as exc:
+        raise FlowprepError(f"the recorded frame size {size!r} cannot be read ({exc})") from None
+    quality = config.get("jpeg_quality")
+    try:
+        return RunSettings(str(config["algo"]), resolve_params(str(config["algo"]), config["params"], backend=backend),
+                           backend, device, float(config["bound"]), str(config["codec"]),
+                           int(quality) if quality is not None else DEFAULT_JPEG_QUALITY, resize)
+    except OptionError as exc:
+        raise FlowprepError(f"the recorded flow settings cannot be used: {exc}") from None

@@ -61,7 +61,8 @@ class VideoResult:
 
 
 def video_files(paths: tuple[str, ...] | list[str]) -> list[Path]:
-    """The files to predict: each path as given, and every video under a folder (recursive, sorted)."""
+    """The files to predict: each path as given, and every video under a folder (recursive, sorted); a file
+    named twice (also through its folder) once, where it first appears."""
     from data_manifest.splits import is_video_name
 
     out = []
@@ -70,7 +71,8 @@ def video_files(paths: tuple[str, ...] | list[str]) -> list[Path]:
             out += sorted(f for f in p.rglob("*") if f.is_file() and is_video_name(f.name))
         else:
             out.append(p)  # a missing file is that video's error, not the run's
-    return out
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
 class Predictor:

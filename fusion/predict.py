@@ -128,7 +128,7 @@ class Predictor:
             lines.append(f"spatial frames: {self.settings['spatial'].resize.describe()}, codec "
                          f"{self.settings['spatial'].codec} (its own store's settings)")
         w = f" weights {':'.join(f'{x:g}' for x in self.fusion.weights)}" if self.fusion.weights else ""
-        lines.append(f"fusion: {self.fusion.method}{w}, views -> video {self.fusion.aggregation} (from "
+        lines.append(f"fusion: {self.fusion.method}{w}, views -> video {self.fusion.aggregation} ("
                      f"{self.fusion.source}); device {self.env.device}")
         return lines
 

@@ -159,7 +159,7 @@ def read_fusion(report: Path | None, streams: list[str], checkpoints: dict[str, 
     what the command line gives. Without a report: NO_REPORT_METHOD and mean logits, said in a note.
     Returns (Fusion, notes); PredictError for a report that cannot be used or a method that lacks weights."""
     notes: list[str] = []
-    chosen = None
+    chosen, given = None, method is not None
     if report is not None and report.is_file():
         chosen = _report_choice(report, streams, checkpoints, notes)
     elif report is not None:
@@ -178,8 +178,8 @@ def read_fusion(report: Path | None, streams: list[str], checkpoints: dict[str, 
                 "give --weights W_SPATIAL W_TEMPORAL" if method == "weighted" else
                 f"the report{f' {report}' if report else ''} has no weights learned on validation scores; "
                 "give --method weighted --weights W_SPATIAL W_TEMPORAL"))
-    source = (f"{report}" if chosen and method == chosen["method"] else "command line" if chosen or report is None
-              else "default (no report)")
+    source = (f"chosen by {report}" if chosen and method == chosen["method"] else
+              "given on the command line" if chosen or report is None or given else "the default: no report")
     return Fusion(method, tuple(float(w) for w in weights) if weights is not None else None, agg, source), notes
 
 

@@ -15,6 +15,7 @@ trainer's own view code (trainer.data.VideoFrames, trainer.evaluation.video_logi
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -23,7 +24,11 @@ import numpy as np
 from flowprep.flow.params import algorithm, resolve_params
 from flowprep.errors import FlowprepError, OptionError
 
-TORCH_BATCH = 64  # frame pairs per flow call on CUDA (340x256 TV-L1: ~0.3 GB of GPU memory per 64 pairs)
+# Frame pairs per flow call on CUDA: a 10 s clip at 25 fps in one call. docs/torchflow.md's traffic model
+# of the fused TV-L1 on an H100 at 340x256: ~1,400 fields/s at a batch of 256, ~850 at 64 (launch-bound).
+TORCH_BATCH = 256
+CODEC_THREADS = 8  # images encoded / decoded at once (cv2 releases the GIL); the frames of one video
+_POOL: list = []  # the codec thread pool, made on first use
 
 
 class FlowComputer:
@@ -152,9 +157,8 @@ class VideoSource:
         if kind == "flow" and todo:
             fields = self.flow(np.stack([self.gray[i] for i in todo]), np.stack([self.gray[i + 1] for i in todo]))
         t = time.perf_counter()
-        for k, i in enumerate(todo):
-            array = self.rgb[i] if kind == "rgb" else fields[k]
-            stored = self._encoder.encode(kind, array)
+        arrays = [self.rgb[i] for i in todo] if kind == "rgb" else list(fields) if todo else []
+        for i, stored in zip(todo, _map(lambda a: self._encoder.encode(kind, a), arrays)):
             self._stored[kind, i] = stored if isinstance(stored, tuple) else (stored,)
         self.codec_seconds += time.perf_counter() - t
         return [self._stored[kind, int(i)] for i in idx]
@@ -171,9 +175,22 @@ class VideoSource:
             out = np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if planes else out
         else:
             out = np.empty((len(idx), c, h, w) if planes else (len(idx), h, w, c), np.uint8)
-            for k, images in enumerate(stored):
-                target = out[k] if kind == "rgb" or planes else out[k].transpose(2, 0, 1)
-                if not decode_image(kind, images, target):
-                    raise FlowprepError(f"{self.path}: {kind} image {int(idx[k])} does not decode after encoding")
+            targets = [out[k] if kind == "rgb" or planes else out[k].transpose(2, 0, 1) for k in range(len(idx))]
+            ok = _map(lambda k: decode_image(kind, stored[k], targets[k]), range(len(idx)))
+            if not all(ok):
+                raise FlowprepError(f"{self.path}: a {kind} image does not decode after encoding with codec "
+                                    f"{self.settings.codec}")
         self.codec_seconds += time.perf_counter() - t
         return out
+
+
+def _map(fn, items) -> list:
+    """[fn(x) for x in items], on the codec thread pool when there are several."""
+    items = list(items)
+    if len(items) < 4:
+        return [fn(x) for x in items]
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=min(CODEC_THREADS, os.cpu_count() or 1)))
+    return list(_POOL[0].map(fn, items))

@@ -63,8 +63,8 @@ def make_runs(runs: Path, args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video", default="80x60", help="synthetic video size WxH (default 80x60, the demo's)")
-    p.add_argument("--seconds", type=float, default=1.0, help="video length at 25 fps (default 1: the demo's 24 frames)")
+    p.add_argument("--video", default="160x120", help="synthetic video size WxH (default 160x120, the demo's)")
+    p.add_argument("--seconds", type=float, default=0.96, help="video length at 25 fps (default: the demo's 24 frames)")
     p.add_argument("--size", default="64x48", help="the training store's frame size (default 64x48, the demo's)")
     p.add_argument("--algo", default="tvl1", choices=("tvl1", "farneback", "dis"))
     p.add_argument("--arch", default="resnet18")

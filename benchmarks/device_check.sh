@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/device_check.sh OUTDIR        # on the GPU machine, from the repository root
 #
-# Writes OUTDIR/{env,kernels,gpu_tests,torchflow,trainer}.txt and torchflow.json. Budget: about 8 minutes on one
+# Writes OUTDIR/{env,kernels,gpu_tests,torchflow,trainer,predict}.txt and torchflow.json. Budget: about 8 minutes on one
 # H100/H200 after the machine is up (steps 1-3 about 7; the trainer step last, so a short budget cuts only it);
 # each step has its own timeout so one hang cannot eat the rest.
 # That machine's image has torch, triton, h5py, joblib, click, tqdm and matplotlib, but OpenCV without the
@@ -46,3 +46,9 @@ timeout 270 python3 benchmarks/bench_torchflow.py --size 340x256 --batches 1,32,
 # 3. Trainer: resnet101 temporal and spatial, bf16, batch 128, data-wait share and test views/s.
 timeout 90 python3 benchmarks/bench_trainer.py --device cuda --arch resnet101 --batch 128 --input 224 \
     --workers 12 --iters 20 --test-videos 8 2>&1 | tee "$OUT/trainer.txt"
+
+# 4. fusion predict (target: < 1 s per video): a 10 s 320x240 video, TV-L1 at 340x256 through the batched torch
+#    backend, resnet101 streams with the 25 x 10 protocol, per-video breakdown; then its CUDA test.
+timeout 150 python3 benchmarks/bench_predict.py --device cuda --video 320x240 --seconds 10 --size 340x256 \
+    --arch resnet101 --input 224 --flow-length 10 --views 25x10 --classes 101 --repeats 4 2>&1 | tee "$OUT/predict.txt"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_predict.py 2>&1 | tee -a "$OUT/predict.txt"

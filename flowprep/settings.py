@@ -218,6 +218,17 @@ def settings_from_recorded(config: dict[str, Any], device: str = "cpu") -> RunSe
         resize = Resize(None, None, int(size.split("=", 1)[1])) if size.startswith("short_side=") else parse_size(size)
     except (ValueError, OptionError) as exc:
         raise FlowprepError(f"the recorded frame size {size!r} cannot be read ({exc})") from None
+    if config["algo"] == "raft":  # the same weights, known by their SHA-256 (the file's path differs by machine)
+        from flowprep.flow.torchflow.raft import weights_identity
+
+        params, recorded = config["params"], (config.get("raft_weights") or {}).get("sha256")
+        try:
+            found = weights_identity(params.get("model", "large"), params.get("weights", ""))["sha256"]
+        except FlowprepError as exc:
+            raise FlowprepError(f"the flow was made by RAFT with weights of SHA-256 {recorded}: {exc}") from None
+        if found != recorded:
+            raise FlowprepError(f"the flow was made by RAFT with weights of SHA-256 {recorded}, but the weights "
+                                f"found here have {found}; put the training weights there (or in the torch cache)")
     quality = config.get("jpeg_quality")
     try:
         return RunSettings(str(config["algo"]), resolve_params(str(config["algo"]), config["params"], backend=backend),

@@ -113,7 +113,10 @@ class Predictor:
         self.flow = FlowComputer(self.settings["temporal"], device)
         s, t = self.settings["spatial"], self.settings["temporal"]
         self.shared = (s.resize, s.codec, s.jpeg_quality) == (t.resize, t.codec, t.jpeg_quality)
-        report = Path(options.report) if options.report else Path(options.runs) / f"fusion-split{options.split}" / "report.json"
+        if options.report and not Path(options.report).is_file():
+            raise PredictError(f"--report {options.report}: no such file; give the report.json `fusion report` "
+                               "wrote, or leave --report out")
+        report = Path(options.report or Path(options.runs) / f"fusion-split{options.split}" / "report.json")
         self.fusion, notes = read_fusion(report, list(STREAMS), paths, options.method, options.weights,
                                          options.aggregation)
         self.notes += notes

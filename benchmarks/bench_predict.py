@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         keep = totals[1:] or totals
         mean = {key: float(np.mean([s.get(key, 0.0) for s in keep])) for key in keep[0]}
         print(f"{args.video} video, {args.seconds:g} s, {args.algo} at {args.size}, {args.arch} at {args.input} px, "
-              f"views {args.predict_views} ({args.views} tested), {predictor.env.device}: mean of {len(keep)} repeat(s): "
+              f"views {args.predict_views} ({args.views} tested), {predictor.env.device}: "
+              f"mean of {len(keep)} repeat(s): "
               + ", ".join(f"{k} {v:.3f} s" for k, v in mean.items()))
     return 0
 

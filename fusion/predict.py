@@ -18,7 +18,7 @@ import numpy as np
 from fusion import combine
 from fusion.aggregate import aggregate, video_probabilities
 from fusion.errors import PredictError
-from fusion.predict_models import Fusion, Stream, default_checkpoints, load_stream, parse_views, read_fusion
+from fusion.predict_models import Stream, default_checkpoints, load_stream, parse_views, read_fusion
 
 TOP = 5
 STREAMS = ("spatial", "temporal")
@@ -57,7 +57,8 @@ class VideoResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "prediction": self.prediction, "top": self.top, "error": self.error,
-                "streams": self.streams, "notes": self.notes, "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+                "streams": self.streams, "notes": self.notes,
+                "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
 
 
 def video_files(paths: tuple[str, ...] | list[str]) -> list[Path]:
@@ -268,7 +269,8 @@ def predict(options: PredictOptions, echo: Callable[[str], None] = print) -> lis
     failed = [r for r in results if r.error]
     done = [r for r in results if not r.error]
     if done:
-        mean = {k: float(np.mean([r.seconds.get(k, 0.0) for r in done])) for k in ("decode", "flow", *STREAMS, "fusion", "total")}
+        keys = ("decode", "flow", *STREAMS, "fusion", "total")
+        mean = {k: float(np.mean([r.seconds.get(k, 0.0) for r in done])) for k in keys}
         echo(f"{len(done)} predicted, {len(failed)} failed; mean time per video (s): "
              + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
     else:

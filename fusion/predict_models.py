@@ -194,12 +194,14 @@ def _report_choice(report: Path, streams: list[str], checkpoints: dict[str, Path
         raise PredictError(f"{report}: not a readable fusion report ({exc}); run `fusion report` again or pass "
                            "--method") from exc
     if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
-        raise PredictError(f"{report}: not a fusion report (format {data.get('format') if isinstance(data, dict) else None!r})")
+        found = data.get("format") if isinstance(data, dict) else None
+        raise PredictError(f"{report}: not a fusion report (format {found!r}); give the report.json of `fusion report`")
     if list(data.get("streams") or []) != streams:
         raise PredictError(f"{report}: reports streams {data.get('streams')}, not {streams}; pass --method (and "
                            "--weights) or --report with the report of these streams")
     protocol = data.get("protocol") or {}
-    weights = {k: v for k, v in (protocol.get("weights") or {}).items() if isinstance(v, list) and len(v) == len(streams)}
+    weights = {k: v for k, v in (protocol.get("weights") or {}).items()
+               if isinstance(v, list) and len(v) == len(streams)}
     for f in data.get("score_files") or []:
         used = checkpoints.get(f.get("stream"))
         tested = (f.get("meta") or {}).get("checkpoint")

@@ -144,7 +144,8 @@ def test_a_new_video_in_no_store_a_short_one_and_a_folder(trained, tmp_path):
     result = _predict(folder, one, folder / "a.avi", "--runs", trained, "--json", out, "--views", "1x1")
     assert result.exit_code == 0, result.output
     videos = {Path(v["path"]).name: v for v in json.loads(out.read_text())["videos"]}
-    assert list(videos) == ["a.avi", "short.avi", "one_frame.avi"]  # the folder's videos (sorted), then the file; a.avi once
+    # the folder's videos (sorted), then the file; a.avi once
+    assert list(videos) == ["a.avi", "short.avi", "one_frame.avi"]
     assert all(v["error"] is None and v["prediction"] for v in videos.values())
     assert any("2 flow fields, fewer than one temporal sample's 3" in n for n in videos["short.avi"]["notes"])
     assert videos["one_frame.avi"]["streams"] == ["spatial"]
@@ -211,7 +212,8 @@ def test_missing_models_and_bad_views_are_named(trained, tmp_path):
     video = _new_video(tmp_path / "clip.avi")
     result = _predict(video, "--runs", tmp_path / "nothing")
     assert result.exit_code == 1
-    assert f"no such checkpoint: {tmp_path / 'nothing' / 'spatial-split1' / 'checkpoint_best.pt'} (spatial)" in result.output
+    expected = tmp_path / "nothing" / "spatial-split1" / "checkpoint_best.pt"
+    assert f"no such checkpoint: {expected} (spatial)" in result.output
     bad = _predict(video, "--runs", trained, "--views", "3x4")
     assert bad.exit_code == 1 and "crops 1, 5 or 10" in bad.output
     empty = _predict(tmp_path / "nothing_here", "--runs", trained)

@@ -119,7 +119,8 @@ def _test_config(saved, checkpoint: Path, views: tuple[int, int] | None):
         except ScoreFileError as exc:
             meta = {}
             notes.append(f"{scores_path} unreadable ({exc}); views from the checkpoint's config")
-        if Path(str(meta.get("checkpoint", ""))).name == checkpoint.name and isinstance(meta.get("config"), dict):
+        tested = Path(str(meta.get("checkpoint", ""))).parts[-2:]  # run folder and file: a moved runs folder matches
+        if tested == checkpoint.resolve().parts[-2:] and isinstance(meta.get("config"), dict):
             cfg = config_from_dict(meta["config"], f"{scores_path}:meta.config")
     if views is not None:
         cfg = cfg.replace(test_frames=views[0], test_crops=views[1])
@@ -130,7 +131,7 @@ def recorded_flow(state: dict[str, Any], checkpoint: Path, data: str, store: str
     """The flow settings a model was trained on: the checkpoint's ``flow`` record; for a checkpoint written
     before it existed, the config of the store given with --store or named in its config (if it still
     exists). Returns (settings, note); PredictError when they cannot be known, naming the fix."""
-    if isinstance(state.get("flow"), dict) and store is None:
+    if isinstance(state.get("flow"), dict):  # recorded: --store is only for checkpoints without the record
         return state["flow"], ""
     from flowprep import FlowStore, StoreError
 

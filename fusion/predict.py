@@ -86,6 +86,11 @@ class Predictor:
         from fusion.predict_source import FlowComputer
 
         views = parse_views(options.views)
+        if options.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise PredictError("--device cuda: torch sees no CUDA device; use --device auto or cpu")
         paths = default_checkpoints(options.runs, options.split)
         paths.update({k: Path(v) for k, v in options.checkpoints.items()})
         missing = [f"{p} ({n})" for n, p in paths.items() if not p.is_file()]

@@ -159,6 +159,9 @@ def read_fusion(report: Path | None, streams: list[str], checkpoints: dict[str, 
     """The fusion to apply: the report's default method with its weights and aggregation, overridden by
     what the command line gives. Without a report: NO_REPORT_METHOD and mean logits, said in a note.
     Returns (Fusion, notes); PredictError for a report that cannot be used or a method that lacks weights."""
+    if weights is not None and method not in (None, "weighted"):
+        raise PredictError(f"--weights go with --method weighted, not {method}")
+    method = "weighted" if weights is not None else method  # as in `fusion report`: given weights are the choice
     notes: list[str] = []
     chosen, given = None, method is not None
     if report is not None and report.is_file():

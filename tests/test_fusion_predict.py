@@ -106,6 +106,12 @@ def test_a_method_given_on_the_command_line_replaces_the_reports(trained, synth_
     assert "fusion: weighted weights 3:1" in result.output
     bad = _predict(video, "--runs", trained, "--method", "weighted")
     assert bad.exit_code == 1 and "--method weighted needs weights" in bad.output
+    implied = _predict(video, "--runs", trained, "--weights", "3", "1", "--json", out)
+    assert implied.exit_code == 0 and "fusion: weighted weights 3:1" in implied.output
+    np.testing.assert_allclose([_scores(json.loads(out.read_text()))[0][c] for c in spatial.class_names], want,
+                               atol=SCORE_ATOL)
+    mixed = _predict(video, "--runs", trained, "--weights", "3", "1", "--method", "max")
+    assert mixed.exit_code == 1 and "--weights go with --method weighted, not max" in mixed.output
 
 
 def test_without_a_report_the_default_method_is_used_and_said(trained, synth_store, tmp_path):

@@ -293,6 +293,23 @@ def test_a_resumed_run_on_a_store_of_other_flow_settings_is_refused(trained, tmp
     assert "this run was trained on flow made otherwise than" in result.output and "algo: 'farneback'" in result.output
 
 
+def test_a_store_made_with_the_torch_backend_gets_torch_flow(trained, tmp_path):
+    """The batched torch path that CUDA takes, run on the CPU: a checkpoint whose store was extracted with
+    --backend torch gets its flow from torchflow (quantised as a tensor), which here agrees with OpenCV."""
+    video = _new_video(tmp_path / "clip.avi")
+    state = torch.load(trained / "temporal-split1" / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+    state["flow"]["implementation"] = "flowprep-torch-farneback-cpu"
+    torch.save(state, tmp_path / "torch.pt")
+    out_cv, out_torch = tmp_path / "cv.json", tmp_path / "torch.json"
+    opencv = _predict(video, "--runs", trained, "--device", "cpu", "--json", out_cv, "--views", "fast")
+    torched = _predict(video, "--runs", trained, "--device", "cpu", "--json", out_torch, "--views", "fast",
+                       "--temporal", tmp_path / "torch.pt")
+    assert opencv.exit_code == 0 and torched.exit_code == 0, opencv.output + torched.output
+    assert "flow: farneback (torch on cpu; recorded)" in torched.output
+    a, b = _scores(json.loads(out_cv.read_text()))[0], _scores(json.loads(out_torch.read_text()))[0]
+    assert max(abs(a[c] - b[c]) for c in a) < 1e-3
+
+
 @pytest.mark.gpu
 def test_cuda_flow_goes_through_the_batched_torch_backend(trained, tmp_path):
     video = _new_video(tmp_path / "clip.avi")

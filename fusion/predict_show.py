@@ -40,40 +40,22 @@ def _bars(top: list[dict], width: int) -> np.ndarray:
 
 
 def picture(result, source) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: title, frames over their flow (with the colour key), the top-5 bars."""
-    import cv2
-
+    """(H, W, 3) uint8 RGB: frames over their flow with the colour key (flowprep.inspection.flow_picture, the
+    picture of `flowprep show`), then the top-5 bars."""
     from flowprep.flow.quantize import dequantize
-    from flowprep.inspection import colour_key, flow_to_color
+    from flowprep.inspection import flow_picture
 
     vid = source.video_id
     idx = _fields_to_show(source, SHOWN_FRAMES)
     if idx.size:
         rgb = source.read_rgb(vid, idx)
         flow = dequantize(source.read_flow(vid, idx), source.settings.bound)
-        top = max(float(np.percentile(np.hypot(flow[..., 0], flow[..., 1]), 99)), 1e-6)
-        colour = [flow_to_color(f, top) for f in flow]
     else:  # one frame: no flow to show
         idx = np.zeros(1, np.int64)
-        rgb, top = source.read_rgb(vid, idx), 1.0
-        colour = [np.zeros_like(rgb[0])]
-    zoom = max(1, -(-192 // rgb.shape[1]))  # small frames are enlarged (nearest), as flowprep show does
-    if zoom > 1:
-        rgb = np.stack([cv2.resize(f, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for f in rgb])
-        colour = [cv2.resize(c, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for c in colour]
-    for i, (frame, col) in enumerate(zip(rgb, colour)):
-        cv2.putText(frame, f"frame {idx[i]}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
-        cv2.putText(col, f"flow {idx[i]}->{idx[i] + 1}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-    grid = np.concatenate([np.concatenate(list(rgb), axis=1), np.concatenate(colour, axis=1)], axis=0)
-    title = np.full((36, grid.shape[1], 3), 32, np.uint8)
-    cv2.putText(title, f"{Path(result.path).name}: {result.prediction}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                (255, 255, 255), 1)
-    cv2.putText(title, "top: frames; bottom: flow to the next frame, as the model saw it (key on the right)",
-                (4, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-    grid = np.concatenate([title, grid], axis=0)
-    key = colour_key(top, grid.shape[0])
-    pad = np.full((key.shape[0] - grid.shape[0], grid.shape[1], 3), 32, np.uint8)
-    grid = np.concatenate([np.concatenate([grid, pad], axis=0), key], axis=1)
+        rgb = source.read_rgb(vid, idx)
+        flow = np.zeros((*rgb.shape[:3], 2), np.float32)
+    grid = flow_picture(rgb, flow, idx, f"{Path(result.path).name}: {result.prediction}",
+                        "top: frames; bottom: flow to the next frame, as the model saw it (key on the right)")
     return np.concatenate([grid, _bars(result.top, grid.shape[1])], axis=0)
 
 

@@ -147,8 +147,10 @@ def test_a_new_video_in_no_store_a_short_one_and_a_folder(trained, tmp_path):
     one = tmp_path / "one_frame.avi"
     _new_video(one, frames=1)
     out = tmp_path / "p.json"
-    result = _predict(folder, one, folder / "a.avi", "--runs", trained, "--json", out, "--views", "1x1")
+    result = _predict(folder, one, folder / "a.avi", "--runs", trained, "--json", out, "--views", "1x1",
+                      "--show", tmp_path / "pics")
     assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["a.png", "one_frame.png", "short.png"]
     videos = {Path(v["path"]).name: v for v in json.loads(out.read_text())["videos"]}
     # the folder's videos (sorted), then the file; a.avi once
     assert list(videos) == ["a.avi", "short.avi", "one_frame.avi"]

@@ -16,7 +16,8 @@ from fusion.cli import main as fusion_main
 from trainer.cli import main as trainer_main
 from trainer.scores import read_scores
 
-TINY = ["arch=resnet18", "pretrained=none", "input_size=32", "flow_length=3", "scales=[1.0,0.75]", "batch_size=4",
+# device=cpu: the exactness checks compare fp32 CPU logits (on a GPU machine, auto would test in bf16)
+TINY = ["device=cpu", "arch=resnet18", "pretrained=none", "input_size=32", "flow_length=3", "scales=[1.0,0.75]", "batch_size=4",
         "schedule=step", "epochs=1", "lr=0.01", "workers=0", "val_frames=1", "test_frames=2", "test_crops=10"]
 SCORE_ATOL = 1e-5  # float32 logits of one video alone vs in a batch of many: observed 7e-8
 
@@ -44,7 +45,9 @@ def _video_path(store, video_id: str) -> Path:
 
 
 def _predict(*args):
-    return CliRunner().invoke(fusion_main, ["predict", *map(str, args)])
+    """`fusion predict ARGS` (on the CPU unless ARGS name a --device)."""
+    args = [str(a) for a in args]
+    return CliRunner().invoke(fusion_main, ["predict", *args, *([] if "--device" in args else ["--device", "cpu"])])
 
 
 def _scores(result_json: dict) -> list[dict[str, float]]:

@@ -251,6 +251,7 @@ def predict(options: PredictOptions, echo: Callable[[str], None] = print) -> lis
     files = video_files(options.paths)
     if not files:
         raise PredictError(f"no video files in {', '.join(options.paths)}")
+    _check_outputs(options)  # before the long part: a typo in --json must not cost the predictions
     predictor = Predictor(options)
     for line in predictor.describe():
         echo(line)
@@ -286,6 +287,22 @@ def predict(options: PredictOptions, echo: Callable[[str], None] = print) -> lis
     return results
 
 
+def _check_outputs(options: PredictOptions) -> None:
+    """--json's folder must exist and be writable, --show's folder must be makeable; PredictError otherwise."""
+    import os
+
+    if options.json:
+        folder = Path(options.json).absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(options.json).is_dir():
+            raise PredictError(f"--json {options.json}: cannot write there (is {folder} a folder you can write to, "
+                               "and the name a file?)")
+    if options.show:
+        try:
+            Path(options.show).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PredictError(f"--show {options.show}: cannot make the folder ({exc.strerror or exc})") from exc
+
+
 def write_json(path: Path, results: list[VideoResult], predictor: Predictor) -> None:
     """{"videos": [{"path", "prediction", "top": [{"class", "score", "probability"}], "error", ...}], ...}."""
     from plumbing.atomic import atomic_write
@@ -297,4 +314,7 @@ def write_json(path: Path, results: list[VideoResult], predictor: Predictor) -> 
             "fusion": {"method": f.method, "weights": list(f.weights) if f.weights else None,
                        "aggregation": f.aggregation, "source": f.source},
             "flow": predictor.flow.describe, "notes": predictor.notes}
-    atomic_write(path, json.dumps(data, indent=2) + "\n")
+    try:
+        atomic_write(path, json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise PredictError(f"--json {path}: cannot write it ({exc.strerror or exc})") from exc

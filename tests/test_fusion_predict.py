@@ -229,6 +229,12 @@ def test_missing_models_and_bad_views_are_named(trained, tmp_path):
     assert bad.exit_code == 1 and "crops 1, 5 or 10" in bad.output
     empty = _predict(tmp_path / "nothing_here", "--runs", trained)
     assert empty.exit_code == 1
+    (tmp_path / "empty").mkdir()
+    none = _predict(tmp_path / "empty", "--runs", trained)
+    assert none.exit_code == 1 and f"no video files in {tmp_path / 'empty'}" in none.output
+    unwritable = _predict(video, "--runs", trained, "--json", tmp_path / "no" / "such" / "p.json")
+    assert unwritable.exit_code == 1 and "--json" in unwritable.output and "cannot write there" in unwritable.output
+    assert "Traceback" not in unwritable.output + none.output + bad.output
 
 
 def test_recorded_settings_round_trip_and_what_cannot_be_reproduced():

@@ -27,6 +27,7 @@ demo: $(VENV)/.installed
 	cd $(DEMO) && ../$(BIN)/trainer run spatial --config demo
 	cd $(DEMO) && ../$(BIN)/trainer run temporal --config demo
 	cd $(DEMO) && ../$(BIN)/fusion report --split 1
+	cd $(DEMO) && ../$(BIN)/fusion predict synth/UCF-101/SpinClockwise/v_SpinClockwise_g01_c01.avi --split 1 --show predict
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu"

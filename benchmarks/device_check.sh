@@ -3,9 +3,9 @@
 #
 #   bash benchmarks/device_check.sh OUTDIR        # on the GPU machine, from the repository root
 #
-# Writes OUTDIR/{env,kernels,gpu_tests,torchflow,loader,trainer_w4,trainer_w12}.txt and their .json. Budget: about
-# 10 minutes on one H100/H200 after the machine is up (steps 0-2 about 7; the trainer steps last, so a short budget
-# cuts only them); each step has its own timeout so one hang cannot eat the rest.
+# Writes OUTDIR/{env,kernels,gpu_tests,torchflow,loader,trainer_w4,trainer_w12,predict}.txt and their .json. Budget:
+# about 12 minutes on one H100/H200 after the machine is up (steps 0-2 about 7; the trainer and predict steps last,
+# so a short budget cuts only them); each step has its own timeout so one hang cannot eat the rest.
 # That machine's image has torch, triton, h5py, joblib, click, tqdm and matplotlib, but OpenCV without the
 # contrib modules (no cv2.optflow, so no OpenCV TV-L1 to compare with: TV-L1 parity is then CUDA against
 # torch on CPU, which is bit-identical to OpenCV on AVX2 CPUs). To bring the contrib build, put its wheel in
@@ -61,3 +61,9 @@ for W in 4 12; do
         --input 224 --workers "$W" --iters 8 --test-videos 4 --decode cpu,device --json "$OUT/trainer_w$W.json" \
         2>&1 | tee "$OUT/trainer_w$W.txt"
 done
+
+# 4. fusion predict (target: < 1 s per video): a 10 s 320x240 video, TV-L1 at 340x256 through the batched torch
+#    backend, resnet101 streams with the 25 x 10 protocol, per-video breakdown; then its CUDA test.
+timeout 150 python3 benchmarks/bench_predict.py --device cuda --video 320x240 --seconds 10 --size 340x256 \
+    --arch resnet101 --input 224 --flow-length 10 --views 25x10 --classes 101 --repeats 4 2>&1 | tee "$OUT/predict.txt"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_predict.py 2>&1 | tee -a "$OUT/predict.txt"

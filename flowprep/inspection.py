@@ -195,6 +195,34 @@ def colour_key(top: float, height: int) -> np.ndarray:
     return key
 
 
+def flow_picture(rgb: np.ndarray, flow: np.ndarray, idx: np.ndarray, title: str, subtitle: str) -> np.ndarray:
+    """Frames above their colour-coded flow, a title and the colour key: (H', W', 3) uint8 RGB.
+
+    rgb (n, H, W, 3) uint8 frames, flow (n, H, W, 2) float flow in pixels from each frame to the next, idx (n,)
+    their frame numbers. Shared by `flowprep show` and `fusion predict --show`.
+    """
+    import cv2
+
+    top = max(float(np.percentile(np.hypot(flow[..., 0], flow[..., 1]), 99)), 1e-6)
+    colour = [flow_to_color(f, top) for f in flow]
+    rgb = np.array(rgb)  # labels are drawn on a copy
+    zoom = max(1, -(-192 // rgb.shape[1]))  # small frames are enlarged (nearest) so a person can see them
+    if zoom > 1:
+        rgb = np.stack([cv2.resize(f, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for f in rgb])
+        colour = [cv2.resize(c, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for c in colour]
+    for i, (frame, col) in enumerate(zip(rgb, colour)):
+        cv2.putText(frame, f"frame {idx[i]}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
+        cv2.putText(col, f"flow {idx[i]}->{idx[i] + 1}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    grid = np.concatenate([np.concatenate(list(rgb), axis=1), np.concatenate(colour, axis=1)], axis=0)
+    head = np.full((36, grid.shape[1], 3), 32, np.uint8)
+    cv2.putText(head, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+    cv2.putText(head, subtitle, (4, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    grid = np.concatenate([head, grid], axis=0)
+    key = colour_key(top, grid.shape[0])
+    pad = np.full((key.shape[0] - grid.shape[0], grid.shape[1], 3), 32, np.uint8)
+    return np.concatenate([np.concatenate([grid, pad], axis=0), key], axis=1)
+
+
 def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Path:
     """Write a picture: ``count`` RGB frames spread over the video (top) above the colour-coded flow (bottom).
 
@@ -216,24 +244,7 @@ def show(path: str | Path, video_id: str, out: str | Path, count: int = 4) -> Pa
         idx = np.unique(np.linspace(0, m - 1, min(count, m)).round().astype(int))
         rgb = store.read_rgb(video_id, idx)
         flow = store.dequantize(store.read_flow(video_id, idx))  # the store's bound and rounding rule
-    top = max(float(np.percentile(np.hypot(flow[..., 0], flow[..., 1]), 99)), 1e-6)
-    colour = [flow_to_color(f, top) for f in flow]
-    zoom = max(1, -(-192 // rgb.shape[1]))  # small frames are enlarged (nearest) so a person can see them
-    if zoom > 1:
-        rgb = np.stack([cv2.resize(f, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for f in rgb])
-        colour = [cv2.resize(c, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST) for c in colour]
-    for i, (frame, col) in enumerate(zip(rgb, colour)):
-        cv2.putText(frame, f"frame {idx[i]}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
-        cv2.putText(col, f"flow {idx[i]}->{idx[i] + 1}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-    grid = np.concatenate([np.concatenate(list(rgb), axis=1), np.concatenate(colour, axis=1)], axis=0)
-    title = np.full((36, grid.shape[1], 3), 32, np.uint8)
-    cv2.putText(title, video_id, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
-    cv2.putText(title, "top: RGB frames; bottom: flow to the next frame (key on the right)", (4, 30),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-    grid = np.concatenate([title, grid], axis=0)
-    key = colour_key(top, grid.shape[0])
-    pad = np.full((key.shape[0] - grid.shape[0], grid.shape[1], 3), 32, np.uint8)
-    grid = np.concatenate([np.concatenate([grid, pad], axis=0), key], axis=1)
+    grid = flow_picture(rgb, flow, idx, video_id, "top: RGB frames; bottom: flow to the next frame (key on the right)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         written = cv2.imwrite(str(out), np.ascontiguousarray(grid[..., ::-1]))

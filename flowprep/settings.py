@@ -11,7 +11,7 @@ from typing import Any
 
 from flowprep import __version__
 from flowprep.video.decode import INTERPOLATION, Resize
-from flowprep.errors import OptionError
+from flowprep.errors import FlowprepError, OptionError
 from flowprep.flow.compute import choose_backend, resolve_device
 from flowprep.flow.params import algorithm, check_frame, resolve_params
 from flowprep.flow.quantize import DEFAULT_BOUND, DEQUANTIZE, ROUNDINGS
@@ -170,7 +170,7 @@ class ExtractConfig:
     allow_missing: bool = False  # split files may name videos that are not on disk
     follow_symlinks: bool = False  # class folders and videos that are links leaving --videos
     progress: bool = True
-    scheduler: str | None = None  # a Dask scheduler's address or local:N (flowprep.executors.cluster); None: this machine
+    scheduler: str | None = None  # a Dask scheduler's address or local:N (executors.cluster); None: this machine
 
     def __post_init__(self):
         for name in ("videos", "out", "splits_dir"):  # accept str paths from Python callers
@@ -227,3 +227,55 @@ class ExtractConfig:
         if n == 1:
             return self.out
         return self.out.with_name(f"{self.out.stem}-{i}of{n}{self.out.suffix or '.h5'}")
+
+
+def settings_from_recorded(config: dict[str, Any], device: str = "cpu") -> RunSettings:
+    """The RunSettings that reproduce a store's recorded config (``FlowStore.attrs``, or a copy kept with a
+    model): the inverse of `RunSettings.recorded`, so new videos get exactly the training data's frames and
+    flow. ``device``: "cpu" or "cuda", where the torch backend would run.
+
+    FlowprepError names what cannot be reproduced: imported flow (another tool computed it), a config
+    missing a setting, or one this flowprep does differently (interpolation, rounding, flow input).
+    """
+    from flowprep.video.decode import parse_size
+
+    if not isinstance(config, dict):
+        raise FlowprepError(f"the recorded flow settings are a {type(config).__name__}, not a dict")
+    if config.get("algo") == "imported" or "imported" in config:
+        tool = (config.get("imported") or {}).get("tool", "another tool")
+        raise FlowprepError(f"the flow was imported from {tool}'s files, not computed by flowprep, so its exact "
+                            "computation is unknown here; extract the training videos with `flowprep extract` and "
+                            "train on that store to classify new videos")
+    missing = [k for k in ("algo", "params", "implementation", "bound", "codec", "size") if k not in config]
+    if missing:
+        raise FlowprepError(f"the recorded flow settings lack {', '.join(missing)}")
+    differ = [(k, config.get(k), now) for k, now in (("interpolation", INTERPOLATION), ("rounding", ROUNDINGS["round"]))
+              if config.get(k, now) != now]
+    if differ:
+        raise FlowprepError("the flow was made differently from how this flowprep makes it: "
+                            + "; ".join(f"{k} {was!r}, here {now!r}" for k, was, now in differ))
+    implementation = str(config["implementation"])
+    backend = "opencv" if implementation.startswith("opencv-") else "torch"
+    size = str(config["size"])
+    try:
+        resize = Resize(None, None, int(size.split("=", 1)[1])) if size.startswith("short_side=") else parse_size(size)
+    except (ValueError, OptionError) as exc:
+        raise FlowprepError(f"the recorded frame size {size!r} cannot be read ({exc})") from None
+    if config["algo"] == "raft":  # the same weights, known by their SHA-256 (the file's path differs by machine)
+        from flowprep.flow.torchflow.raft import weights_identity
+
+        params, recorded = config["params"], (config.get("raft_weights") or {}).get("sha256")
+        try:
+            found = weights_identity(params.get("model", "large"), params.get("weights", ""))["sha256"]
+        except FlowprepError as exc:
+            raise FlowprepError(f"the flow was made by RAFT with weights of SHA-256 {recorded}: {exc}") from None
+        if found != recorded:
+            raise FlowprepError(f"the flow was made by RAFT with weights of SHA-256 {recorded}, but the weights "
+                                f"found here have {found}; put the training weights there (or in the torch cache)")
+    quality = config.get("jpeg_quality")
+    try:
+        return RunSettings(str(config["algo"]), resolve_params(str(config["algo"]), config["params"], backend=backend),
+                           backend, device, float(config["bound"]), str(config["codec"]),
+                           int(quality) if quality is not None else DEFAULT_JPEG_QUALITY, resize)
+    except OptionError as exc:
+        raise FlowprepError(f"the recorded flow settings cannot be used: {exc}") from None

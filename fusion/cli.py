@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from fusion import inputs
 from fusion.aggregate import AGGREGATIONS, DEFAULT_AGGREGATION
 from fusion.errors import FusionError
 from fusion.evaluate import DEFAULT_BOOTSTRAP, DEFAULT_SEED, Options, evaluate
-from plumbing.cli import one_line_errors
+from plumbing.cli import EXIT_FAILURE, one_line_errors
 
 REPORT_INTERRUPTED = ("report files are written whole or not at all, so none is half-written; re-run the same "
                       "command to make the report (it starts over, reading the same score files)")
@@ -205,3 +206,51 @@ def _report_all(runs, out, aggregation, weights, allow_missing, bootstrap, seed)
     files = write_summary(evs, out if out else runs / "fusion-all")
     click.echo(render_summary(evs))
     click.echo("wrote " + ", ".join(str(p) for p in files.values()))
+
+
+@main.command(cls=_WeightsCommand)
+@click.argument("videos", nargs=-1, required=True, metavar="VIDEO_OR_FOLDER...")
+@click.option("--split", type=click.IntRange(1), default=1, show_default=True,
+              help="Split whose models are applied: RUNS/{spatial,temporal}-split{k}/checkpoint_best.pt.")
+@click.option("--runs", type=click.Path(file_okay=False), default=inputs.DEFAULT_RUNS, show_default=True,
+              help="Run directory holding the two streams' run folders and fusion-split{k}/report.json.")
+@click.option("--spatial", metavar="CHECKPOINT", help="Spatial stream checkpoint (default: from --runs).")
+@click.option("--temporal", metavar="CHECKPOINT", help="Temporal stream checkpoint (default: from --runs).")
+@click.option("--store", help="Flow store the models were trained on, for checkpoints that do not record "
+              "their flow settings (older ones).")
+@click.option("--report", help="Fusion report whose choice is applied (default RUNS/fusion-split{k}/report.json).")
+@click.option("--method", type=click.Choice(["average", "max", "weighted", "confidence", "learned"]),
+              help="Fusion method (default: the report's; without a report, average).")
+@click.option("--weights", metavar="W_SPATIAL W_TEMPORAL", help="Weights for --method weighted, e.g. --weights 2 1.")
+@click.option("--aggregate", "aggregation", type=click.Choice(list(AGGREGATIONS)),
+              help="Views to video (default: the report's; without a report, mean-logits).")
+@click.option("--views", default="test", show_default=True,
+              help="test (each run's test protocol, e.g. 25 x 10), fast (5 frames or stacks x the centre crop) "
+                   "or FRAMESxCROPS.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the models run; on CUDA, TV-L1 and Farneback flow use the batched PyTorch backend.")
+@click.option("--json", "json_path", metavar="FILE", help="Write the predictions as JSON.")
+@click.option("--show", metavar="DIR", help="Write one PNG per video: frames, their flow and the top-5.")
+def predict(videos, split, runs, spatial, temporal, store, report, method, weights, aggregation, views, device,
+            json_path, show) -> None:
+    """The trained two-stream model of a split on new videos: top-5 per video, with a time breakdown.
+
+    Frames and flow are made exactly as the training store's (recorded in the checkpoints); a video that
+    cannot be decoded gets its own error and the others are still predicted (exit 1).
+
+    \b
+    Examples:
+      fusion predict clip.avi other.mp4
+      fusion predict videos/ --split 1 --views fast --json predictions.json --show pictures/
+      fusion predict clip.avi --method weighted --weights 2 1
+    """
+    from fusion.predict import PredictOptions, predict as run_predict
+
+    checkpoints = {k: v for k, v in (("spatial", spatial), ("temporal", temporal)) if v}
+    options = PredictOptions(paths=tuple(videos), split=split, runs=runs, checkpoints=checkpoints, store=store,
+                             report=report, method=method, weights=_parse_weights(weights, 2), aggregation=aggregation,
+                             views=views, device=device, json=json_path, show=show)
+    with one_line_errors((FusionError,), interrupted="nothing was written except the --show pictures already made"):
+        results = run_predict(options, echo=click.echo)
+    if any(r.error for r in results):
+        sys.exit(EXIT_FAILURE)

@@ -11,3 +11,8 @@ class CoverageError(FusionError):
 
 class InputError(FusionError):
     """A score file is missing, unreadable, mislabelled or does not fit the request."""
+
+
+class PredictError(FusionError):
+    """`fusion predict` cannot run: a model, its recorded flow settings or the fusion choice is missing or
+    unusable (errors of one video are reported per video instead)."""

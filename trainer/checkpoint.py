@@ -16,6 +16,10 @@ A checkpoint is a plain dict (torchvision-reference style), loadable with ``torc
     history         per-epoch log rows (list of dicts), so log.csv can be rebuilt exactly on resume
     best            {"epoch", "val_top1", "val_loss", "selected_by"}
     init            {"note": where the initial weights came from, "pretrained": bool, "bn": resolved mode}
+    flow            the training store's recorded settings (FlowStore.attrs: algo, params, implementation,
+                    size, interpolation, bound, rounding, codec, jpeg_quality, versions): how the model's
+                    frames and flow were made, so new videos can be made the same way (`fusion predict`);
+                    absent from checkpoints written before it was recorded
 
 Files are written to a temporary name in the same folder, fsynced and renamed, so a killed run leaves
 either the previous checkpoint or the new one, never half of one. A SIGKILL during a write leaves the
@@ -67,6 +71,14 @@ def load_checkpoint(path: str | os.PathLike, for_resume: bool = False) -> dict[s
         raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint lacks {', '.join(missing)}; cannot "
                               f"{what} it (resume needs {LAST})")
     return state
+
+
+def flow_settings(store) -> dict[str, Any]:
+    """What a checkpoint records of the store it was trained on (``flow``): the store's config as its public
+    reader gives it (flowprep.FlowStore.attrs), a JSON-ready dict."""
+    import json
+
+    return json.loads(json.dumps(dict(store.attrs)))
 
 
 def remove_run_outputs(run_dir: Path) -> None:

@@ -74,6 +74,7 @@ def _run(cfg: TrainConfig, env: Env, resume, fresh: bool, test: bool, progress: 
     state = load_everywhere(source, env, for_resume=True) if source is not None else None
     if state is not None:
         _check_same_settings(state, source, cfg)
+        _check_same_flow(state, source, store, cfg)
     training = build_training(cfg, env, store, subsets, state)
     _prepare_run_dir(cfg, env, fresh)  # only now: a run that cannot start leaves no folder behind
     pos = _position(state, source, training.plan, cfg, env)
@@ -110,6 +111,17 @@ def _check_same_settings(state: dict[str, Any], source: Path, cfg: TrainConfig) 
                               f"{' ...' if len(diff) > 4 else ''}); re-run with the run's config "
                               f"(--config {cfg.run_dir / 'config.toml'}), pass --fresh to start over, or choose "
                               f"another --out")
+
+
+def _check_same_flow(state: dict[str, Any], source: Path, store, cfg: TrainConfig) -> None:
+    """A run continues only on frames and flow made as before (``data`` may name a moved store, not another
+    extraction): the checkpoint's ``flow`` against the store's settings."""
+    from flowprep.store.format import incompatibilities
+
+    diff = incompatibilities(state["flow"], store.attrs) if isinstance(state.get("flow"), dict) else []
+    if diff:
+        raise CheckpointError(f"{source}: this run was trained on flow made otherwise than {cfg.data}'s "
+                              f"({'; '.join(diff[:3])}); continue it on its own store, or pass --fresh")
 
 
 def _prepare_run_dir(cfg: TrainConfig, env: Env, fresh: bool) -> None:
@@ -182,7 +194,7 @@ def _epoch_and_checkpoint(t: Training, pos: Position, store, subsets: Subsets, c
         logs.write_csv(cfg.run_dir / "log.csv", pos.history)  # every epoch: small; rebuilt from the checkpoint
     if due:
         if env.is_main:
-            _checkpoint(t, pos, val, subsets, cfg)
+            _checkpoint(t, pos, val, subsets, cfg, store)
         pos.saved_epoch, pos.saved_iteration = pos.epoch, pos.iteration
     barrier(env)
 
@@ -199,14 +211,19 @@ def select_best(best: dict[str, Any], val: dict[str, float], epoch: int) -> dict
     return None
 
 
-def _checkpoint(t: Training, pos: Position, val: dict[str, float], subsets: Subsets, cfg: TrainConfig) -> None:
-    """Rank 0: checkpoint_best.pt if this epoch is the best so far, checkpoint_last.pt, curves.png."""
+def _checkpoint(t: Training, pos: Position, val: dict[str, float], subsets: Subsets, cfg: TrainConfig,
+                store) -> None:
+    """Rank 0: checkpoint_best.pt if this epoch is the best so far, checkpoint_last.pt, curves.png.
+
+    Both carry the store's recorded settings (``flow``: algorithm, parameters, implementation, frame size,
+    bound, rounding, codec), so `fusion predict` makes new videos' frames and flow as the model saw them.
+    """
     best = select_best(pos.best, val, pos.epoch)
     if best is not None:
         pos.best = best
     common = {"model": bare_model(t.bare).state_dict(), "epoch": pos.epoch, "iteration": pos.iteration,
               "config": cfg.to_dict(), "derived": cfg.derived(), "classes": subsets.classes, "best": pos.best,
-              "init": t.init}
+              "init": t.init, "flow": ckpt.flow_settings(store)}
     # best first: a kill between the two writes leaves a last checkpoint that re-does these epochs
     if best is not None:
         ckpt.save_checkpoint(cfg.run_dir / ckpt.BEST, dict(common, kind="best"))

@@ -42,33 +42,45 @@ class Codec:
             return encode_jpeg("gray", array[..., 0], quality), encode_jpeg("gray", array[..., 1], quality)
         return (encode_jpeg(kind, array, quality),)
 
-    def decode_field(self, images: tuple[np.ndarray, ...], field: np.ndarray) -> bool:
-        """Decode one field's stored JPEGs into ``field``, a (2, H, W) uint8 view (x, y planes); False when
-        they do not decode to that size."""
-        import cv2
-
-        h, w = field.shape[1:]
-        if len(images) == 2:  # each plane decoded straight from its own JPEG
-            for plane, image in zip(field, images):
-                img = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
-                if img is None or img.shape != (h, w):
-                    return False
-                plane[...] = img
-            return True
-        img = cv2.imdecode(images[0], cv2.IMREAD_GRAYSCALE)
-        if img is None or img.shape != (h, 2 * w):
-            return False
-        # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
-        field[0] = img[:, :w]
-        field[1] = img[:, w:]
-        return True
-
 
 CODECS: dict[str, Codec] = {c.name: c for c in (
     Codec("jpeg", True, 1, "flow x | y side by side in one gray JPEG"),
     Codec("jpeg-xy", True, 2, "x and y as two gray JPEGs"),
     Codec("raw", False, 1, "pixels"),
 )}
+
+
+def decode_image(kind: str, images: tuple[np.ndarray, ...], out: np.ndarray) -> bool:
+    """Decode one stored frame or field (as `Codec.encode` wrote it) into ``out``: the one JPEG decoder of every
+    reader (the store's, and `fusion predict`'s, which takes new videos through the codec and back).
+
+    kind "rgb": images = (jpeg,), out (H, W, 3) uint8 RGB. Kind "flow": images = (x | y jpeg,) (codec jpeg) or
+    (x jpeg, y jpeg) (codec jpeg-xy), out (2, H, W) uint8 planes (a transposed view of (H, W, 2) works).
+    Returns False when an image does not decode to out's size (damaged data); nothing else is checked here.
+    """
+    import cv2
+
+    if kind == "rgb":
+        img = cv2.imdecode(images[0], cv2.IMREAD_COLOR)
+        if img is None or img.shape[:2] != out.shape[:2]:
+            return False
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out)
+        return True
+    h, w = out.shape[1:]
+    if len(images) == 2:  # jpeg-xy: each plane decoded straight from its own JPEG
+        for plane, image in zip(out, images):
+            img = cv2.imdecode(image, cv2.IMREAD_GRAYSCALE)
+            if img is None or img.shape != (h, w):
+                return False
+            plane[...] = img
+        return True
+    img = cv2.imdecode(images[0], cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape != (h, 2 * w):
+        return False
+    # stored side by side (H, 2W): x | y; as planes, whole rows are copied (no interleaving)
+    out[0] = img[:, :w]
+    out[1] = img[:, w:]
+    return True
 
 
 def codec(name: str) -> Codec:

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from flowprep.errors import StoreError
-from flowprep.store.codec import CODECS
+from flowprep.store.codec import CODECS, decode_image
 from flowprep.store.format import (CHANNELS, as_str, check_offsets, incompatibilities, open_store_file,
                                    read_config, read_contents)
 
@@ -267,8 +267,6 @@ class FlowStore:
 
     def _read(self, video_id: str, kind: str, idx: np.ndarray, planes: bool = False) -> np.ndarray:
         """(n, H, W, c) uint8, or with ``planes`` (flow only) (n, 2, H, W)."""
-        import cv2
-
         stored = self._stored_of(video_id, kind)
         rec = self._records[video_id]
         h, w, c = rec["height"], rec["width"], CHANNELS[kind]
@@ -286,14 +284,8 @@ class FlowStore:
             return np.ascontiguousarray(data.transpose(0, 3, 1, 2)) if planes else data
         out = np.empty((len(idx), c, h, w) if planes else (len(idx), h, w, c), np.uint8)
         for k, (i, images) in enumerate(zip(idx, self._pieces(video_id, kind, stored, idx))):
-            if kind == "rgb":
-                img = cv2.imdecode(images[0], cv2.IMREAD_COLOR)
-                if img is None or img.shape[:2] != (h, w):
-                    raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
-                cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[k])
-                continue
-            field = out[k] if planes else out[k].transpose(2, 0, 1)  # (2, H, W) view: x, y
-            if not CODECS[self.attrs["codec"]].decode_field(images, field):
+            target = out[k] if kind == "rgb" or planes else out[k].transpose(2, 0, 1)  # flow: (2, H, W) view
+            if not decode_image(kind, images, target):
                 raise self._bad_image(video_id, kind, int(i), "does not decode to the recorded size")
         return out
 

@@ -144,3 +144,38 @@ def test_the_holdout_never_splits_a_group(tmp_path):
         for g in range(1, 6):
             members = {r.video_id for r in recs if r.group == g}
             assert members <= val or not (members & val)
+
+
+def test_extract_records_the_generated_split_in_the_store_and_prints_it(tmp_path):
+    from flowprep import FlowStore
+    from flowprep.cli import main as flowprep_main
+    from tests.videos import moving_video
+
+    for cls, dx in (("Left", -1.0), ("Right", 1.0)):
+        for r in range(4):
+            for c in range(2):
+                moving_video(tmp_path / "d" / cls / f"{cls}_rec{r}_clip{c}.avi", n=3, dx=dx, seed=r)
+    out = tmp_path / "f.h5"
+    res = CliRunner().invoke(flowprep_main, ["extract", "--videos", str(tmp_path / "d"), "--out", str(out),
+                                             "--size", "32x24", "--algo", "farneback", "--jobs", "1",
+                                             "--no-progress", "--group-regex", REGEX])
+    assert res.exit_code == 0, res.output
+    assert "split: generated: stratified by class, each group on one side; 3 splits" in res.output
+    with FlowStore(out) as store:
+        m = store.manifest
+    assert m.split_method.endswith(f"groups: regex {REGEX!r} over the video name (8 groups)")
+    for k in (1, 2, 3):
+        assert all(len(s) == 1 for s in _sides(m, k, lambda r: _recording(r.video_id)).values())
+        assert Counter(r.class_name for r in m if r.split(k) == "test") == {"Left": 2, "Right": 2}
+
+
+def test_extract_names_a_flat_folder(tmp_path):
+    from flowprep.cli import main as flowprep_main
+
+    (tmp_path / "flat").mkdir()
+    for i in range(3):
+        (tmp_path / "flat" / f"clip{i}.mp4").write_bytes(b"")
+    res = CliRunner().invoke(flowprep_main, ["extract", "--videos", str(tmp_path / "flat"), "--out",
+                                             str(tmp_path / "f.h5"), "--no-progress"])
+    assert res.exit_code == 1 and "3 videos lie directly in" in res.output
+    assert "put them in class folders" in res.output and "ROOT" not in res.output

@@ -47,3 +47,13 @@ def test_curves_loss_axis_is_logarithmic_so_a_spike_leaves_the_training_curve_re
     assert "not drawn: hold-out loss nan at epoch 21" in [t.get_text() for t in ax_loss.texts]
     plot_curves(tmp_path / "curves.png", rows, classes=101)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_console_hides_top5_with_five_classes_or_fewer():
+    from trainer.logs import format_row, header
+
+    row = {"epoch": 1, "iteration": 10, "lr": 0.01, "loss": 0.5, "top1": 90.0, "top5": 100.0, "val_top1": 80.0,
+           "val_top5": 100.0, "batch_time": 0.1, "data_time": 0.01, "data_wait": 0.1, "samples_per_s": 123.0}
+    assert "top5" in header() and "v-top5" in header(101) and "top5" not in header(5)
+    assert len(format_row(row, 3).split()) == len(header(3).split()) == len(header().split()) - 2
+    assert format_row(row).split()[5] == "100.0" and "100.0" not in format_row(row, 5)

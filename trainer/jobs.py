@@ -31,7 +31,8 @@ def run_lock(cfg: TrainConfig, env: Env):
     """Rank 0 holds an flock on OUT/.STREAM-splitK.lock while the job writes the run directory: a second
     `trainer run` or `trainer test` on it fails at once instead of training over the first one's files. The
     kernel drops the lock when its holder dies, even by SIGKILL, so a killed run can be re-run. The lock
-    lives beside the run directory, so a run refused before it starts leaves no directory behind."""
+    lives beside the run directory, so a run refused before it starts leaves no directory behind, and a
+    runs folder made for the lock alone is removed again."""
     from plumbing.atomic import exclusive_lock_or
 
     if not env.is_main:
@@ -41,8 +42,15 @@ def run_lock(cfg: TrainConfig, env: Env):
                                     "finish or stop it (a killed run resumes), or choose another --out")
     unwritable = lambda exc: TrainerError(f"cannot write {cfg.run_dir}: {exc.strerror or exc}; choose an "  # noqa: E731
                                           "--out you can write to")
-    with exclusive_lock_or(lock_path(cfg.run_dir), busy, unwritable):
-        yield
+    runs = lock_path(cfg.run_dir).parent
+    made = not runs.exists()
+    try:
+        with exclusive_lock_or(lock_path(cfg.run_dir), busy, unwritable):
+            yield
+    finally:
+        if made:  # a run that failed before making its directory leaves no empty runs folder either
+            with contextlib.suppress(OSError):
+                runs.rmdir()  # only when empty
 
 
 def load_everywhere(path: Path, env: Env, for_resume: bool) -> dict[str, Any]:

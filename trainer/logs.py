@@ -19,19 +19,32 @@ _TABLE = (("epoch", "epoch", "{:>5d}"), ("iteration", "iter", "{:>7d}"), ("lr", 
           ("data_wait", "wait%", "{:>6.1f}"), ("samples_per_s", "smp/s", "{:>7.1f}"))
 
 
-def header() -> str:
-    widths = [len(fmt.format(0 if col in ("epoch", "iteration") else 0.0)) for col, _, fmt in _TABLE]
-    return " ".join(f"{h:>{w}}" for (_, h, _), w in zip(_TABLE, widths))
+TOP5_COLUMNS = ("top5", "val_top5")
 
 
-def format_row(row: dict[str, Any]) -> str:
+def _table(classes: int | None) -> tuple[tuple[str, str, str], ...]:
+    """The console columns: without top-5 where there are 5 classes or fewer (it is then always 100)."""
+    if classes is not None and classes <= 5:
+        return tuple(c for c in _TABLE if c[0] not in TOP5_COLUMNS)
+    return _TABLE
+
+
+def _width(col: str, fmt: str) -> int:
+    return len(fmt.format(0 if col in ("epoch", "iteration") else 0.0))
+
+
+def header(classes: int | None = None) -> str:
+    """The console table's header line (``classes``: see _table)."""
+    return " ".join(f"{h:>{_width(col, fmt)}}" for col, h, fmt in _table(classes))
+
+
+def format_row(row: dict[str, Any], classes: int | None = None) -> str:
     """One console line of the table; missing values (no validation this epoch) print as '-'."""
     out = []
-    for col, _, fmt in _TABLE:
+    for col, _, fmt in _table(classes):
         value = row.get(col)
-        width = len(fmt.format(0 if col in ("epoch", "iteration") else 0.0))
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            out.append(f"{'-':>{width}}")
+            out.append(f"{'-':>{_width(col, fmt)}}")
         else:
             out.append(fmt.format(value * 100 if col == "data_wait" else value))
     return " ".join(out)

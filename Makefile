@@ -10,6 +10,9 @@ DEMO := demo
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed \
+	($(PYTHON) is $$($(PYTHON) -V 2>&1)): the pins need numpy 2.4 and the trainer reads TOML with tomllib; \
+	run make PYTHON=python3.12 (or 3.11, 3.13)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
 	$(PY) -m pip install -c constraints.txt -e '.[test]'

@@ -81,8 +81,15 @@ def _run(cfg: TrainConfig, env: Env, resume, fresh: bool, test: bool, progress: 
     del state
     _announce(training, pos, store, subsets, cfg, env)
     start_epoch = pos.epoch
-    while not _finished(training.plan, pos):
-        _epoch_and_checkpoint(training, pos, store, subsets, cfg, env, progress)
+    board = logs.Board(cfg.run_dir) if env.is_main else None
+    if board is not None:
+        say(env, board.note)
+    try:
+        while not _finished(training.plan, pos):
+            _epoch_and_checkpoint(training, pos, store, subsets, cfg, env, progress, board)
+    finally:
+        if board is not None:
+            board.close()
     best = broadcast_object(env, pos.best)
     if pos.epoch > start_epoch:
         say(env, f"training done: {pos.epoch} epochs, {pos.iteration} iterations; best: epoch {best['epoch']} "
@@ -167,7 +174,7 @@ def _finished(plan: Plan, pos: Position) -> bool:
 
 
 def _epoch_and_checkpoint(t: Training, pos: Position, store, subsets: Subsets, cfg: TrainConfig, env: Env,
-                          progress: bool) -> None:
+                          progress: bool, board: logs.Board | None = None) -> None:
     """One epoch of training; then, when due, validation on the hold-out and the checkpoints."""
     t0 = time.perf_counter()
     row, pos.iteration = train_one_epoch(t, cfg, env, pos.epoch, pos.iteration, progress)
@@ -186,6 +193,8 @@ def _epoch_and_checkpoint(t: Training, pos: Position, store, subsets: Subsets, c
         say(env, f"warning: hold-out loss {val['val_loss']} at epoch {pos.epoch}: not a candidate for {ckpt.BEST}")
     if env.is_main:
         logs.write_csv(cfg.run_dir / "log.csv", pos.history)  # every epoch: small; rebuilt from the checkpoint
+        if board is not None:
+            board.add(row)
     if due:
         if env.is_main:
             _checkpoint(t, pos, val, subsets, cfg)

@@ -79,12 +79,12 @@ def _run(cfg: TrainConfig, env: Env, resume, fresh: bool, test: bool, progress: 
     _prepare_run_dir(cfg, env, fresh)  # only now: a run that cannot start leaves no folder behind
     pos = _position(state, source, training.plan, cfg, env)
     del state
-    _announce(training, pos, store, subsets, cfg, env)
-    start_epoch = pos.epoch
     board = logs.Board(cfg.run_dir) if env.is_main else None
-    if board is not None:
-        say(env, board.note)
     try:
+        if board is not None:
+            say(env, board.note)
+        _announce(training, pos, store, subsets, cfg, env)
+        start_epoch = pos.epoch
         while not _finished(training.plan, pos):
             _epoch_and_checkpoint(training, pos, store, subsets, cfg, env, progress, board)
     finally:

@@ -157,6 +157,8 @@ def _announce(t: Training, pos: Position, store, subsets: Subsets, cfg: TrainCon
              f"{plan.micro_batch} x {plan.accum} accumulation; {plan.iters_per_epoch} iterations/epoch, "
              f"{plan.epochs} epochs{f', stop at iteration {plan.max_iters}' if plan.max_iters else ''}; "
              f"precision {t.precision}")
+    if store.manifest.split_method:
+        say(env, f"split {cfg.split} of the split made for this dataset ({store.manifest.split_method})")
     report_videos(env, store, subsets, cfg)
     if subsets.val and (small := too_small_to_choose(len(subsets.val), len(subsets.classes))):
         say(env, f"note: {small}, so the last epoch is kept as {ckpt.BEST} instead of the best on the hold-out "

@@ -54,13 +54,13 @@ def _summary(m: Manifest, info: BuildInfo | None = None) -> list[str]:
             kinds = Counter(Path(name).suffix.lower() or "(no extension)" for name in info.skipped)
             lines.append(f"skipped:  {len(info.skipped)} files in class folders that are not videos by their "
                          f"extension ({', '.join(f'{k} {n}' for k, n in kinds.most_common())}), e.g. {info.skipped[0]}")
-    if m.split_method:
+    if m.split_method:  # it names the group rule too
         lines.append(f"split:    {m.split_method}")
-    if m.group_rule:
+    elif m.group_rule:
         lines.append(f"groups:   {m.group_rule}")
-        if m.group_rule == NO_GROUPS and m.split_method:
-            lines.append("          (clips cut from one recording may sit in both train and test, which inflates "
-                         "test accuracy: give --group-regex)")
+    if m.group_rule == NO_GROUPS and m.split_method:
+        lines.append("          (no groups: clips cut from one recording may sit in both train and test, which "
+                     "inflates test accuracy; give --group-regex)")
     lines.append(f"classes:  {len(m.classes)}")
     lines.append(f"videos:   {len(m)}")
     for k in range(1, m.num_splits + 1):

@@ -68,7 +68,7 @@ def test_without_a_rule_each_video_is_its_own_group_and_the_summary_says_so(tmp_
     assert leaks  # what the rule is for: without it, recordings straddle the split
     res = CliRunner().invoke(main, ["build", str(root), "--out", str(tmp_path / "m.tsv")])
     assert res.exit_code == 0, res.output
-    assert f"groups:   {NO_GROUPS}" in res.output and "inflates test accuracy" in res.output
+    assert f"groups: {NO_GROUPS}" in res.output and "inflates test accuracy; give --group-regex" in res.output
     assert "split:    generated: stratified by class" in res.output
     assert Manifest.read(tmp_path / "m.tsv") == m  # the method and the rule are recorded in the file
 

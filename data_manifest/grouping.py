@@ -9,7 +9,8 @@ Group rule, in this order:
 
 1. ``GroupRule(regex=...)``: a regular expression searched in each video id (the file name without its
    extension); the group is its first capture group, or the whole match without one. Every name must match.
-2. The UCF101 token ``_gNN_`` (the last one in the name), used when the names carry it.
+2. The UCF101 token ``_gNN_`` (the last one in the name; also ``_gNN`` ending the name), used when the names
+   carry it.
 3. Otherwise each video is its own group, and the manifest says so.
 
 Generated split (`generate_splits`, defaults NUM_SPLITS / TEST_FRACTION / SEED): for each split k, the groups are
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 NUM_SPLITS = 3
 TEST_FRACTION = 0.3
 SEED = 0
-UCF_GROUP = re.compile(r"_g([0-9]+)_")
+UCF_GROUP = re.compile(r"_g([0-9]+)(?=_|$)")  # v_Jump_g08_c01, and at the end of a name: jump_g08
 TOKEN_RULE = "the UCF101 name token _gNN_"
 NO_GROUPS = "none: each video is its own group"
 

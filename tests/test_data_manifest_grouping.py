@@ -86,6 +86,8 @@ def test_group_rule_errors_and_a_mixed_naming(tmp_path):
         assign_groups(["a"], GroupRule("("))
     with pytest.raises(ManifestError, match=r"1 of 2 video names do not match --group-regex .* \(e\.g\. odd\)"):
         assign_groups(["x_clip1", "odd"], GroupRule(REGEX))
+    assert assign_groups(["v_A_g01_c01", "jump_g7", "x_g02_y_g3_c1", "big_g10x"]).groups == {
+        "v_A_g01_c01": 1, "jump_g7": 7, "x_g02_y_g3_c1": 3, "big_g10x": None}  # the last token; 'g10x' is none
     mixed = assign_groups(["v_A_g01_c01", "plain"])
     assert mixed.groups == {"v_A_g01_c01": 1, "plain": None} and "1 of 2 video names carry" in mixed.note
     with pytest.raises(ManifestError, match="test fraction must be strictly between 0 and 1"):

@@ -30,6 +30,8 @@ demo: $(VENV)/.installed
 	cd $(DEMO) && ../$(BIN)/trainer run spatial --config demo
 	cd $(DEMO) && ../$(BIN)/trainer run temporal --config demo
 	cd $(DEMO) && ../$(BIN)/fusion report --split 1
+	@echo "demo done: $(DEMO)/runs/fusion-split1/report.md. The commands live in $(BIN)/: in a new shell run" \
+	      "'source $(VENV)/bin/activate' first (or write $(BIN)/flowprep and so on)."
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu"

@@ -10,6 +10,9 @@ DEMO := demo
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed \
+	($(PYTHON) is $$($(PYTHON) -V 2>&1)): the pins need numpy 2.4 and the trainer reads TOML with tomllib; \
+	run make PYTHON=python3.12 (or 3.11, 3.13)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
 	$(PY) -m pip install -c constraints.txt -e '.[test]'
@@ -28,6 +31,8 @@ demo: $(VENV)/.installed
 	cd $(DEMO) && ../$(BIN)/trainer run temporal --config demo
 	cd $(DEMO) && ../$(BIN)/fusion report --split 1
 	cd $(DEMO) && ../$(BIN)/fusion predict synth/UCF-101/SpinClockwise/v_SpinClockwise_g01_c01.avi --split 1 --show predict
+	@echo "demo done: $(DEMO)/runs/fusion-split1/report.md. The commands live in $(BIN)/: in a new shell run" \
+	      "'source $(VENV)/bin/activate' first (or write $(BIN)/flowprep and so on)."
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu"

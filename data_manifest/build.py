@@ -11,42 +11,21 @@ Where things may be:
 from __future__ import annotations
 
 import os
-import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from data_manifest.assemble import Found, Wording, assemble, shown
 from data_manifest.errors import ManifestError
-from data_manifest.manifest import SPLIT_NONE, SPLIT_TEST, SPLIT_TRAIN, SPLIT_UNUSED, Manifest, VideoRecord
-from data_manifest.splits import (HMDB_SPLIT_GLOB, UCF_CLASS_IND, VIDEO_EXTENSIONS, SplitTable, is_video_name,
-                                  load_hmdb51, load_ucf101, ucf_class_of)
+from data_manifest.grouping import GroupRule, SplitRule
+from data_manifest.manifest import Manifest
+from data_manifest.splits import (HMDB_SPLIT_GLOB, UCF_CLASS_IND, VIDEO_EXTENSIONS, is_video_name, load_hmdb51,
+                                  load_ucf101, ucf_class_of)
 
 DATASETS = ("auto", "ucf101", "hmdb51", "folder")
 KNOWN_SPLIT_DIRS = ("ucfTrainTestlist", "testTrainMulti_7030_splits")
 SEARCH_DEPTH = 2
-MAX_LISTED = 10  # names shown in one message before "... and N more"
-
-_GROUP = re.compile(r"_g([0-9]+)_")
 _SPLIT_FILE_DESC = {"ucf101": f"UCF101 split files ({UCF_CLASS_IND})",
                     "hmdb51": f"HMDB51 split files ({HMDB_SPLIT_GLOB})"}
-
-
-@dataclass(frozen=True)
-class OfficialSplits:
-    """Published split sizes, used to flag an incomplete copy of a dataset."""
-
-    name: str
-    num_classes: int
-    sizes: dict[int, dict[str, int]]  # split -> subset -> number of videos
-
-
-OFFICIAL = {
-    "ucf101": OfficialSplits("UCF101", 101, {1: {SPLIT_TRAIN: 9537, SPLIT_TEST: 3783},
-                                             2: {SPLIT_TRAIN: 9586, SPLIT_TEST: 3734},
-                                             3: {SPLIT_TRAIN: 9624, SPLIT_TEST: 3696}}),
-    "hmdb51": OfficialSplits("HMDB51", 51, {k: {SPLIT_TRAIN: 3570, SPLIT_TEST: 1530, SPLIT_UNUSED: 1666}
-                                            for k in (1, 2, 3)}),
-}
 
 
 @dataclass(frozen=True)
@@ -58,11 +37,6 @@ class BuildInfo:
     splits_dir: Path | None
     split_files: tuple[Path, ...]
     skipped: tuple[str, ...] = ()  # "<Class>/<file>" in class folders left out: not a video by its extension
-
-
-def _shown(names: list[str]) -> str:
-    extra = len(names) - MAX_LISTED
-    return ", ".join(names[:MAX_LISTED]) + (f" ... and {extra} more" if extra > 0 else "")
 
 
 def _subdirs(d: Path) -> list[Path]:
@@ -189,65 +163,20 @@ def _find_video_root(root: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
+        loose = _video_names(root)
+        if loose:
+            raise ManifestError(f"{len(loose)} videos lie directly in {root} (e.g. {loose[0]}): put them in class "
+                                f"folders ({root}/<Class>/<video>); the class folder's name is the label")
         raise ManifestError(f"no videos found in {root}: expected {root}/<Class>/<video> or "
                             f"{root}/<folder>/<Class>/<video> with one of the extensions "
-                            f"{' '.join(VIDEO_EXTENSIONS)}; point ROOT at the folder that holds the class folders")
+                            f"{' '.join(VIDEO_EXTENSIONS)}; give the dataset folder that holds the class folders")
     raise ManifestError(f"{root} has {len(candidates)} folders that hold class folders "
-                        f"({', '.join(c.name for c in candidates)}); pass the one you mean as ROOT")
-
-
-def _ucf_group(stem: str) -> int | None:
-    """Group number from a UCF-style name 'v_Class_g08_c01' (the last '_gNN_'), None if there is none."""
-    found = _GROUP.findall(stem)
-    return int(found[-1]) if found else None
-
-
-def official_count_problems(dataset: str, num_classes: int, counts: dict[int, Counter]) -> list[str]:
-    """Compare per-split subset counts with the published sizes, when the dataset is recognised."""
-    official = OFFICIAL.get(dataset)
-    if official is None or num_classes != official.num_classes:
-        return []
-    problems = []
-    for k, expected in official.sizes.items():
-        if k not in counts:
-            problems.append(f"split {k} is missing; the official {official.name} has {len(official.sizes)} splits")
-            continue
-        for subset, n in expected.items():
-            got = counts[k][subset]
-            if got != n:
-                problems.append(f"split {k}: {got} {subset} videos, the official {official.name} split {k} "
-                                f"has {n}")
-    return problems
-
-
-def _cross_check(table: SplitTable, on_disk: dict[str, list[str]], video_root: Path, splits_dir: Path,
-                 allow_missing: bool, problems: list[str]) -> dict[str, tuple[str, ...]]:
-    """Listed videos that exist, plus unlisted ones of known classes (membership '-'); fills problems."""
-    disk = {f"{c}/{n}" for c, names in on_disk.items() for n in names}
-    missing = sorted(r for r in table.entries if r not in disk)
-    if missing:
-        msg = (f"{len(missing)} of {len(table.entries)} videos named in the split files in {splits_dir} are "
-               f"missing under {video_root}: {_shown(missing)}{_other_extension_hint(missing, disk)}")
-        if not allow_missing:
-            raise ManifestError(f"{msg}; check that ROOT holds the class folders (or one folder that does), "
-                                f"or allow missing videos (--allow-missing) to leave them out")
-        problems.append(f"{msg}; left out of the manifest")
-    known = set(table.classes)
-    stray = sorted(c for c, names in on_disk.items() if names and c not in known)
-    if stray:
-        problems.append(f"{len(stray)} folders in {video_root} are not classes of the split files and were left "
-                        f"out: {_shown(stray)}")
-    unlisted = sorted(r for r in disk if r not in table.entries and r.split("/", 1)[0] in known)
-    if unlisted:
-        problems.append(f"{len(unlisted)} videos on disk are in no split file (kept, with split '-'): "
-                        f"{_shown(unlisted)}")
-    entries = {r: m for r, m in table.entries.items() if r in disk}
-    entries.update((r, (SPLIT_NONE,) * table.num_splits) for r in unlisted)
-    return entries
+                        f"({', '.join(c.name for c in candidates)}); give the one you mean as the dataset folder")
 
 
 def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.PathLike | None = None,
-          *, allow_missing: bool = False, follow_symlinks: bool = False) -> tuple[Manifest, BuildInfo]:
+          *, allow_missing: bool = False, follow_symlinks: bool = False, group_rule: GroupRule = GroupRule(),
+          split_rule: SplitRule | None = SplitRule()) -> tuple[Manifest, BuildInfo]:
     """build_manifest, also returning where the videos and split files were found."""
     if dataset not in DATASETS:
         raise ManifestError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -261,84 +190,66 @@ def build(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.P
     elif dataset == "hmdb51":
         table = load_hmdb51(sdir)
     video_root = _find_video_root(root)
-    listing = {d.name: _files(d) for d in _subdirs(video_root)}  # one directory scan per class folder
-    on_disk = {name: videos for name, (videos, _) in listing.items()}
+    # one directory scan per class folder; the split folder is none (ROOT/ucfTrainTestlist beside the classes)
+    listing = {d.name: _files(d) for d in _subdirs(video_root) if sdir is None or d.resolve() != sdir.resolve()}
     skipped = tuple(f"{name}/{n}" for name, (_, others) in listing.items() for n in others)
     problems: list[str] = []
     if links := _links_leaving(root, video_root, listing):
         if not follow_symlinks:
             raise ManifestError(f"{len(links)} class folders or videos in {video_root} are symbolic links leaving "
-                                f"the dataset folder ({_shown(links)}); pass --follow-symlinks (follow_symlinks="
+                                f"the dataset folder ({shown(links)}); pass --follow-symlinks (follow_symlinks="
                                 "True) to use them, or copy them in")
         problems.append(f"{len(links)} class folders or videos are symbolic links leaving the dataset folder, "
-                        f"followed (--follow-symlinks): {_shown(links)}")
-    if table is None:
-        classes = tuple(c for c in sorted(on_disk) if on_disk[c])
-        empty = sorted(c for c in on_disk if not on_disk[c])
-        if empty:
-            problems.append(f"{len(empty)} folders in {video_root} hold no videos and are not classes: "
-                            f"{_shown(empty)}")
-        entries = {f"{c}/{n}": () for c in classes for n in on_disk[c]}
-        num_splits = 0
-    else:
-        classes, num_splits = table.classes, table.num_splits
-        entries = _cross_check(table, on_disk, video_root, sdir, allow_missing, problems)
+                        f"followed (--follow-symlinks): {shown(links)}")
+    empty = sorted(c for c, (videos, _) in listing.items() if not videos)
+    if empty and table is None:
+        problems.append(f"{len(empty)} folders in {video_root} hold no videos and are not classes: {shown(empty)}")
     prefix = PurePosixPath(video_root.relative_to(root).as_posix())
-    label_of = {c: i for i, c in enumerate(classes)}
-    records = []
-    for rel, membership in entries.items():
-        cls, name = rel.split("/", 1)
-        stem = PurePosixPath(name).stem
-        records.append(VideoRecord(video_id=stem, path=(prefix / rel).as_posix(), class_name=cls,
-                                   label=label_of[cls], group=_ucf_group(stem) if dataset == "ucf101" else None,
-                                   splits=membership))
-    counts = {k: Counter(r.splits[k - 1] for r in records) for k in range(1, num_splits + 1)}
-    problems += official_count_problems(dataset, len(classes), counts)
-    manifest = Manifest(dataset, classes, records, problems, num_splits)
+    listed = table.entries if table is not None else {}
+    found = [Found(PurePosixPath(name).stem, (prefix / cls / name).as_posix(), cls,
+                   f"{cls}/{name}" if f"{cls}/{name}" in listed else None)
+             for cls, (videos, _) in listing.items() for name in videos]
+    disk = {f"{cls}/{name}" for cls, (videos, _) in listing.items() for name in videos}
+    words = Wording(where=str(video_root), missing_verb=f"are missing under {video_root}",
+                    missing_fix="check that ROOT holds the class folders (or one folder that does)",
+                    missing_hint=lambda missing: _other_extension_hint(missing, disk), stray_what="folders")
+    manifest = assemble(found, table, dataset=dataset, source=str(sdir), words=words, allow_missing=allow_missing,
+                        group_rule=group_rule, split_rule=split_rule, problems=problems)
     return manifest, BuildInfo(root, video_root, sdir, table.files if table else (), skipped)
 
 
 def build_manifest(root: str | os.PathLike, dataset: str = "auto", splits_dir: str | os.PathLike | None = None,
-                   *, allow_missing: bool = False, follow_symlinks: bool = False) -> Manifest:
+                   *, allow_missing: bool = False, follow_symlinks: bool = False, group_rule: GroupRule = GroupRule(),
+                   split_rule: SplitRule | None = SplitRule()) -> Manifest:
     """Scan a dataset folder and its split files into a Manifest; raises ManifestError naming the file and fix.
 
     dataset: 'auto' (classInd.txt -> ucf101, *_test_split1.txt -> hmdb51, else folder) | 'ucf101' | 'hmdb51' |
-    'folder' (<Class>/<video>, no splits). Videos named by split files but absent are an error unless
+    'folder' (<Class>/<video>, no split files). Videos named by split files but absent are an error unless
     allow_missing, which leaves them out; other findings go to manifest.problems. Class folders and videos
     that are symbolic links resolving outside ``root`` are an error unless follow_symlinks, which uses them
-    and lists them in manifest.problems (a link within ``root`` is used silently).
+    and lists them in manifest.problems (a link within ``root`` is used silently). Groups follow
+    ``group_rule`` (data_manifest.grouping); without split files ``split_rule`` makes the splits (None: none).
     """
-    return build(root, dataset, splits_dir, allow_missing=allow_missing, follow_symlinks=follow_symlinks)[0]
+    return build(root, dataset, splits_dir, allow_missing=allow_missing, follow_symlinks=follow_symlinks,
+                 group_rule=group_rule, split_rule=split_rule)[0]
 
 
 def build_from_folders(found: dict[str, str | None], splits_dir: str | os.PathLike | None = None, *,
-                       allow_missing: bool = False, where: str = "the frame folders") -> Manifest:
+                       allow_missing: bool = False, where: str = "the frame folders",
+                       group_rule: GroupRule = GroupRule(), split_rule: SplitRule | None = None) -> Manifest:
     """A Manifest for videos known by the folders another tool wrote their frames into, not by video files.
 
     found: video id (the folder name, the video file's stem) -> the class folder it lies in, or None where the
     layout has none: the class then comes from the split files, or from a UCF101 name v_<Class>_gXX_cYY
     (ucf_class_of: v_HandStandPushups_... is HandstandPushups). With ``splits_dir`` (ucfTrainTestlist/ or
     the HMDB51 split folder) classes, labels and splits are the official ones and a record's path is the
-    video as the split files name it ("<Class>/<file>.avi"); a listed video without a folder is an error
-    unless allow_missing; folders the split files do not list are kept with split '-' when their class is
-    known. Without split files the classes are the sorted class names found (as for a folder dataset) and a
-    record's path is "<Class>/<video id>". ``where`` names the frame folders in messages.
+    video as the split files name it ("<Class>/<file>.avi"). Without split files the classes are the sorted
+    class names found and a record's path is "<Class>/<video id>"; ``split_rule`` then makes the splits
+    (None: none). The rules are data_manifest.assemble's; ``where`` names the frame folders in messages.
     """
-    problems: list[str] = []
-    stray = []
-    if splits_dir is None:
-        classes_of = {}
-        for vid, folder in found.items():
-            cls = folder if folder is not None else ucf_class_of(vid)
-            if cls is None:
-                stray.append(vid)
-            else:
-                classes_of[vid] = cls
-        classes = tuple(sorted(set(classes_of.values())))
-        label_of = {c: i for i, c in enumerate(classes)}
-        records = [VideoRecord(vid, f"{c}/{vid}", c, label_of[c], None, ()) for vid, c in classes_of.items()]
-        dataset, num_splits = "folder", 0
-    else:
+    table, sdir, dataset = None, None, "folder"
+    by_id: dict[str, str] = {}
+    if splits_dir is not None:
         sdir = Path(splits_dir)
         if not sdir.is_dir():
             raise ManifestError(f"splits folder {sdir} does not exist or is not a folder")
@@ -346,52 +257,18 @@ def build_from_folders(found: dict[str, str | None], splits_dir: str | os.PathLi
         if dataset is None:
             raise ManifestError(f"splits folder {sdir} holds no {' or '.join(_SPLIT_FILE_DESC.values())}")
         table = load_ucf101(sdir) if dataset == "ucf101" else load_hmdb51(sdir)
-        classes, num_splits = table.classes, table.num_splits
-        label_of = {c: i for i, c in enumerate(classes)}
-        by_id: dict[str, str] = {}
         for rel in table.entries:
             vid = PurePosixPath(rel).stem
             if vid in by_id:
                 raise ManifestError(f"the split files in {sdir} name two videos with the id {vid!r} ({by_id[vid]} "
                                     f"and {rel}); video ids must be unique")
             by_id[vid] = rel
-        missing = sorted(rel for vid, rel in by_id.items() if vid not in found)
-        if missing:
-            msg = (f"{len(missing)} of {len(by_id)} videos named in the split files in {sdir} have no frame "
-                   f"folder in {where}: {_shown(missing)}")
-            if not allow_missing:
-                raise ManifestError(f"{msg}; check the frame (and flow) folders given, or allow missing videos "
-                                    "(--allow-missing) to leave them out")
-            problems.append(f"{msg}; left out of the manifest")
-        records, moved, unlisted = [], [], []
-        for vid, folder in found.items():
-            rel = by_id.get(vid)
-            if rel is not None:
-                cls = rel.split("/", 1)[0]
-                if folder is not None and folder != cls:
-                    moved.append(f"{folder}/{vid} (split files: {cls})")
-                records.append(VideoRecord(vid, rel, cls, label_of[cls],
-                                           _ucf_group(vid) if dataset == "ucf101" else None, table.entries[rel]))
-                continue
-            cls = folder if folder is not None else ucf_class_of(vid)
-            if cls not in label_of:
-                stray.append(vid)
-                continue
-            unlisted.append(vid)
-            records.append(VideoRecord(vid, f"{cls}/{vid}", cls, label_of[cls],
-                                       _ucf_group(vid) if dataset == "ucf101" else None, (SPLIT_NONE,) * num_splits))
-        if moved:
-            problems.append(f"{len(moved)} videos lie in another class folder than the split files name; their "
-                            f"class is taken from the split files: {_shown(sorted(moved))}")
-        if unlisted:
-            problems.append(f"{len(unlisted)} videos in {where} are in no split file (kept, with split '-'): "
-                            f"{_shown(sorted(unlisted))}")
-    if stray:
-        problems.append(f"{len(stray)} folders in {where} have no known class and were left out: "
-                        f"{_shown(sorted(stray))}")
-    if not records:
-        raise ManifestError(f"no videos with a class found in {where}"
-                            + (f" ({len(stray)} folders without one: {_shown(sorted(stray))})" if stray else ""))
-    counts = {k: Counter(r.splits[k - 1] for r in records) for k in range(1, num_splits + 1)}
-    problems += official_count_problems(dataset, len(classes), counts)
-    return Manifest(dataset, classes, records, problems, num_splits)
+    videos = []
+    for vid, folder in found.items():
+        guess = folder if folder is not None else ucf_class_of(vid)
+        rel = by_id.get(vid)
+        videos.append(Found(vid, rel if rel is not None else f"{guess}/{vid}", guess, rel))
+    words = Wording(where=where, missing_verb=f"have no frame folder in {where}",
+                    missing_fix="check the frame (and flow) folders given")
+    return assemble(videos, table, dataset=dataset, source=str(sdir), words=words, allow_missing=allow_missing,
+                    group_rule=group_rule, split_rule=split_rule)

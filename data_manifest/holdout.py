@@ -5,6 +5,8 @@ Rule (documented in docs/data_manifest.md):
 - With groups (UCF101 ``_gXX_``): the distinct group numbers among the train videos of split k are ranked by
   ``sha256(f"{seed}/{k}/g{group}")`` and the first ``n = clamp(round_half_up(val_fraction * G), 1, G - 1)``
   are held out, for every class alike (group 8 of one class is held out iff group 8 of every class is).
+- Where only some videos have a group, each of the others is a group of its own (rank key ``v<video_id>``), so
+  the hold-out never splits a group.
 - Without groups (HMDB51, plain folders), or when the train list holds a single group: per class, the train
   video ids are ranked by ``sha256(f"{seed}/{k}/{video_id}")`` and the first
   ``clamp(round_half_up(val_fraction * n_class), 1, n_class - 1)`` are held out (none if the class has one).
@@ -27,6 +29,20 @@ if TYPE_CHECKING:
 
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_VAL_SEED = 0
+# Below this many hold-out videos nothing is chosen by the hold-out (the best epoch, fusion weights): one video
+# moves top-1 by more than 5 points, and the binomial standard error of a top-1 near 50% is above 11 points
+# (0.5 / sqrt(20)), more than the differences between late epochs or between weightings that it would decide.
+MIN_HOLDOUT_VIDEOS = 20
+
+
+def too_small_to_choose(videos: int, classes: int | None = None) -> str:
+    """'' when a hold-out of ``videos`` videos can choose; else why not (for the console and reports)."""
+    if videos >= MIN_HOLDOUT_VIDEOS:
+        return ""
+    per = f" ({videos / classes:.1f} per class of {classes})" if classes else ""
+    step = f"one video moves its top-1 by {100 / videos:.0f} points" if videos else "it is empty"
+    return (f"the hold-out of {videos} videos{per} is too small to choose by: {step}; at least "
+            f"{MIN_HOLDOUT_VIDEOS} are needed")
 
 
 def _rank_key(seed: int, split: int, key: str) -> str:
@@ -54,12 +70,14 @@ def holdout_ids(train: Sequence[VideoRecord], split: int, val_fraction: float = 
                 seed: int = DEFAULT_VAL_SEED) -> set[str]:
     """Video ids of the validation part of one split's train list (see the module docstring for the rule)."""
     val_fraction, seed = check_val_args(val_fraction, seed)
-    if all(r.group is not None for r in train):
-        groups = sorted({r.group for r in train})
+    if any(r.group is not None for r in train):
+        # a video without a group is a group of its own: whole groups go to one side, never part of one
+        key = {r.video_id: f"g{r.group}" if r.group is not None else f"v{r.video_id}" for r in train}
+        groups = sorted(set(key.values()))
         if len(groups) >= 2:
-            ranked = sorted(groups, key=lambda g: _rank_key(seed, split, f"g{g}"))
+            ranked = sorted(groups, key=lambda g: _rank_key(seed, split, g))
             chosen = set(ranked[:_held_count(val_fraction, len(groups))])
-            return {r.video_id for r in train if r.group in chosen}
+            return {vid for vid, g in key.items() if g in chosen}
     by_class: dict[int, list[str]] = defaultdict(list)
     for r in train:
         by_class[r.label].append(r.video_id)

@@ -8,6 +8,8 @@ This module is the only writer of manifest files. The text format (``*.manifest.
     # classes: 101
     # class: ApplyEyeMakeup          <- one line per class; its position (0-based) is the label
     # problem: ...                   <- zero or more warnings found when the manifest was built
+    # split-method: generated: ...   <- optional: how a split was made for a dataset without split files
+    # group-rule: ...                <- optional: how videos were grouped (data_manifest.grouping)
     video_id<TAB>path<TAB>class<TAB>label<TAB>group<TAB>split1<TAB>split2<TAB>split3
     v_YoYo_g08_c01<TAB>UCF-101/YoYo/v_YoYo_g08_c01.avi<TAB>YoYo<TAB>100<TAB>8<TAB>train<TAB>train<TAB>test
 
@@ -49,10 +51,11 @@ RENAMED_SUBSETS = {
 
 FORMAT = "twostream-manifest/1"
 FIXED_COLUMNS = ("video_id", "path", "class", "label", "group")
-_HEADER_KEYS = ("format", "dataset", "splits", "classes", "class", "problem")
+_HEADER_KEYS = ("format", "dataset", "splits", "classes", "class", "problem", "split-method", "group-rule")
+_OPTIONAL_KEYS = ("split-method", "group-rule")
 _FORBIDDEN = ("\t", "\n", "\r")
 _INT = re.compile(r"[0-9]+")
-_HEADER_LINE = re.compile(r"# ([a-z]+): (.*)")
+_HEADER_LINE = re.compile(r"# ([a-z][a-z-]*): (.*)")
 
 
 def _check_name(what: str, value: object, where: str) -> None:
@@ -106,10 +109,12 @@ class VideoRecord:
 class Manifest:
     """An immutable, validated list of VideoRecords (sorted by path) with the class list and build warnings."""
 
-    __slots__ = ("_dataset", "_classes", "_records", "_problems", "_num_splits", "_index")
+    __slots__ = ("_dataset", "_classes", "_records", "_problems", "_num_splits", "_index", "_split_method",
+                 "_group_rule")
 
     def __init__(self, dataset: str, classes: Sequence[str], records: Iterable[VideoRecord],
-                 problems: Iterable[str] = (), num_splits: int | None = None) -> None:
+                 problems: Iterable[str] = (), num_splits: int | None = None, *, split_method: str = "",
+                 group_rule: str = "") -> None:
         _check_name("dataset", dataset, "manifest")
         classes = tuple(classes)
         seen_classes: dict[str, int] = {}
@@ -145,6 +150,11 @@ class Manifest:
         self._problems = tuple(str(p).replace("\r", "\\r").replace("\n", "\\n") for p in problems)
         self._num_splits = num_splits
         self._index = index
+        for what, value in (("split_method", split_method), ("group_rule", group_rule)):
+            if not isinstance(value, str) or any(c in value for c in _FORBIDDEN):
+                raise ManifestError(f"manifest: {what} must be one line of text, got {value!r}")
+        self._split_method = split_method
+        self._group_rule = group_rule
 
     # -- read-only views ------------------------------------------------------------------------------------
 
@@ -171,6 +181,17 @@ class Manifest:
     def num_splits(self) -> int:
         return self._num_splits
 
+    @property
+    def split_method(self) -> str:
+        """How the splits were made when the tool generated them (method, splits, test fraction, seed,
+        groups: data_manifest.grouping); '' when they come from split files."""
+        return self._split_method
+
+    @property
+    def group_rule(self) -> str:
+        """How the videos were grouped (the _gNN_ token, a regex, or none); '' when not recorded."""
+        return self._group_rule
+
     def __len__(self) -> int:
         return len(self._records)
 
@@ -183,8 +204,10 @@ class Manifest:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Manifest):
             return NotImplemented
-        return (self._dataset, self._classes, self._records, self._problems, self._num_splits) == \
-            (other._dataset, other._classes, other._records, other._problems, other._num_splits)
+        return (self._dataset, self._classes, self._records, self._problems, self._num_splits,
+                self._split_method, self._group_rule) == \
+            (other._dataset, other._classes, other._records, other._problems, other._num_splits,
+             other._split_method, other._group_rule)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -217,8 +240,11 @@ class Manifest:
         if subset == SUBSET_ALL:
             return [r.video_id for r in self._records]
         if self._num_splits == 0:
-            raise ManifestError(f"this {self._dataset} manifest has no splits (no split files were found); "
-                                f"only subset='all' is available, or rebuild it with split files")
+            raise ManifestError(f"this {self._dataset} manifest has no splits: it was made without split files "
+                                "and without a generated split; only subset='all' is available. Rebuild it with "
+                                "`data-manifest build` or `flowprep extract`, which make a seeded, group-safe "
+                                "split when there are no split files, or give UCF101-format split files "
+                                "(classInd.txt, trainlist01.txt, testlist01.txt) with --splits")
         if not _is_int(split) or not 1 <= split <= self._num_splits:
             raise ManifestError(f"split must be between 1 and {self._num_splits}, got {split!r}")
         if subset in (SPLIT_TRAIN, SPLIT_TEST, SPLIT_UNUSED):
@@ -237,7 +263,8 @@ class Manifest:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
             raise UnknownVideoError(f"{len(unknown)} video ids are not in this {self._dataset} manifest: {shown}")
         return Manifest(self._dataset, self._classes, (r for r in self._records if r.video_id in wanted),
-                        self._problems, self._num_splits)
+                        self._problems, self._num_splits, split_method=self._split_method,
+                        group_rule=self._group_rule)
 
     # -- text format ------------------------------------------------------------------------------------------
 
@@ -251,6 +278,8 @@ class Manifest:
                  f"# classes: {len(self._classes)}"]
         lines += [f"# class: {c}" for c in self._classes]
         lines += [f"# problem: {p}" for p in self._problems]
+        lines += [f"# {key}: {value}" for key, value in (("split-method", self._split_method),
+                                                          ("group-rule", self._group_rule)) if value]
         lines.append("\t".join(self.columns()))
         for r in self._records:
             group = SPLIT_NONE if r.group is None else str(r.group)
@@ -302,7 +331,8 @@ class Manifest:
         if columns is None:
             raise ManifestError(f"{source}: the column header line ('video_id<TAB>path<TAB>...') is missing")
         try:
-            return cls(header["dataset"][1], classes, records, problems, num_splits)
+            return cls(header["dataset"][1], classes, records, problems, num_splits,
+                       **{key.replace("-", "_"): header[key][1] for key in _OPTIONAL_KEYS if key in header})
         except ManifestError as e:
             raise ManifestError(f"{source}: {e}") from None
 

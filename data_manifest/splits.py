@@ -196,3 +196,32 @@ def load_hmdb51(splits_dir: Path) -> SplitTable:
                 seen[video] = no
                 entries.setdefault(f"{cls}/{video}", [SPLIT_NONE] * num_splits)[k - 1] = _HMDB_TAGS[m.group("tag")]
     return SplitTable("hmdb51", classes, num_splits, {r: tuple(m) for r, m in entries.items()}, tuple(files))
+
+
+def write_ucf101(out_dir: Path, manifest) -> list[Path]:
+    """Write a manifest's splits as UCF101 split files in ``out_dir``: classInd.txt ("<id> <Class>", ids from 1
+    in label order), trainlist0K.txt ("<Class>/<file> <id>") and testlist0K.txt ("<Class>/<file>"), CRLF line
+    ends as in the official archive. "<Class>/<file>" is the video's class folder and file name, so the files
+    read back (--splits) give the same classes and splits. Videos with split '-' or 'unused' are in neither
+    list. Refuses names the format cannot hold (whitespace) and a folder that already holds split files."""
+    from plumbing.atomic import atomic_write
+
+    if manifest.num_splits == 0:
+        raise ManifestError("this manifest has no splits to write")
+    bad = [c for c in manifest.classes if any(ch.isspace() for ch in c)]
+    bad += [r.path for r in manifest.records if any(ch.isspace() for ch in "/".join(r.path.split("/")[-2:]))]
+    if bad:
+        raise ManifestError(f"{len(bad)} class or video names hold whitespace, which UCF101 split files cannot "
+                            f"hold (e.g. {bad[0]!r}); rename them")
+    names = [UCF_CLASS_IND] + [p.format(k) for k in range(1, manifest.num_splits + 1) for p in (UCF_TRAIN, UCF_TEST)]
+    taken = [n for n in names if (Path(out_dir) / n).exists()]
+    if taken:
+        raise ManifestError(f"{out_dir} already holds split files ({', '.join(taken[:3])}); choose an empty folder "
+                            "or remove them")
+    texts = {UCF_CLASS_IND: [f"{i} {c}" for i, c in enumerate(manifest.classes, start=1)]}
+    for k in range(1, manifest.num_splits + 1):
+        rel = {r.video_id: "/".join(r.path.split("/")[-2:]) for r in manifest.records}
+        texts[UCF_TRAIN.format(k)] = [f"{rel[r.video_id]} {r.label + 1}" for r in manifest.records
+                                      if r.split(k) == SPLIT_TRAIN]
+        texts[UCF_TEST.format(k)] = [rel[r.video_id] for r in manifest.records if r.split(k) == SPLIT_TEST]
+    return [atomic_write(Path(out_dir) / n, "".join(line + "\r\n" for line in lines)) for n, lines in texts.items()]

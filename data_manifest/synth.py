@@ -15,11 +15,13 @@ import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from data_manifest.errors import ManifestError
+from data_manifest.manifest import Manifest, VideoRecord
+from data_manifest.splits import write_ucf101
 
 DEFAULT_CLASSES = 6
 DEFAULT_VIDEOS_PER_CLASS = 12
@@ -196,10 +198,6 @@ def _write_avi(path: Path, clip: np.ndarray, fps: float) -> None:
         raise ManifestError(f"{path}: wrote {t} frames but read back {n}; the OpenCV video back end is broken")
 
 
-def _write_crlf(path: Path, lines: list[str]) -> None:
-    path.write_bytes("".join(line + "\r\n" for line in lines).encode("ascii"))
-
-
 def _prepare(out: Path) -> None:
     """Make OUT ready: refuse to touch a real dataset, clear an earlier synthetic one."""
     ours = [out / VIDEO_DIR, out / SPLITS_DIR, out / SYNTH_MARKER]
@@ -232,9 +230,8 @@ def make_synthetic(out_dir: str | os.PathLike, classes: int = DEFAULT_CLASSES,
     (out / SYNTH_MARKER).write_text(json.dumps(asdict(params), indent=2) + "\n", encoding="utf-8")
     names = sorted(CLASS_NAMES[:params.classes])  # classInd is alphabetical, as in UCF101
     groups = num_groups(params.videos_per_class)
-    train: dict[int, list[str]] = {k: [] for k in range(1, NUM_SPLITS + 1)}
-    test: dict[int, list[str]] = {k: [] for k in range(1, NUM_SPLITS + 1)}
-    for label, name in enumerate(names, start=1):
+    records = []
+    for label, name in enumerate(names):
         (out / VIDEO_DIR / name).mkdir(parents=True)
         for i in range(params.videos_per_class):
             group, clip = i % groups + 1, i // groups + 1
@@ -242,15 +239,8 @@ def make_synthetic(out_dir: str | os.PathLike, classes: int = DEFAULT_CLASSES,
             rng = np.random.default_rng([params.seed, CLASS_NAMES.index(name), i])
             _write_avi(out / VIDEO_DIR / rel,
                        render_video(name, rng, params.frames, (params.width, params.height)), params.fps)
-            for k in range(1, NUM_SPLITS + 1):
-                if testing_split(group, groups) == k:
-                    test[k].append(rel)
-                else:
-                    train[k].append(f"{rel} {label}")
-    splits = out / SPLITS_DIR
-    splits.mkdir()
-    _write_crlf(splits / "classInd.txt", [f"{i} {n}" for i, n in enumerate(names, start=1)])
-    for k in range(1, NUM_SPLITS + 1):
-        _write_crlf(splits / f"trainlist{k:02d}.txt", sorted(train[k]))
-        _write_crlf(splits / f"testlist{k:02d}.txt", sorted(test[k]))
+            splits = tuple("test" if testing_split(group, groups) == k else "train" for k in range(1, NUM_SPLITS + 1))
+            records.append(VideoRecord(PurePosixPath(rel).stem, f"{VIDEO_DIR}/{rel}", name, label, group, splits))
+    (out / SPLITS_DIR).mkdir()
+    write_ucf101(out / SPLITS_DIR, Manifest("ucf101", names, records, num_splits=NUM_SPLITS))
     return out

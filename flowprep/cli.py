@@ -120,6 +120,9 @@ def main() -> None:
 @click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Folder with the split files, if not inside --videos.")
 @click.option("--allow-missing", is_flag=True, help="Extract what is on disk when split files name absent videos.")
+@click.option("--group-regex", default=None, metavar="REGEX",
+              help="Videos whose names give the same match (its first group) share footage: kept on one side of "
+                   "the split made when there are no split files, and of the hold-out (see data-manifest build).")
 @click.option("--follow-symlinks", is_flag=True,
               help="Use class folders and videos that are symbolic links leaving --videos (listed in the "
                    "manifest's notes); without it they are refused.")
@@ -128,8 +131,8 @@ def main() -> None:
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None,
               help="Also write the end-of-run summary as JSON here.")
 def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, short_side, bound, codec,
-            jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, follow_symlinks, overwrite, no_progress,
-            summary_json, scheduler):
+            jpeg_quality, jobs, shard, dataset, splits_dir, allow_missing, group_regex, follow_symlinks, overwrite,
+            no_progress, summary_json, scheduler):
     """Extract RGB frames and flow of every video into one store. Re-run the same command to resume.
 
     Exit status: 0 when every video was extracted; 1 when any failed (they are named) or the dataset or the
@@ -153,7 +156,8 @@ def extract(videos, out, algo, params, device, backend, batch_size, gpus, size, 
                             bound=bound, codec=codec, jpeg_quality=jpeg_quality, resize=resize,
                             jobs=jobs if jobs is not None else default_jobs(), shard=parse_shard(shard),
                             dataset=dataset, splits_dir=splits_dir, allow_missing=allow_missing,
-                            follow_symlinks=follow_symlinks, overwrite=overwrite, progress=not no_progress,
+                            follow_symlinks=follow_symlinks, group_regex=group_regex, overwrite=overwrite,
+                            progress=not no_progress,
                             scheduler=scheduler)
         quiet_decoders()  # before the first video is opened, here or in a worker
         return run_extract(cfg)

@@ -49,6 +49,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
             "bytes_per_video": nbytes / max(len(store.video_ids), 1),
             "mean_clipped_fraction": float(np.mean(clipped)) if clipped else 0.0,
             "dataset": store.manifest.dataset, "classes": len(store.manifest.classes),
+            "split_method": store.manifest.split_method, "group_rule": store.manifest.group_rule,
             "short": _short(store), "missing_shards": store.missing_shards,
             "config": store.attrs,
         }
@@ -61,6 +62,7 @@ def info_text(info: dict[str, Any]) -> str:
               f"{'that shard' if len(gap) == 1 else 'those shards'} are not in this store"] if gap else [])
     lines += [f"store      {info['path']} ({len(info['files'])} file(s), {info['bytes'] / 1e6:.1f} MB)",
              f"dataset    {info['dataset']}, {info['classes']} classes",
+             *([f"split      {info['split_method']}"] if info.get("split_method") else []),
              f"videos     {info['videos']} of {info['expected']} expected"
              + (" by the merged shards" if gap else "") + f", {info['failed']} failed",
              f"frames     {info['frames']} RGB, {info['flows']} flow fields",

@@ -43,6 +43,7 @@ class ExtractSummary:
     seconds: float = 0.0
     flow_seconds: float = 0.0
     action: str = "extract"  # or "import": what made the videos of this run
+    split: str = ""  # how the manifest's splits were made, when the tool made them (Manifest.split_method)
 
     @property
     def ok(self) -> bool:
@@ -71,12 +72,14 @@ def extract(cfg: ExtractConfig, executor: Executor[VideoTask, RunSettings, Outco
     classes, not writable, a full disk).
     """
     from data_manifest import build_manifest
+    from data_manifest.grouping import GroupRule
 
     cfg.validate()
     settings = cfg.settings()
     t0 = time.perf_counter()
     manifest = build_manifest(cfg.videos, dataset=cfg.dataset, splits_dir=cfg.splits_dir,
-                              allow_missing=cfg.allow_missing, follow_symlinks=cfg.follow_symlinks)
+                              allow_missing=cfg.allow_missing, follow_symlinks=cfg.follow_symlinks,
+                              group_rule=GroupRule(cfg.group_regex))
     expected = shard_ids([r.video_id for r in manifest.records], cfg.shard)
     if cfg.store_path.is_dir():
         raise OptionError(f"--out {cfg.store_path} is a folder; give a file name such as "
@@ -170,7 +173,8 @@ def build_store(store: Path, settings: StoreSettings, manifest, expected: list[s
     return ExtractSummary(store=store, expected=len(expected), done=len(plan.keep) + len(new_parts),
                           skipped=plan.skipped, failed=failed, removed=len(plan.gone), redone=len(plan.redo),
                           frames=tally.frames, flows=tally.flows, seconds=time.perf_counter() - t0,
-                          flow_seconds=tally.flow_seconds, action=action)
+                          flow_seconds=tally.flow_seconds, action=action,
+                          split=manifest.split_method)
 
 
 def _size(path: Path) -> int | None:
@@ -251,6 +255,8 @@ def summary_text(s: ExtractSummary) -> str:
         what = "imported again: {} video(s) whose files changed size" if s.action == "import" else \
             "extracted again: {} video(s) whose file changed size"
         lines.append(what.format(s.redone) + " or moved to another class")
+    if s.split:
+        lines.append(f"split: {s.split} (data-manifest splits writes it as UCF101 split files to edit)")
     for f in s.failed:
         lines.append(f"FAILED {f['video_id']}: {f['reason']}")
     return "\n".join(lines)

@@ -169,6 +169,7 @@ class ExtractConfig:
     overwrite: bool = False
     allow_missing: bool = False  # split files may name videos that are not on disk
     follow_symlinks: bool = False  # class folders and videos that are links leaving --videos
+    group_regex: str | None = None  # videos sharing footage (data_manifest.grouping); None: _gNN_ or none
     progress: bool = True
     scheduler: str | None = None  # a Dask scheduler's address or local:N (executors.cluster); None: this machine
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data_manifest.holdout import too_small_to_choose
 from trainer.scores import Scores
 
 from fusion import combine, metrics
@@ -156,13 +157,18 @@ def evaluate(test: Sequence[tuple[str, Scores]], val: Sequence[tuple[str, Scores
         if val:
             learned, val_files, val_notes = _learn(val, names, al, options, grid)
             notes += val_notes
-            w = np.asarray(learned["weights"])
-            add("learned", f"learned on val {ratio(np.round(w, 2))}", "fused", combine.weighted(video_scores, w),
-                weights=w, tuned_on="val")
+            if learned["too_small"]:  # fixed weights instead: equal (average), or the user's --weights
+                notes.append(f"no learned weights: {learned['too_small']}; the default fused method is "
+                             f"{'weighted (--weights)' if options.weights is not None else 'average (equal weights)'}")
+            else:
+                w = np.asarray(learned["weights"])
+                add("learned", f"learned on val {ratio(np.round(w, 2))}", "fused",
+                    combine.weighted(video_scores, w), weights=w, tuned_on="val")
         w_test, sweep = combine.search_weights(video_scores, al.labels, grid)
         add("sweep", f"{SWEEP_LABEL} {ratio(np.round(w_test, 2))}", "fused",
             combine.weighted(video_scores, w_test), weights=w_test, tuned_on="test")
-        default_key = "weighted" if options.weights is not None else "learned" if learned else "average"
+        default_key = ("weighted" if options.weights is not None
+                       else "learned" if learned and not learned["too_small"] else "average")
 
     if al.dropped:
         notes.append(dropped_note(al, "test"))
@@ -195,7 +201,8 @@ def _learn(val, names, test_al, options, grid) -> tuple[dict, list[dict], list[s
     notes = [dropped_note(va, "validation")] if va.dropped else []
     learned = {"weights": [float(w) for w in weights], "videos": len(va.video_ids), "val_top1": best["top1"],
                "val_mean_class_accuracy": best["mean_class_accuracy"], "grid": table,
-               "dropped": va.dropped, "missing_from": va.missing_from}
+               "dropped": va.dropped, "missing_from": va.missing_from,
+               "too_small": too_small_to_choose(len(va.video_ids), len(va.class_names))}
     return learned, [file_info(n, s, "val") for n, s in val], notes
 
 

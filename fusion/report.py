@@ -41,6 +41,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _left_out(ev: Evaluation) -> str:
+    gone = len(ev.class_names) - ev.classes_with_videos
+    return f"; {gone} without test videos left out" if gone else ""
+
+
 def _top5_header(ev: Evaluation) -> str:
     return "top-5" if ev.top5_k == 5 else f"top-5 (= top-{ev.top5_k}: {len(ev.class_names)} classes)"
 
@@ -78,7 +83,8 @@ def render_markdown(ev: Evaluation) -> str:
     out = [f"# Fusion report: {_title(ev)}", "",
            f"- Test videos: {len(ev.video_ids)}; classes: {len(ev.class_names)} in the score files, "
            f"{ev.classes_with_videos} of them with test videos; {coverage}.",
-           f"- Mean class accuracy: {MEAN_CLASS_ACCURACY} (here {ev.classes_with_videos}).",
+           f"- Mean class accuracy: {MEAN_CLASS_ACCURACY} (here averaged over {ev.classes_with_videos} classes"
+           f"{_left_out(ev)}).",
            f"- Streams: {', '.join(ev.stream_names)}.",
            f"- Views per video: {ev.frames} frames x {ev.crops} crops = {views}{crops}.",
            f"- Views to video: {AGGREGATIONS[o.aggregation]} (`{o.aggregation}`).",
@@ -92,7 +98,10 @@ def render_markdown(ev: Evaluation) -> str:
         described = [METHOD_TEXT[r.key] for r in fused if r.key in METHOD_TEXT]
         if described:
             out += ["Methods: " + "; ".join(described) + "."]
-        if ev.learned:
+        if ev.learned and ev.learned.get("too_small"):
+            out += [f"No `learned on val` row: {ev.learned['too_small']}, so fixed weights are used "
+                    f"(the default method is **{default.label}**)."]
+        elif ev.learned:
             out += [f"`learned on val`: weights chosen by grid search on the validation hold-out "
                     f"({ev.learned['videos']} videos, val top-1 {_pct(ev.learned['val_top1'])}), then applied to "
                     "test."]

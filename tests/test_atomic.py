@@ -15,14 +15,20 @@ import pytest
 from plumbing.atomic import LockHeld, exclusive_lock
 
 ROOT = Path(__file__).resolve().parents[1]
-# Holds the lock, forks a child that sleeps on (as a DataLoader worker would), then waits to be killed.
+# Holds the lock, forks a child that sleeps on (as a DataLoader worker would), then waits to be killed. It says
+# "holding" only once the child runs: by then the child's after-fork hook has closed its copy of the lock's
+# descriptor (the hook runs before os.fork returns in the child). On a busy machine the child may otherwise not
+# have run yet when the holder is killed, and would still hold the flock.
 HOLDER = """
 import os, sys, time
 from plumbing.atomic import exclusive_lock
 with exclusive_lock(sys.argv[1]):
+    ready_r, ready_w = os.pipe()
     if os.fork() == 0:
+        os.write(ready_w, b"x")
         time.sleep(6)
         os._exit(0)
+    os.read(ready_r, 1)
     print("holding", flush=True)
     time.sleep(60)
 """

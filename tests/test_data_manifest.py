@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from data_manifest import SPLIT_NONE, ManifestError, build_manifest
-from data_manifest.build import OFFICIAL, official_count_problems
+from data_manifest.assemble import OFFICIAL, official_count_problems
+from data_manifest.grouping import NO_GROUPS, NUM_SPLITS
 from tests.fake_datasets import (HMDB_VIDEOS, make_fake_hmdb51, make_fake_ucf101, replace_line, ucf_name)
 
 
@@ -147,7 +148,9 @@ def test_ucf101_unlisted_videos_and_stray_folders_are_problems(tmp_path):
     assert "v_YoYo_g07_c01" not in m.ids(1, "train") + m.ids(1, "test")
     assert "v_Juggling_g01_c01" not in m
     assert len(m.problems) == 2
-    assert "2 videos on disk are in no split file" in m.problems[1] or "2 videos on disk" in m.problems[0]
+    assert "are in no split file (kept, with split '-'): YoYo/v_YoYo_g07_c01.avi, YoYo/v_YoYo_g07_c02.MP4" \
+        in m.problems[1]
+    assert "1 folders in" in m.problems[0] and "are not classes of the split files" in m.problems[0]
     assert any("Juggling" in p for p in m.problems)
 
 
@@ -239,14 +242,21 @@ def test_folder_dataset(tmp_path):
     for rel in ("walk/b.mp4", "walk/a.avi", "jump/x.mkv", "empty/readme.txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    m = build_manifest(tmp_path)
+    m = build_manifest(tmp_path, split_rule=None)  # no split files and no generated split
     assert (m.dataset, m.classes, m.num_splits) == ("folder", ["jump", "walk"], 0)
     assert [(r.path, r.label, r.splits) for r in m.records] == [
         ("jump/x.mkv", 0, ()), ("walk/a.avi", 1, ()), ("walk/b.mp4", 1, ())]
     assert m.ids(subset="all") == ["x", "a", "b"]
     assert any("empty" in p for p in m.problems)
-    with pytest.raises(ManifestError, match="no splits"):
+    assert m.split_method == "" and m.group_rule == NO_GROUPS
+    with pytest.raises(ManifestError, match="no splits: .*--splits"):
         m.ids(1, "train")
+    made = build_manifest(tmp_path)  # the default: a generated split
+    assert made.num_splits == NUM_SPLITS and made.split_method.startswith("generated: stratified by class")
+    # a class of one video keeps it for training; walk's two videos: one in test (30% of 2 rounds to 1)
+    assert all(made.by_id("x").splits[k] == "train" for k in range(3))
+    assert all(sorted(made.by_id(v).splits[k] for v in "ab") == ["test", "train"] for k in range(3))
+    assert any("generated split 1: 1 classes have no test videos" in p and "jump" in p for p in made.problems)
 
 
 def test_more_containers_are_videos_and_other_files_are_counted(tmp_path):

@@ -55,10 +55,26 @@ def test_text_format_is_documented_shape(ucf):
     lines = ucf.to_text().split("\n")
     assert lines[:4] == ["# format: twostream-manifest/1", "# dataset: ucf101", "# splits: 3", "# classes: 3"]
     assert lines[4:7] == ["# class: ApplyEyeMakeup", "# class: HandstandPushups", "# class: YoYo"]
-    assert lines[7] == "video_id\tpath\tclass\tlabel\tgroup\tsplit1\tsplit2\tsplit3"
-    assert lines[8] == ("v_ApplyEyeMakeup_g01_c01\tUCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\t"
+    assert lines[7] == "# group-rule: the UCF101 name token _gNN_ (10 groups)"  # no split-method: split files
+    assert lines[8] == "video_id\tpath\tclass\tlabel\tgroup\tsplit1\tsplit2\tsplit3"
+    assert lines[9] == ("v_ApplyEyeMakeup_g01_c01\tUCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\t"
                         "ApplyEyeMakeup\t0\t1\ttest\ttrain\ttrain")
-    assert lines[-1] == "" and len(lines) == 8 + len(ucf) + 1
+    assert lines[-1] == "" and len(lines) == 9 + len(ucf) + 1
+
+
+def test_split_method_and_group_rule_round_trip_and_are_checked():
+    m = Manifest("folder", ["A"], [_rec("a", "A", 0, 3, ("test",))], split_method="generated: seed 4",
+                 group_rule="regex 'x' over the video name (1 groups)")
+    back = Manifest.from_text(m.to_text())
+    assert back == m and (back.split_method, back.group_rule) == ("generated: seed 4",
+                                                                  "regex 'x' over the video name (1 groups)")
+    assert m.subset(["a"]).split_method == "generated: seed 4"
+    assert m != Manifest("folder", ["A"], m.records, split_method="generated: seed 5", group_rule=m.group_rule)
+    twice = m.to_text().replace("# group-rule:", "# split-method: again\n# group-rule:")
+    with pytest.raises(ManifestError, match=r"m.tsv:\d+: header key 'split-method' repeated"):
+        Manifest.from_text(twice, source="m.tsv")
+    with pytest.raises(ManifestError, match="split_method must be one line"):
+        Manifest("folder", ["A"], [], split_method="a\nb")
 
 
 def test_empty_manifest_round_trips():
@@ -100,7 +116,7 @@ BAD_TEXT = [
 
 @pytest.mark.parametrize("line_no, text, message", BAD_TEXT)
 def test_malformed_manifest_names_source_and_line(ucf, line_no, text, message):
-    lines = ucf.to_text().split("\n")
+    lines = [line for line in ucf.to_text().split("\n") if not line.startswith("# group-rule:")]
     lines[line_no - 1] = text
     with pytest.raises(ManifestError, match=re.escape(message)) as err:
         Manifest.from_text("\n".join(lines), source="m.tsv")

@@ -585,8 +585,10 @@ def test_extract_says_how_long_it_will_take_and_logs_plain_lines(tmp_path):
     result = run_cli("extract", "--videos", videos, "--out", tmp_path / "f.h5", "--size", SIZE, "--jobs", 1)
     assert result.exit_code == 0, result.output
     first = result.output.splitlines()[0]
-    assert first.startswith("extract: 2 videos to extract, about 10 flow fields at 48x36; tvl1 takes ")
-    assert "s per field per job here (timed on the first frames of 2 of them), so about " in first
+    assert first.startswith("extract: 2 videos to extract, about 10 flow fields at 48x36; decoding, storing and "
+                            "tvl1 take ")
+    assert "s per field per job here (decoding and storing " in first
+    assert "s; timed on the first frames of 2 of them), so about " in first
     assert "with 1 job(s)" in first and "\r" not in result.output
     assert "extract: 2/2 videos (100%)" in result.output
     # on a cluster the jobs of this machine say nothing: the total of core time instead
@@ -596,6 +598,21 @@ def test_extract_says_how_long_it_will_take_and_logs_plain_lines(tmp_path):
     settings = ExtractConfig(videos=videos, out=tmp_path / "g.h5", resize=Resize(48, 36)).settings()
     text = estimate_text([str(p) for p in sorted(videos.rglob("*.avi"))], settings, None)
     assert text.endswith("of core time, shared by the cluster's workers") and "job(s)" not in text
+
+
+def test_the_estimate_counts_decoding_and_storing(tmp_path, monkeypatch):
+    import re
+
+    import flowprep.estimate as estimate
+    from flowprep.settings import ExtractConfig
+
+    videos = make_dataset(tmp_path / "videos", bad=False, classes=1, per_class=2, frames=6)
+    settings = ExtractConfig(videos=videos, out=tmp_path / "g.h5", resize=Resize(48, 36)).settings()
+    monkeypatch.setattr(estimate, "seconds_per_field", lambda settings, pairs: 0.0)  # flow free: decoding is left
+    text = estimate.estimate_text([str(p) for p in sorted(videos.rglob("*.avi"))], settings, 1)
+    total, decoding = re.search(r"take ([0-9.e-]+) s per field per job here \(decoding and storing ([0-9.e-]+) s",
+                                text).groups()
+    assert float(total) == pytest.approx(float(decoding), rel=0.05) and float(total) > 0
 
 
 def test_ctrl_c_says_how_to_resume_and_the_rerun_does(tmp_path):

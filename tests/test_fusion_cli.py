@@ -19,7 +19,7 @@ FRAMES, CROPS = 3, 2
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_split(runs, split, n_test=30, n_val=12, seed=0, skip=()):
+def make_split(runs, split, n_test=30, n_val=24, seed=0, skip=()):
     """Write spatial/temporal test and val score files of one split; returns {(stream, subset): arrays}."""
     rng = np.random.default_rng(seed + split)
     out = {}
@@ -537,3 +537,24 @@ def test_validation_and_test_scores_of_different_checkpoints_are_refused(runs, t
               "--out", tmp_path / "mixed")
     refused(res, f"temporal: the validation scores ({paths['val_other']}) come from checkpoint "
                  "/laptop/runs_b/temporal-split1/checkpoint_best.pt (epoch 2)", "--subset both")
+
+
+def test_a_hold_out_too_small_to_choose_by_gives_fixed_weights(tmp_path):
+    from data_manifest.holdout import MIN_HOLDOUT_VIDEOS
+
+    make_split(tmp_path / "runs", 1, n_val=3)
+    res = run("--split", 1, "--runs", tmp_path / "runs")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "runs" / "fusion-split1" / "report.json").read_text())
+    assert "learned" not in by_key(rep) and rep["default_method"] == "average"
+    why = (f"the hold-out of 3 videos (0.8 per class of 4) is too small to choose by: one video moves its top-1 "
+           f"by 33 points; at least {MIN_HOLDOUT_VIDEOS} are needed")
+    assert f"no learned weights: {why}; the default fused method is average (equal weights)" in res.output
+    md = (tmp_path / "runs" / "fusion-split1" / "report.md").read_text()
+    assert f"No `learned on val` row: {why}, so fixed weights are used" in md
+    assert "(here averaged over 4 classes)" in md
+    make_split(tmp_path / "few", 1, n_test=3, n_val=MIN_HOLDOUT_VIDEOS)  # 3 test videos: 3 of the 4 classes
+    assert run("--split", 1, "--runs", tmp_path / "few").exit_code == 0
+    md = (tmp_path / "few" / "fusion-split1" / "report.md").read_text()
+    assert "(here averaged over 3 classes; 1 without test videos left out)" in md
+    assert "learned" in by_key(json.loads((tmp_path / "few" / "fusion-split1" / "report.json").read_text()))

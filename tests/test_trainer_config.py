@@ -322,3 +322,21 @@ def test_what_a_key_may_change_between_is_declared_with_the_key():
     assert TEST_TIME_KEYS == controls | {"precision"}
     assert not {"lr", "arch", "flow_length", "seed", "split"} & (RESUME_KEYS | TEST_TIME_KEYS)
     assert all(set(f.metadata["may_change"]) <= {"resume", "test"} for f in FIELDS.values())
+
+
+def test_a_hold_out_too_small_to_choose_by_keeps_the_last_epoch():
+    from data_manifest.holdout import MIN_HOLDOUT_VIDEOS, too_small_to_choose
+    from trainer.run import select_best
+    from trainer.train import Position
+
+    first = select_best(Position().best, {"val_top1": 100.0, "val_loss": 0.1}, 1, holdout_videos=3)
+    assert first["selected_by"] == "last epoch (a hold-out of 3 videos is too small to choose by)"
+    worse = select_best(first, {"val_top1": 0.0, "val_loss": 5.0}, 2, holdout_videos=3)
+    assert worse["epoch"] == 2  # the later epoch, although the 3 videos score it lower
+    assert select_best(worse, {"val_top1": 0.0, "val_loss": float("nan")}, 3, holdout_videos=3) is None
+    enough = select_best(first, {"val_top1": 0.0, "val_loss": 5.0}, 2, holdout_videos=MIN_HOLDOUT_VIDEOS)
+    assert enough is None  # a hold-out big enough chooses as before
+    assert too_small_to_choose(3, 3) == ("the hold-out of 3 videos (1.0 per class of 3) is too small to choose by: "
+                                         f"one video moves its top-1 by 33 points; at least {MIN_HOLDOUT_VIDEOS} "
+                                         "are needed")
+    assert too_small_to_choose(MIN_HOLDOUT_VIDEOS) == ""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 
 def _rows_with_a_spike():
     """30 epochs: training loss 2.3 -> 0.1, a validation every 3 epochs, one hold-out spike of 5,147 and
@@ -47,3 +49,52 @@ def test_curves_loss_axis_is_logarithmic_so_a_spike_leaves_the_training_curve_re
     assert "not drawn: hold-out loss nan at epoch 21" in [t.get_text() for t in ax_loss.texts]
     plot_curves(tmp_path / "curves.png", rows, classes=101)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_console_hides_top5_with_five_classes_or_fewer():
+    from trainer.logs import format_row, header
+
+    row = {"epoch": 1, "iteration": 10, "lr": 0.01, "loss": 0.5, "top1": 90.0, "top5": 100.0, "val_top1": 80.0,
+           "val_top5": 100.0, "batch_time": 0.1, "data_time": 0.01, "data_wait": 0.1, "samples_per_s": 123.0}
+    assert "top5" in header() and "v-top5" in header(101) and "top5" not in header(5)
+    assert len(format_row(row, 3).split()) == len(header(3).split()) == len(header().split()) - 2
+    assert format_row(row).split()[5] == "100.0" and "100.0" not in format_row(row, 5)
+
+
+def _rows():
+    return [{"epoch": e, "iteration": 10 * e, "lr": 0.01, "loss": 1.0 / e, "top1": 50.0 + e,
+             "val_loss": 2.0 / e if e % 2 == 0 else None, "val_top1": 40.0 + e if e % 2 == 0 else None}
+            for e in (1, 2, 3)] + [{"epoch": 4, "loss": float("nan"), "lr": 0.01}]
+
+
+def test_without_tensorboard_the_board_writes_nothing_and_says_so_once(tmp_path, monkeypatch):
+    import sys
+
+    from trainer.logs import BOARD_INSTALL, Board
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    board = Board(tmp_path)
+    assert not board.active and BOARD_INSTALL in board.note and board.note.startswith("note: no TensorBoard")
+    for row in _rows():
+        board.add(row)
+    board.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_with_tensorboard_the_board_writes_the_rows_as_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainer.logs import Board
+
+    board = Board(tmp_path / "spatial-split1")
+    assert board.active and f"tensorboard --logdir {tmp_path}" in board.note
+    for row in _rows():
+        board.add(row)
+    board.close()
+    events = EventAccumulator(str(tmp_path / "spatial-split1"))
+    events.Reload()
+    scalars = lambda tag: [(e.step, round(e.value, 4)) for e in events.Scalars(tag)]  # noqa: E731
+    assert scalars("loss/train") == [(1, 1.0), (2, 0.5), (3, 0.3333)]  # epoch 4's NaN is left out
+    assert scalars("loss/hold-out") == [(2, 1.0)] and scalars("top1/hold-out") == [(2, 42.0)]
+    assert "top5/train" not in events.Tags()["scalars"]  # no top5 in these rows

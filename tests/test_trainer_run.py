@@ -541,6 +541,10 @@ def test_a_sample_length_no_video_can_fill_is_refused_before_the_network_is_buil
     assert f"the longest, {longest}, has {most} flow fields" in result.output
     assert f"--set flow_length={most}" in result.output
     assert not (tmp_path / "temporal-split1").exists()
+    fresh_runs = tmp_path / "new-runs"  # a runs folder made for the run's lock is removed with it
+    result = CliRunner().invoke(main, ["run", "temporal", "--data", str(synth_store), "--out", str(fresh_runs),
+                                       "--set", "flow_length=100000", "--no-progress"])
+    assert result.exit_code == 2 and not fresh_runs.exists()
     # the boundary: a length the longest video fills passes; clips count frames (spatial) the same way
     check_sample_length(store, ids, load_config("temporal", overrides={"flow_length": most}))
     with pytest.raises(ConfigError, match=f"flow_length = {most + 1}: .* has {most} flow fields"):

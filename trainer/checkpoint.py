@@ -85,6 +85,8 @@ def remove_run_outputs(run_dir: Path) -> None:
     """Delete the files a run writes (for --fresh); other files in the folder are left alone."""
     for name in (LAST, BEST, "config.toml", "log.csv", "curves.png", "scores_test.npz", "scores_val.npz"):
         (run_dir / name).unlink(missing_ok=True)
+    for events in Path(run_dir).glob("events.out.tfevents.*"):  # TensorBoard's (trainer.logs.Board)
+        events.unlink(missing_ok=True)
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:

@@ -31,14 +31,22 @@ def run_lock(cfg: TrainConfig, env: Env):
     """Rank 0 holds an flock on OUT/.STREAM-splitK.lock while the job writes the run directory: a second
     `trainer run` or `trainer test` on it fails at once instead of training over the first one's files. The
     kernel drops the lock when its holder dies, even by SIGKILL, so a killed run can be re-run. The lock
-    lives beside the run directory, so a run refused before it starts leaves no directory behind."""
+    lives beside the run directory, so a run refused before it starts leaves no directory behind, and a
+    runs folder made for the lock alone is removed again."""
     from plumbing.atomic import exclusive_lock_or
 
     if not env.is_main:
         yield
         return
-    with exclusive_lock_or(lock_path(cfg.run_dir), TrainerError, "trainer", cfg.run_dir, "an --out"):
-        yield
+    runs = lock_path(cfg.run_dir).parent
+    made = not runs.exists()
+    try:
+        with exclusive_lock_or(lock_path(cfg.run_dir), TrainerError, "trainer", cfg.run_dir, "an --out"):
+            yield
+    finally:
+        if made:  # a run that failed before making its directory leaves no empty runs folder either
+            with contextlib.suppress(OSError):
+                runs.rmdir()  # only when empty
 
 
 def load_everywhere(path: Path, env: Env, for_resume: bool) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The per-epoch table: console rows, ``log.csv`` and ``curves.png`` (matplotlib imported only here)."""
+"""The per-epoch table: console rows, ``log.csv``, ``curves.png`` (matplotlib imported only here) and, when the
+optional ``tensorboard`` package is installed, TensorBoard event files beside log.csv."""
 from __future__ import annotations
 
 import csv
@@ -19,19 +20,32 @@ _TABLE = (("epoch", "epoch", "{:>5d}"), ("iteration", "iter", "{:>7d}"), ("lr", 
           ("data_wait", "wait%", "{:>6.1f}"), ("samples_per_s", "smp/s", "{:>7.1f}"))
 
 
-def header() -> str:
-    widths = [len(fmt.format(0 if col in ("epoch", "iteration") else 0.0)) for col, _, fmt in _TABLE]
-    return " ".join(f"{h:>{w}}" for (_, h, _), w in zip(_TABLE, widths))
+TOP5_COLUMNS = ("top5", "val_top5")
 
 
-def format_row(row: dict[str, Any]) -> str:
+def _table(classes: int | None) -> tuple[tuple[str, str, str], ...]:
+    """The console columns: without top-5 where there are 5 classes or fewer (it is then always 100)."""
+    if classes is not None and classes <= 5:
+        return tuple(c for c in _TABLE if c[0] not in TOP5_COLUMNS)
+    return _TABLE
+
+
+def _width(col: str, fmt: str) -> int:
+    return len(fmt.format(0 if col in ("epoch", "iteration") else 0.0))
+
+
+def header(classes: int | None = None) -> str:
+    """The console table's header line (``classes``: see _table)."""
+    return " ".join(f"{h:>{_width(col, fmt)}}" for col, h, fmt in _table(classes))
+
+
+def format_row(row: dict[str, Any], classes: int | None = None) -> str:
     """One console line of the table; missing values (no validation this epoch) print as '-'."""
     out = []
-    for col, _, fmt in _TABLE:
+    for col, _, fmt in _table(classes):
         value = row.get(col)
-        width = len(fmt.format(0 if col in ("epoch", "iteration") else 0.0))
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            out.append(f"{'-':>{width}}")
+            out.append(f"{'-':>{_width(col, fmt)}}")
         else:
             out.append(fmt.format(value * 100 if col == "data_wait" else value))
     return " ".join(out)
@@ -45,6 +59,49 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     for row in rows:
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
     atomic_write(path, buf.getvalue())
+
+
+# TensorBoard scalar tag of each log.csv column drawn live (train and hold-out share a chart)
+BOARD_TAGS = {"loss": "loss/train", "val_loss": "loss/hold-out", "top1": "top1/train", "val_top1": "top1/hold-out",
+              "top5": "top5/train", "val_top5": "top5/hold-out", "lr": "lr", "samples_per_s": "speed/samples_per_s",
+              "data_wait": "speed/data_wait"}
+BOARD_INSTALL = "pip install 'twostream-toolkit[tensorboard]'"
+
+
+class Board:
+    """TensorBoard event files in the run directory, one scalar per log.csv column and epoch (step = epoch).
+    Without the ``tensorboard`` package nothing is written and ``note`` says so once."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch.utils.tensorboard needs the tensorboard package
+            self.note = (f"note: no TensorBoard event files ({BOARD_INSTALL} to watch the curves live); "
+                         "log.csv and curves.png are written as always")
+            return
+        self._writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.note = f"TensorBoard: event files in {self.run_dir}; watch with: tensorboard --logdir {self.run_dir.parent}"
+
+    @property
+    def active(self) -> bool:
+        return self._writer is not None
+
+    def add(self, row: dict[str, Any]) -> None:
+        """The row's finite values as scalars at step ``row['epoch']``, flushed so a running TensorBoard sees them."""
+        if self._writer is None:
+            return
+        for col, tag in BOARD_TAGS.items():
+            v = row.get(col)
+            if v is not None and math.isfinite(v):
+                self._writer.add_scalar(tag, v, int(row["epoch"]))
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def finite_positive(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from plumbing.atomic import atomic_write
+from data_manifest.holdout import MIN_HOLDOUT_VIDEOS, too_small_to_choose
 from trainer import checkpoint as ckpt
 from trainer import logs
 from trainer.config import RESUME_KEYS, TrainConfig
@@ -79,10 +80,17 @@ def _run(cfg: TrainConfig, env: Env, resume, fresh: bool, test: bool, progress: 
     _prepare_run_dir(cfg, env, fresh)  # only now: a run that cannot start leaves no folder behind
     pos = _position(state, source, training.plan, cfg, env)
     del state
-    _announce(training, pos, store, subsets, cfg, env)
-    start_epoch = pos.epoch
-    while not _finished(training.plan, pos):
-        _epoch_and_checkpoint(training, pos, store, subsets, cfg, env, progress)
+    board = logs.Board(cfg.run_dir) if env.is_main else None
+    try:
+        if board is not None:
+            say(env, board.note)
+        _announce(training, pos, store, subsets, cfg, env)
+        start_epoch = pos.epoch
+        while not _finished(training.plan, pos):
+            _epoch_and_checkpoint(training, pos, store, subsets, cfg, env, progress, board)
+    finally:
+        if board is not None:
+            board.close()
     best = broadcast_object(env, pos.best)
     if pos.epoch > start_epoch:
         say(env, f"training done: {pos.epoch} epochs, {pos.iteration} iterations; best: epoch {best['epoch']} "
@@ -162,10 +170,18 @@ def _announce(t: Training, pos: Position, store, subsets: Subsets, cfg: TrainCon
              f"{plan.micro_batch} x {plan.accum} accumulation; {plan.iters_per_epoch} iterations/epoch, "
              f"{plan.epochs} epochs{f', stop at iteration {plan.max_iters}' if plan.max_iters else ''}; "
              f"precision {t.precision}, decode {t.loader.dataset.decode}")
+    if store.manifest.split_method:
+        say(env, f"split {cfg.split} of the split made for this dataset ({store.manifest.split_method})")
     report_videos(env, store, subsets, cfg)
-    say(env, logs.header())
+    if subsets.val and (small := too_small_to_choose(len(subsets.val), len(subsets.classes))):
+        say(env, f"note: {small}, so the last epoch is kept as {ckpt.BEST} instead of the best on the hold-out "
+                 "(it is still validated, for the curves); more videos per class, or a larger val_fraction, "
+                 "make it choose")
+    if len(subsets.classes) <= 5:
+        say(env, f"(no top-5 columns: with {len(subsets.classes)} classes top-5 is always 100)")
+    say(env, logs.header(len(subsets.classes)))
     for row in pos.history:
-        say(env, logs.format_row(row))
+        say(env, logs.format_row(row, len(subsets.classes)))
 
 
 def _finished(plan: Plan, pos: Position) -> bool:
@@ -173,7 +189,7 @@ def _finished(plan: Plan, pos: Position) -> bool:
 
 
 def _epoch_and_checkpoint(t: Training, pos: Position, store, subsets: Subsets, cfg: TrainConfig, env: Env,
-                          progress: bool) -> None:
+                          progress: bool, board: logs.Board | None = None) -> None:
     """One epoch of training; then, when due, validation on the hold-out and the checkpoints."""
     t0 = time.perf_counter()
     row, pos.iteration = train_one_epoch(t, cfg, env, pos.epoch, pos.iteration, progress)
@@ -187,11 +203,13 @@ def _epoch_and_checkpoint(t: Training, pos: Position, store, subsets: Subsets, c
     row.update(val_loss=val.get("val_loss"), val_top1=val.get("val_top1"), val_top5=val.get("val_top5"),
                epoch_time=time.perf_counter() - t0)
     pos.history.append(row)
-    say(env, logs.format_row(row))
+    say(env, logs.format_row(row, len(subsets.classes)))
     if val and not math.isfinite(val["val_loss"]):
         say(env, f"warning: hold-out loss {val['val_loss']} at epoch {pos.epoch}: not a candidate for {ckpt.BEST}")
     if env.is_main:
         logs.write_csv(cfg.run_dir / "log.csv", pos.history)  # every epoch: small; rebuilt from the checkpoint
+        if board is not None:
+            board.add(row)
     if due:
         if env.is_main:
             _checkpoint(t, pos, val, subsets, cfg, store)
@@ -199,12 +217,19 @@ def _epoch_and_checkpoint(t: Training, pos: Position, store, subsets: Subsets, c
     barrier(env)
 
 
-def select_best(best: dict[str, Any], val: dict[str, float], epoch: int) -> dict[str, Any] | None:
+def select_best(best: dict[str, Any], val: dict[str, float], epoch: int,
+                holdout_videos: int | None = None) -> dict[str, Any] | None:
     """The new best record if this epoch's validation ``val`` beats ``best`` (hold-out top-1, then lower
     hold-out loss; a loss that is not finite never counts), else None. Without a hold-out (``val`` empty)
-    every checkpointed epoch is the best so far."""
+    every checkpointed epoch is the best so far; so too with a hold-out of ``holdout_videos`` too few to
+    choose by (data_manifest.holdout.MIN_HOLDOUT_VIDEOS), unless its loss is not finite."""
     if not val:
         return {"epoch": epoch, "val_top1": None, "val_loss": None, "selected_by": "last epoch (no hold-out)"}
+    if holdout_videos is not None and holdout_videos < MIN_HOLDOUT_VIDEOS:
+        if not math.isfinite(val["val_loss"]):
+            return None
+        return {"epoch": epoch, "val_top1": val["val_top1"], "val_loss": val["val_loss"],
+                "selected_by": f"last epoch (a hold-out of {holdout_videos} videos is too small to choose by)"}
     if math.isfinite(val["val_loss"]) and (val["val_top1"], -val["val_loss"]) > (best["val_top1"], -best["val_loss"]):
         return {"epoch": epoch, "val_top1": val["val_top1"], "val_loss": val["val_loss"],
                 "selected_by": "hold-out top-1, then hold-out loss"}
@@ -218,7 +243,7 @@ def _checkpoint(t: Training, pos: Position, val: dict[str, float], subsets: Subs
     Both carry the store's recorded settings (``flow``: algorithm, parameters, implementation, frame size,
     bound, rounding, codec), so `fusion predict` makes new videos' frames and flow as the model saw them.
     """
-    best = select_best(pos.best, val, pos.epoch)
+    best = select_best(pos.best, val, pos.epoch, len(subsets.val))
     if best is not None:
         pos.best = best
     common = {"model": bare_model(t.bare).state_dict(), "epoch": pos.epoch, "iteration": pos.iteration,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from flowprep.flow.params import algorithm, resolve_params
+from flowprep.flow.quantize import ROUNDINGS, ZERO_FLOW
 from flowprep.errors import FlowprepError, OptionError
 
 # Frame pairs per flow call on CUDA: a 10 s clip at 25 fps in one call. docs/torchflow.md's traffic model
@@ -105,6 +106,15 @@ class VideoSource:
         self.codec_seconds = 0.0
 
     # -- what trainer.data reads -------------------------------------------------------------------------
+    # Flow computed here is rounded (settings_from_recorded refuses any other rule), so zero flow is 128.
+    flow_zero = ZERO_FLOW["round"]
+    redo = "check the video file (it decoded, but its frames could not be read back)"
+
+    @property
+    def attrs(self) -> dict:
+        """The store config keys the trainer's readers look at: codec, bound, rounding."""
+        return {"codec": self.settings.codec, "bound": self.settings.bound, "rounding": ROUNDINGS["round"]}
+
     def __contains__(self, video_id: str) -> bool:
         return video_id == self.video_id
 

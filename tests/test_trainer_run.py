@@ -163,6 +163,8 @@ def test_run_writes_the_documented_outputs(reference, ref_config):
     assert not {"optimizer", "lr_scheduler", "scaler", "history"} & set(best)  # no optimizer state in it
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "top-1" in stdout and "chance 25.0%" in stdout
+    test_line = next(line for line in stdout.splitlines() if line.startswith("temporal test:"))
+    assert "top-1" in test_line and "top-5" not in test_line  # 4 classes: top-5 would always be 100
 
 
 def test_score_files_cover_every_video_exactly_once(reference, synth_store):

@@ -399,8 +399,17 @@ def train_loader(dataset: TrainViews, micro_batch: int, world: int, rank: int, s
     # prefetch 2 (per worker): each batch waits in shared memory (/dev/shm), which containers keep small.
     loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, num_workers=workers, pin_memory=pin,
                         drop_last=True, persistent_workers=workers > 0, worker_init_fn=_worker_init,
-                        prefetch_factor=2 if workers > 0 else None, generator=generator, collate_fn=_as_is)
+                        prefetch_factor=2 if workers > 0 else None, generator=generator, collate_fn=_as_is,
+                        multiprocessing_context=_start_method(workers))
     return loader, sampler
+
+
+def _start_method(workers: int) -> str | None:
+    """Loader workers are forked, said here rather than left to the default, which Python 3.14 changes to
+    forkserver on Linux: starting 2 workers took 0.25 s forked against 14.6 s by forkserver and 10.7 s by
+    spawn (loaded 2-core machine). Python 3.12+ warns that fork follows torch's threads; the workers touch
+    no lock those threads hold (each opens its own store file, per PyTorch's DataLoader practice)."""
+    return "fork" if workers > 0 else None
 
 
 def video_loader(dataset: VideoFrames, videos_per_batch: int, workers: int, pin: bool):
@@ -409,7 +418,7 @@ def video_loader(dataset: VideoFrames, videos_per_batch: int, workers: int, pin:
 
     return DataLoader(dataset, batch_size=videos_per_batch, shuffle=False, num_workers=workers, pin_memory=pin,
                       collate_fn=_as_is, worker_init_fn=_worker_init,
-                      prefetch_factor=2 if workers > 0 else None)
+                      prefetch_factor=2 if workers > 0 else None, multiprocessing_context=_start_method(workers))
 
 
 def shard(items: list[Any], rank: int, world: int) -> list[Any]:

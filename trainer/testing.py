@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from plumbing.ranking import TOP5
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, config_from_dict
 from trainer.data import Subsets, open_store, split_subsets
@@ -71,11 +72,12 @@ def _write_and_report(scores: SubsetScores, subset: str, subsets: Subsets, cfg: 
     path = cfg.run_dir / score_file_name(subset)
     write_subset_scores(path, scores, subset, subsets, cfg, provenance)
     top1, top5 = accuracy(scores.logits, [subsets.labels[v] for v in scores.video_ids])
+    top5_text = f"  top-5 {top5:.1f}%" if len(subsets.classes) > TOP5 else ""  # else always 100: not shown
     chance = 100.0 / len(subsets.classes)
     gone = scores.undecodable
     left_out = f" ({len(gone)} undecodable left out: {', '.join(gone)})" if gone else ""
     say(env, f"{cfg.stream} {subset}: {len(scores.video_ids)} videos{left_out} x {cfg.test_frames} x "
-             f"{cfg.test_crops} views: top-1 {top1:.1f}%  top-5 {top5:.1f}%  (chance {chance:.1f}%); "
+             f"{cfg.test_crops} views: top-1 {top1:.1f}%{top5_text}  (chance {chance:.1f}%); "
              f"{scores.views_per_s:.0f} views/s, data wait {100 * scores.data_wait:.0f}%; wrote {path}")
     return {"path": str(path), "videos": len(scores.video_ids), "top1": top1, "top5": top5, "chance": chance,
             "views": scores.views, "views_per_s": scores.views_per_s, "data_wait": scores.data_wait,

@@ -131,11 +131,17 @@ def test_feichtenhofer_without_split_files_takes_the_class_from_the_ucf_name(tmp
         m = store.manifest
         assert m.dataset == "folder" and m.classes == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
         assert m.by_id("v_HandStandPushups_g01_c01").path == "HandstandPushups/v_HandStandPushups_g01_c01"
+        assert m.split_method and m.num_splits == 3  # no split files: the split extract would make (same rule)
+        for k in (1, 2, 3):  # every group (the _gNN_ token) on one side
+            train, test = m.ids(k, "train"), m.ids(k, "test")
+            assert sorted(train + test) == sorted(videos) and test
+            assert not {m.by_id(v).group for v in train} & {m.by_id(v).group for v in test}
     info = run_cli("info", out)
     assert info.exit_code == 0 and "imported" in info.output and "feichtenhofer" in info.output
-    # without split files, export writes one list pair of every video
+    # export writes that split's lists, train and test of each split, every video once per split
     assert run_cli("export", "--layout", "mmaction2", out, tmp_path / "x", "--no-progress").exit_code == 0
-    lines = (tmp_path / "x" / "folder_all_rawframes.txt").read_text().splitlines()
+    lines = [line for part in ("train", "val") for line in
+             (tmp_path / "x" / f"folder_{part}_split_1_rawframes.txt").read_text().splitlines()]
     assert sorted(lines) == sorted(f"{c}/{v} {n} {['ApplyEyeMakeup', 'HandstandPushups', 'YoYo'].index(c)}"
                                    for v, (c, n) in videos.items())
 

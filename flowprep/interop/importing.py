@@ -138,6 +138,7 @@ def import_frames(cfg: ImportConfig, executor: Executor[ImportTask, ImportSettin
     a whole, ManifestError for split files that cannot be used, StoreError for an output that cannot be used.
     """
     from data_manifest.build import build_from_folders
+    from data_manifest.grouping import SplitRule
 
     from flowprep.pipeline import build_store
     from flowprep.store.writer import writer_lock
@@ -152,8 +153,9 @@ def import_frames(cfg: ImportConfig, executor: Executor[ImportTask, ImportSettin
         raise LayoutError(f"no video folders in {cfg.frames} hold RGB images named {lay.pattern} ({lay.tool})"
                           + (f"; {notes[0]}" if notes else "") + "".join(f"; {p}" for p in loops[:3])
                           + _names_seen(lay, cfg.frames))
+    # without split files the seeded, group-safe split that extract makes (data_manifest.grouping)
     manifest = build_from_folders({vid: v.class_folder for vid, v in found.items()}, cfg.splits_dir,
-                                  allow_missing=cfg.allow_missing, where=str(cfg.frames))
+                                  allow_missing=cfg.allow_missing, where=str(cfg.frames), split_rule=SplitRule())
     if notes:
         from data_manifest import Manifest
 

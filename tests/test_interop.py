@@ -146,6 +146,31 @@ def test_feichtenhofer_without_split_files_takes_the_class_from_the_ucf_name(tmp
                                    for v, (c, n) in videos.items())
 
 
+def test_a_store_without_a_split_is_one_line_for_the_trainer_and_a_rerun_adds_the_split(tmp_path, ucf,
+                                                                                          monkeypatch):
+    """A store written before import made a split (none without split files): `trainer run` says so in one
+    line (exit 1, not a usage error) and names the fix, and re-running the import adds the split."""
+    import data_manifest.grouping
+    from trainer.cli import main as trainer_main
+
+    _, videos = ucf
+    tree = write_tree(tmp_path / "t", "feichtenhofer", videos)
+    out = tmp_path / "f.h5"
+    with monkeypatch.context() as m:
+        m.setattr(data_manifest.grouping, "SplitRule", lambda: None)  # as import was before
+        assert _import(tree, out).exit_code == 0
+    with FlowStore(out) as store:
+        assert store.manifest.num_splits == 0
+    refused = CliRunner().invoke(trainer_main, ["run", "temporal", "--data", str(out), "--out", str(tmp_path / "r"),
+                                                "--config", "small_dataset", "--no-progress"])
+    assert refused.exit_code == 1, refused.output
+    assert "has no train/test split" in refused.output and "`flowprep import`" in refused.output
+    assert "Usage:" not in refused.output
+    assert _import(tree, out).exit_code == 0
+    with FlowStore(out) as store:
+        assert store.manifest.num_splits == 3
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------
 
 def test_bad_videos_are_named_the_run_goes_on_and_a_rerun_retries_them(tmp_path, ucf):

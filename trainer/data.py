@@ -57,6 +57,11 @@ def split_subsets(store, cfg: TrainConfig, use: tuple[str, ...] = ("train", "val
     from data_manifest import ManifestError
 
     m = store.manifest
+    if m.num_splits == 0:  # the store's data, not the command, is what lacks: exit 1, not a usage error
+        raise DataError(f"{cfg.data}: its manifest has no train/test split (a store written before flowprep made "
+                        "one without split files); run the command that made the store again on it (`flowprep "
+                        "extract` or `flowprep import`, same options): it adds the seeded, group-safe split, or "
+                        "the official one with --splits DIR")
     try:
         if cfg.val_fraction > 0:
             train = m.ids(cfg.split, "train-minus-val", val_fraction=cfg.val_fraction, seed=cfg.val_seed)

@@ -21,9 +21,14 @@ def exit_with_parent(parent: int) -> None:
 def start_worker(parent: int) -> None:
     """The start of every worker process of this machine (a pool initializer, a process's first call):
     the decoder switch (flowprep.video.decode.quiet_decoders: quiet unless the user set it; a worker inherits
-    the calling process's environment) and the end with ``parent``."""
+    the calling process's environment), Ctrl-C left to the calling process, and the end with ``parent``.
+
+    A terminal's Ctrl-C reaches the whole process group. The calling process answers it (it says what is
+    kept and kills its workers: every executor does in its clean-up); a worker that took it too would print
+    a KeyboardInterrupt traceback from wherever it was, the pool's own loop included."""
     from flowprep.video.decode import quiet_decoders
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_decoders()
     exit_with_parent(parent)
 

@@ -19,6 +19,7 @@ from fusion import combine
 from fusion.aggregate import aggregate, video_probabilities
 from fusion.errors import PredictError
 from fusion.predict_models import Stream, default_checkpoints, load_stream, parse_views, read_fusion
+from plumbing.ranking import ranked
 
 TOP = 5
 STREAMS = ("spatial", "temporal")
@@ -215,7 +216,7 @@ class Predictor:
         probs = video_probabilities(fused[None], f.aggregation)[0]
         if f.aggregation == "mean-softmax":  # already probabilities; a max over streams no longer sums to 1
             probs = probs / probs.sum()
-        order = np.argsort(-fused, kind="stable")[:TOP]  # equal scores: the lower class index first, as argmax
+        order = ranked(fused)[:TOP]
         result.top = [{"class": self.classes[i], "score": float(fused[i]), "probability": float(probs[i])}
                       for i in order]
         result.prediction = result.top[0]["class"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from flowprep.flow.params import algorithm, resolve_params
 from flowprep.flow.quantize import ROUNDINGS, ZERO_FLOW
+from flowprep.store.codec import CODECS
 from flowprep.errors import FlowprepError, OptionError
 
 # Frame pairs per flow call on CUDA: a 10 s clip at 25 fps in one call. docs/torchflow.md's traffic model
@@ -115,6 +116,11 @@ class VideoSource:
         """The store config keys the trainer's readers look at: codec, bound, rounding."""
         return {"codec": self.settings.codec, "bound": self.settings.bound, "rounding": ROUNDINGS["round"]}
 
+    @property
+    def codec(self):
+        """The recorded codec (flowprep.store.codec.Codec), as FlowStore.codec."""
+        return CODECS[self.settings.codec]
+
     def __contains__(self, video_id: str) -> bool:
         return video_id == self.video_id
 
@@ -144,7 +150,7 @@ class VideoSource:
 
     def read_stored(self, video_id: str, kind: str, indices) -> list[tuple[np.ndarray, ...]]:
         """The images as the store would hold them (JPEG bytes; per item one, or x and y with jpeg-xy)."""
-        if self.settings.codec == "raw":
+        if not self.codec.jpeg:
             raise ValueError(f"{self.path}: codec raw stores pixels, not JPEG bytes; read_rgb / read_flow them")
         count = self.num_frames(video_id) if kind == "rgb" else self.num_flows(video_id)
         return self._stored_of(kind, self._indices(indices, count))
@@ -180,7 +186,7 @@ class VideoSource:
         c = 3 if kind == "rgb" else 2
         stored = self._stored_of(kind, idx)
         t = time.perf_counter()
-        if self.settings.codec == "raw":
+        if not self.codec.jpeg:
             out = np.stack([s[0] for s in stored]) if stored else np.empty((0, h, w, c), np.uint8)
             out = np.ascontiguousarray(out.transpose(0, 3, 1, 2)) if planes else out
         else:

@@ -44,6 +44,11 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     return float(topk_correct(scores, labels, k).mean())
 
 
+def ranked(scores: np.ndarray) -> np.ndarray:
+    """Class indices of one video's scores (C,), best first under the tie rule: (C,) int64."""
+    return np.argsort(-np.asarray(scores), kind="stable").astype(np.int64)
+
+
 def predictions(scores: np.ndarray) -> np.ndarray:
     """(V,) int64 predicted class: argmax, the first index wins a tie."""
     return np.argmax(np.asarray(scores), axis=1).astype(np.int64)

@@ -175,9 +175,11 @@ def test_an_undecodable_jpeg_is_named_in_training_and_left_to_the_policy_in_test
 def test_auto_decodes_on_the_device_only_on_cuda_and_never_a_raw_store():
     from trainer.device_decode import resolve_decode
 
+    from flowprep.store.codec import CODECS
+
     class Store:
         def __init__(self, codec):
-            self.attrs = {"codec": codec}
+            self.codec = CODECS[codec]
 
     assert resolve_decode("auto", False, Store("jpeg")) == "cpu"
     assert resolve_decode("auto", True, Store("jpeg")) == "device"

@@ -35,3 +35,9 @@ def test_the_video_score_is_a_float64_mean_of_the_views():
     assert mean.dtype == np.float64 and mean.shape == (1, 2)
     assert mean[0, 0] == (np.float64(np.float32(1e8)) + 1.0) / 2
     assert topk_accuracy(mean, np.array([0]), 1) == 1.0
+
+
+def test_ranked_orders_classes_best_first_ties_to_the_lower_index():
+    from plumbing.ranking import ranked
+
+    assert ranked(np.array([0.5, 2.0, 2.0, -1.0])).tolist() == [1, 2, 0, 3]

@@ -151,7 +151,7 @@ def _stored_kind(store, stream: str) -> tuple[str, int]:
     """What a sample of ``stream`` reads from ``store``: ("rgb" or "flow", stored images per frame or
     field: 2 for flow with codec jpeg-xy, x then y, else 1)."""
     kind = "flow" if stream == "temporal" else "rgb"
-    return kind, 2 if kind == "flow" and store.attrs.get("codec") == "jpeg-xy" else 1
+    return kind, store.codec.flow_images if kind == "flow" else 1
 
 
 def flow_center(store) -> float:
@@ -183,7 +183,7 @@ class TrainViews:
         self.decode = decode
         self.kind, self.per_item = _stored_kind(store, cfg.stream)
         self.flow_center = flow_center(store)
-        self._bgr = self.kind == "rgb" and store.attrs.get("codec") != "raw"  # OpenCV decodes to BGR
+        self._bgr = self.kind == "rgb" and store.codec.jpeg  # OpenCV decodes to BGR
 
     def __len__(self) -> int:
         return len(self.ids) * self.per_video
@@ -222,7 +222,7 @@ class TrainViews:
         """The fields at ``indices`` as lists of plane views (transforms.crop_resize_fields): decoded here from
         the stored JPEGs (no copy into a stack: the crops are resized straight from the decoded images), or
         read as pixels from a store of codec raw."""
-        if self.store.attrs.get("codec") == "raw":
+        if not self.store.codec.jpeg:
             frames = _read(self.store, vid, self.stream, indices, planes=True)
             return [list(f) for f in frames] if self.kind == "flow" else [[f] for f in frames]
         record = self.store.record(vid)

@@ -57,10 +57,10 @@ class EncodedFields(NamedTuple):
 def resolve_decode(decode: str, cuda: bool, store) -> str:
     """"cpu" or "device" for a run (config key ``decode``): auto = device on CUDA, cpu otherwise (and for a
     store of codec raw, which holds pixels: nothing to decode). ConfigError for decode = device on one."""
-    codec = store.attrs.get("codec")
+    jpeg = store.codec.jpeg
     if decode == "auto":
-        return "device" if cuda and codec != "raw" else "cpu"
-    if decode == "device" and codec == "raw":
+        return "device" if cuda and jpeg else "cpu"
+    if decode == "device" and not jpeg:
         raise ConfigError("decode = device decodes JPEGs, but this store has codec raw (pixels); "
                           "use --set decode=cpu (or auto)")
     return decode

@@ -153,6 +153,12 @@ class FlowStore:
         return self._records[video_id]
 
     @property
+    def codec(self):
+        """How the store keeps its images (flowprep.store.codec.Codec): ``.jpeg`` (JPEG bytes, else pixels),
+        ``.flow_images`` (stored images per flow field: 2 for jpeg-xy)."""
+        return CODECS[self.attrs["codec"]]
+
+    @property
     def rounding(self) -> str:
         """How the store's flow was quantised: "round" (extract, and stores from before the rule was a
         choice) or "truncate" (imported flow of a truncating tool); flowprep.flow.quantize.rounding_of."""
@@ -208,12 +214,12 @@ class FlowStore:
         """The video's ``kind`` datasets, with their shapes and offsets checked against its record."""
         group = self._group(video_id)
         rec = self._records[video_id]
-        per_item = 1 if kind == "rgb" else CODECS[self.attrs["codec"]].flow_images
+        per_item = 1 if kind == "rgb" else self.codec.flow_images
         count = (rec["num_frames"] if kind == "rgb" else rec["num_flows"]) * per_item  # stored images
         where = f"{self._file_of(video_id)}: video {video_id!r} {kind}"
         try:
             crcs = group[f"{kind}_crcs"][()]
-            if not CODECS[self.attrs["codec"]].jpeg:
+            if not self.codec.jpeg:
                 data, offsets = group[kind], None
                 want = (count, rec["height"], rec["width"], CHANNELS[kind])
                 if data.shape != want:
@@ -314,7 +320,7 @@ class FlowStore:
         checked against its CRC-32: per item a tuple of (n,) uint8 arrays, one JPEG (RGB; a field's x | y
         image with codec jpeg) or two (a field's x and y with codec jpeg-xy). Lets a writer copy images
         without decoding and encoding them again. ValueError with codec raw, which stores pixels."""
-        if not CODECS[self.attrs["codec"]].jpeg:
+        if not self.codec.jpeg:
             raise ValueError(f"{self.path}: codec raw stores pixels, not JPEG bytes; read_rgb / read_flow them")
         count = self.num_frames(video_id) if kind == "rgb" else self.num_flows(video_id)
         idx = self._indices(video_id, indices, count, "frame" if kind == "rgb" else "flow")

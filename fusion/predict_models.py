@@ -17,8 +17,9 @@ from typing import Any
 from fusion import inputs
 from fusion.aggregate import AGGREGATIONS, DEFAULT_AGGREGATION
 from fusion.errors import PredictError
+from trainer.checkpoint import BEST
+from trainer.config import run_dir
 
-CHECKPOINT = "checkpoint_best.pt"  # trainer.checkpoint.BEST: the model `trainer test` scores by default
 REPORT_FILE = "report.json"
 METHODS = ("average", "max", "weighted", "confidence", "learned")  # "sweep" is tuned on test: never applied
 NO_REPORT_METHOD = "average"  # fusion report's default when it has no weights (fusion.evaluate)
@@ -55,7 +56,7 @@ class Fusion:
 
 def default_checkpoints(runs: str | os.PathLike, split: int) -> dict[str, Path]:
     """{stream: RUNS/<stream>-split<k>/checkpoint_best.pt}, beside the score files fusion report reads."""
-    return {name: path.parent / CHECKPOINT for name, path in inputs.default_paths(runs, split)}
+    return {name: run_dir(runs, name, split) / BEST for name in inputs.DEFAULT_STREAMS}
 
 
 def parse_views(text: str) -> tuple[int, int] | None:

@@ -83,7 +83,9 @@ def flow_settings(store) -> dict[str, Any]:
 
 def remove_run_outputs(run_dir: Path) -> None:
     """Delete the files a run writes (for --fresh); other files in the folder are left alone."""
-    for name in (LAST, BEST, "config.toml", "log.csv", "curves.png", "scores_test.npz", "scores_val.npz"):
+    from trainer.scores import score_file_name
+
+    for name in (LAST, BEST, "config.toml", "log.csv", "curves.png", score_file_name("test"), score_file_name("val")):
         (run_dir / name).unlink(missing_ok=True)
     for events in Path(run_dir).glob("events.out.tfevents.*"):  # TensorBoard's (trainer.logs.Board)
         events.unlink(missing_ok=True)

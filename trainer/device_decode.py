@@ -98,7 +98,7 @@ def decode(data, offsets, kind: str, device, what) -> list:
                 decode_jpeg(image, mode=mode)
             except RuntimeError as exc:
                 raise DataError(f"{what(i)}: a stored JPEG that matches its checksum does not decode ({exc}); "
-                                f"run `flowprep verify` and re-extract that video") from None
+                                "run `flowprep verify` on the store: it names the command that repairs it") from None
         raise
 
 
@@ -114,7 +114,7 @@ def to_planes(images: list, kind: str, per_item: int, height: int, width: int, w
     for i, img in enumerate(images):
         if tuple(img.shape) != want:
             raise DataError(f"{what(i)}: a stored image decodes to {tuple(img.shape)}, the record says {want}; "
-                            f"run `flowprep verify` and re-extract that video")
+                            "run `flowprep verify` on the store: it names the command that repairs it")
     x = torch.stack(images)  # (n * per_item, c, H, W') uint8
     if kind == "rgb":
         return x
